@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make test` and `make bench`. Both set the environment up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN ?= results/$(shell date +%Y%m%d-%H%M%S)-cpu
+
+.PHONY: setup test test-all bench bench-ci lint format gpu-check clean lock
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install ccnbench with its dev tools
+
+test: $(STAMP) ## the unit tests (CPU; GPU/TensorRT tests skip themselves)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP) ## the default CPU sweep into results/, then its report
+	$(BIN)/ccnbench variants --preset small
+
+bench-ci: $(STAMP) ## pytest-benchmark suite of the runners (tiny preset)
+	$(BIN)/python -m pytest tests/benchmarks --benchmark-only
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: ## regenerate constraints.txt from a fresh environment
+	rm -rf /tmp/ccnbench-lock && $(PYTHON) -m venv /tmp/ccnbench-lock
+	/tmp/ccnbench-lock/bin/pip install --quiet torch==2.13.0 '.[dev]'
+	{ head -2 constraints.txt; /tmp/ccnbench-lock/bin/pip freeze | grep -v '^ccnbench' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache .benchmarks *.egg-info

@@ -1,0 +1,206 @@
+"""The environment fingerprint: what a result was measured on, so two runs can be compared."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccnbench import __version__
+from ccnbench.deps import optional
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    driver: str = ""
+    memory_mib: int = 0
+    sm_clock_mhz: str = ""
+    memory_clock_mhz: str = ""
+    max_sm_clock_mhz: str = ""
+    capability: str = ""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Versions, hardware and invocation of one run. Every field is plain JSON."""
+
+    ccnbench: str
+    git_commit: str
+    command: str
+    python: str
+    platform: str
+    cpu: str
+    cpu_cores_logical: int
+    cpu_cores_physical: int
+    threads: int
+    torch: str
+    torch_cuda: str
+    onnx: str
+    onnxscript: str
+    onnxruntime: str
+    onnxruntime_providers: list[str] = field(default_factory=list)
+    tensorrt: str = ""
+    gpus: list[GpuInfo] = field(default_factory=list)
+    timer_overhead_ns: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Environment:
+        data = dict(data)
+        data["gpus"] = [GpuInfo(**g) for g in data.get("gpus", [])]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def summary(self) -> str:
+        gpu = self.gpus[0].name if self.gpus else "no GPU"
+        return (
+            f"{self.cpu} ({self.cpu_cores_physical} cores, {self.threads} threads), {gpu}, torch {self.torch}"
+        )
+
+
+def default_threads() -> int:
+    """Threads every CPU target gets: the physical cores (hyper-threads slow conv kernels down)."""
+    override = os.environ.get("CCNBENCH_THREADS")
+    if override:
+        return max(1, int(override))
+    return physical_cores()
+
+
+def physical_cores() -> int:
+    psutil = optional("psutil")
+    cores = psutil.cpu_count(logical=False) if psutil else None
+    return cores or os.cpu_count() or 1
+
+
+def collect(threads: int | None = None, timer_overhead_ns: float | None = None) -> Environment:
+    """Fingerprint this process's environment. Never raises: what cannot be read stays empty."""
+    torch = optional("torch")
+    onnx = optional("onnx")
+    onnxscript = optional("onnxscript")
+    ort = optional("onnxruntime")
+    return Environment(
+        ccnbench=__version__,
+        git_commit=_git_commit(),
+        command=" ".join(["ccnbench", *sys.argv[1:]]) if sys.argv else "",
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu=_cpu_model(),
+        cpu_cores_logical=os.cpu_count() or 1,
+        cpu_cores_physical=physical_cores(),
+        threads=threads or default_threads(),
+        torch=getattr(torch, "__version__", ""),
+        torch_cuda=(getattr(torch.version, "cuda", None) or "") if torch else "",
+        onnx=getattr(onnx, "__version__", ""),
+        onnxscript=getattr(onnxscript, "__version__", ""),
+        onnxruntime=getattr(ort, "__version__", ""),
+        onnxruntime_providers=list(ort.get_available_providers()) if ort else [],
+        tensorrt=tensorrt_version(),
+        gpus=gpu_info(),
+        timer_overhead_ns=timer_overhead_ns,
+    )
+
+
+def tensorrt_version() -> str:
+    """TensorRT's version, or 'unavailable: <reason>'."""
+    try:
+        import tensorrt
+    except Exception as exc:  # ImportError, or a broken install missing its CUDA libraries
+        return f"unavailable: {type(exc).__name__}: {exc}"
+    return str(getattr(tensorrt, "__version__", "unknown"))
+
+
+def gpu_info() -> list[GpuInfo]:
+    """GPU name, driver and clocks from nvidia-smi (NVML's view), or [] without a GPU."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    query = "name,driver_version,memory.total,clocks.sm,clocks.mem,clocks.max.sm,compute_cap"
+    try:
+        out = subprocess.run(
+            [smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 7:
+            continue
+        memory = int(float(parts[2])) if parts[2].replace(".", "").isdigit() else 0
+        gpus.append(GpuInfo(parts[0], parts[1], memory, parts[3], parts[4], parts[5], parts[6]))
+    return gpus
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if out.returncode != 0:
+        return ""
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def describe(env: Environment | None = None) -> dict[str, Any]:
+    """Rows for `ccnbench env`: the fingerprint plus what each target needs, in words."""
+    env = env or collect()
+    torch = optional("torch")
+    cuda = "not available"
+    if torch is not None and torch.cuda.is_available():
+        cuda = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    rows: dict[str, Any] = {
+        "ccnbench": env.ccnbench,
+        "git commit": env.git_commit or "(not a git checkout)",
+        "python": env.python,
+        "platform": env.platform,
+        "cpu": env.cpu,
+        "cpu cores (physical/logical)": f"{env.cpu_cores_physical}/{env.cpu_cores_logical}",
+        "threads per CPU target": env.threads,
+        "torch": env.torch + (f" (CUDA {env.torch_cuda})" if env.torch_cuda else " (CPU build)"),
+        "CUDA devices": cuda,
+        "onnx": env.onnx or "not installed",
+        "onnxscript": env.onnxscript or "not installed",
+        "onnxruntime": env.onnxruntime or "not installed",
+        "onnxruntime providers": ", ".join(env.onnxruntime_providers) or "-",
+        "tensorrt": env.tensorrt,
+    }
+    for i, gpu in enumerate(env.gpus):
+        rows[f"gpu {i}"] = (
+            f"{gpu.name}, driver {gpu.driver}, {gpu.memory_mib} MiB, "
+            f"SM {gpu.sm_clock_mhz}/{gpu.max_sm_clock_mhz} MHz, memory {gpu.memory_clock_mhz} MHz"
+        )
+    return rows
