@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -95,6 +96,18 @@ Branches = Annotated[
     int | None, typer.Option("--branches", "-n", help="Number of branches N (default: the preset's).")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Layout = Annotated[
+    str, typer.Option("--layout", "-l", help="kept (one op per branch), merged (one op per layer) or all.")
+]
+BranchList = Annotated[
+    str | None,
+    typer.Option("--branches", "-n", help="Branch count N, or a comma list (default: the preset's)."),
+]
+InputMode = Annotated[
+    str,
+    typer.Option("--input-mode", help="separate (one input per branch), shared (one input for all), or all."),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the weights and inputs.")]
 
 
 @app.command()
@@ -142,6 +155,94 @@ def env(json_output: JsonFlag = False) -> None:
     for key, value in rows.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    variant: Annotated[
+        str,
+        typer.Option(
+            "--variant",
+            "-v",
+            help="Variant(s): early, feature, model, decision, multitask, a comma list or all.",
+        ),
+    ] = "all",
+    layout: Layout = "kept",
+    branches: BranchList = None,
+    preset: Preset = "small",
+    input_mode: InputMode = "separate",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")] = "fp32",
+    io: Annotated[
+        str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")
+    ] = "fp32",
+    opset: Annotated[
+        int, typer.Option("--opset", help="ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11).")
+    ] = 18,
+    seed: Seed = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")] = Path(
+        "artifacts"
+    ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Export again even if an identical artifact exists.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Export variants to validated ONNX files (branches kept or merged, fp32 or fp16)."""
+    from ccnbench import selection
+    from ccnbench.export import PRECISIONS, export
+
+    specs = selection.specs(preset, variant, branches, input_mode, seed)
+    jobs = [
+        (spec, lay, prec)
+        for spec in specs
+        for lay in selection.layouts(layout)
+        for prec in selection.choices(precision, PRECISIONS, "precision")
+    ]
+    artifacts = []
+    with _progress() as progress:
+        task = progress.add_task("exporting", total=len(jobs))
+        for spec, lay, prec in jobs:
+            progress.update(task, description=f"{spec.label} {lay} {prec}")
+            artifacts.append(export(spec, lay, prec, opset=opset, out_dir=out, io=io, force=force))
+            progress.advance(task)
+    if json_output:
+        _print_json([a.to_dict() for a in artifacts])
+        return
+    table = Table(title=f"ONNX artifacts in {out}")
+    table.add_column("file", overflow="fold")
+    for col in ("size", "Conv", "params", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for a in artifacts:
+        seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
+        table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
+    console.print(table)
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    # stderr, and gone when done: stdout stays clean for --json and pipes.
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _print_json(data: Any) -> None:

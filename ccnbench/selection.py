@@ -1,0 +1,77 @@
+"""Parse the comma lists and 'all' that the CLI and sweep files accept into validated tuples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ccnbench.errors import UsageError
+from ccnbench.models import LAYOUTS, VARIANTS, ModelSpec, spec_from_preset
+from ccnbench.models.spec import INPUT_MODES, SHARED_INPUT_VARIANTS
+
+
+def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    """'a,b' or ['a', 'b'] or 'all' -> a tuple of allowed values in the order given, no repeats."""
+    items = _split(value)
+    if items == ["all"]:
+        return tuple(allowed)
+    unknown = [i for i in items if i not in allowed]
+    if unknown:
+        raise UsageError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(allowed)} or all")
+    if not items:
+        raise UsageError(f"no {what} given")
+    return tuple(dict.fromkeys(items))
+
+
+def integers(value: str | int | Sequence[int | str], what: str, minimum: int = 1) -> tuple[int, ...]:
+    """'1,8,32' or [1, 8] -> (1, 8, 32), each >= ``minimum``."""
+    items = _split(value)
+    try:
+        numbers = [int(i) for i in items]
+    except ValueError as exc:
+        raise UsageError(f"{what} must be integers, got {value!r}") from exc
+    if not numbers:
+        raise UsageError(f"no {what} given")
+    bad = [n for n in numbers if n < minimum]
+    if bad:
+        raise UsageError(f"{what} must be >= {minimum}, got {bad[0]}")
+    return tuple(dict.fromkeys(numbers))
+
+
+def specs(
+    preset: str,
+    variants: str | Sequence[str] = "all",
+    branches: str | int | Sequence[int | str] | None = None,
+    input_modes: str | Sequence[str] = "separate",
+    seed: int | None = None,
+    volume: Sequence[int] | None = None,
+) -> list[ModelSpec]:
+    """Every valid spec of variants × branch counts × input modes at a preset.
+
+    A shared input mode is silently skipped for variants that have none when several are
+    asked for ('all'), and is an error when it is the only mode and no variant can use it.
+    """
+    chosen_variants = choices(variants, VARIANTS, "variant")
+    modes = choices(input_modes, INPUT_MODES, "input mode")
+    counts: Iterable[int | None] = integers(branches, "branches") if branches is not None else (None,)
+    result = []
+    for variant in chosen_variants:
+        for mode in modes:
+            if mode == "shared" and variant not in SHARED_INPUT_VARIANTS and len(modes) > 1:
+                continue
+            for n in counts:
+                result.append(
+                    spec_from_preset(preset, variant, branches=n, input_mode=mode, seed=seed, volume=volume)
+                )
+    return result
+
+
+def layouts(value: str | Sequence[str]) -> tuple[str, ...]:
+    return choices(value, LAYOUTS, "layout")
+
+
+def _split(value: str | int | Sequence[int | str]) -> list[str]:
+    if isinstance(value, int):
+        return [str(value)]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value]
