@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +20,10 @@ try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend o
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException, UsageError
 
-console = Console()
-err_console = Console(stderr=True)
+# Logs and pipes get wide tables instead of rich's 80-column default; a terminal keeps its width.
+_PIPE_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 
 class _OneLineErrors(TyperGroup):
@@ -51,6 +54,12 @@ class _OneLineErrors(TyperGroup):
         except ClickException as exc:
             _error_line(exc.format_message())
             code = exc.exit_code
+        except Exception as exc:
+            # A bug, or a library failing in a way we did not anticipate: still one line.
+            if os.environ.get("CCNBENCH_DEBUG"):
+                raise
+            _error_line(f"unexpected {type(exc).__name__}: {exc} (set CCNBENCH_DEBUG=1 for the traceback)")
+            code = 1
         if standalone_mode:
             sys.exit(code)
         return code
@@ -108,6 +117,38 @@ InputMode = Annotated[
     typer.Option("--input-mode", help="separate (one input per branch), shared (one input for all), or all."),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the weights and inputs.")]
+Variants = Annotated[
+    str,
+    typer.Option("--variant", "-v", help="early, feature, model, decision, multitask, a comma list, or all."),
+]
+Targets = Annotated[
+    str,
+    typer.Option(
+        "--targets",
+        "-t",
+        help="backend:device list, e.g. torch:cpu,ort:cpu,compile:cpu,ort:cuda,tensorrt:cuda; or all, cpu, cuda.",
+    ),
+]
+Batches = Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, a comma list.")]
+Precisions = Annotated[
+    str, typer.Option("--precision", help="fp32, fp16, bf16 (torch targets), a comma list.")
+]
+OnnxFiles = Annotated[
+    list[Path] | None,
+    typer.Option("--onnx", help="Your own ONNX file (repeatable) instead of ccnbench's variants."),
+]
+UserModel = Annotated[
+    str | None,
+    typer.Option("--model", help="Your own nn.Module factory: package.module:function or file.py:function."),
+]
+InputShape = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="With --model: one input's shape without batch, e.g. 1x24x24x24."),
+]
+ArtifactsDir = Annotated[Path, typer.Option("--artifacts", help="Where ONNX files, engines and caches go.")]
+Threads = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads for every target (default: physical cores).")
+]
 
 
 @app.command()
@@ -216,6 +257,84 @@ def export_cmd(
         seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
         table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
     console.print(table)
+
+
+@app.command()
+def check(
+    variant: Variants = "all",
+    layout: Layout = "all",
+    branches: BranchList = None,
+    preset: Preset = "small",
+    input_mode: InputMode = "separate",
+    targets: Targets = "torch:cpu,ort:cpu",
+    precision: Precisions = "fp32",
+    batch: Batches = "1,8",
+    atol: Annotated[
+        float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")
+    ] = None,
+    tol: Annotated[
+        list[str] | None,
+        typer.Option("--tol", help="Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
+    ] = None,
+    onnx: OnnxFiles = None,
+    model: UserModel = None,
+    input_shape: InputShape = None,
+    opset: Annotated[int, typer.Option("--opset")] = 18,
+    seed: Seed = 0,
+    threads: Threads = None,
+    artifacts: ArtifactsDir = Path("artifacts"),
+    json_output: JsonFlag = False,
+) -> None:
+    """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
+    from ccnbench import check as checking
+    from ccnbench import selection, tables
+    from ccnbench.agreement import TolerancePolicy
+    from ccnbench.backends import parse_targets
+
+    sources = selection.sources(
+        preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []]
+    )
+    precisions = selection.choices(precision, ("fp32", "fp16", "bf16"), "precision")
+    groups = checking.plan(
+        sources,
+        parse_targets(targets),
+        precisions,
+        selection.integers(batch, "batch sizes"),
+        artifacts,
+        opset=opset,
+        threads=threads,
+        atol=atol,
+        rtol=rtol,
+        per_output=TolerancePolicy.parse_overrides(tol or []),
+        seed=seed,
+    )
+    with _progress() as progress:
+        task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
+
+        def advance(group: Any, result: Any) -> None:
+            progress.update(task, description=group.label, advance=1)
+
+        results = checking.run(groups, advance)
+    code = checking.exit_code(results)
+    if json_output:
+        _print_json({"passed": code == 0, "cases": [r.to_dict() for r in results]})
+    else:
+        console.print(tables.check_table(results))
+        for line in tables.unavailable_lines(results):
+            console.print(line, style="dim", markup=False, highlight=False)
+        for line in tables.failure_lines(results):
+            console.print(line, style="red", markup=False, highlight=False)
+        ran = [r for r in results if r.status != "unavailable"]
+        console.print(
+            f"{sum(r.passed for r in ran)}/{len(ran)} cases agree with the oracle"
+            if ran
+            else "nothing could run"
+        )
+    if code:
+        raise typer.Exit(code)
 
 
 def _progress() -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from ccnbench import __version__
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.models import LAYOUTS, ModelSpec, build
+from ccnbench.models.cast import CastIO
 
 PRECISIONS = ("fp32", "fp16")
 IO_TYPES = ("fp32", "fp16")
@@ -150,7 +152,9 @@ def export(
             pass  # a stale or damaged file: export again over it
     module = build(spec, layout)
     start = time.perf_counter()
-    proto = _export_proto(module, spec, precision, io, opset)
+    proto = _export_proto(
+        module, spec.input_shape, list(spec.input_names), list(spec.output_names), precision, io, opset
+    )
     seconds = time.perf_counter() - start
     metadata = {
         "version": __version__,
@@ -169,20 +173,27 @@ def export(
 
 def export_module(
     module: nn.Module,
-    example_inputs: Sequence[Tensor],
-    path: Path,
     input_names: Sequence[str],
+    input_shape: Sequence[int],
+    path: Path,
     output_names: Sequence[str] | None = None,
+    precision: str = "fp32",
+    io: str = "fp32",
     opset: int = DEFAULT_OPSET,
+    force: bool = False,
 ) -> Artifact:
-    """Export a user's module (kept layout, fp32) with a dynamic batch dimension, validated."""
-    _check_options("kept", "fp32", "fp32", opset)
+    """Export a user's module (inputs of ``input_shape`` plus a dynamic batch) to ``path``, validated."""
+    _check_options("kept", precision, io, opset)
     _writable_dir(path.parent)
+    if path.exists() and not force:
+        with contextlib.suppress(CcnbenchError):
+            return load_artifact(path, reused=True)
     start = time.perf_counter()
-    proto = _run_exporter(module.eval(), tuple(example_inputs), list(input_names), output_names, opset)
-    _set_metadata(proto, {"version": __version__, "layout": "kept", "precision": "fp32", "io": "fp32",
-                          "torch": torch.__version__, "export_seconds": f"{time.perf_counter() - start:.3f}"})  # fmt: skip
-    validate(proto)
+    proto = _export_proto(module, tuple(input_shape), list(input_names), output_names, precision, io, opset)
+    metadata = {"version": __version__, "layout": "kept", "precision": precision, "io": io,
+                "torch": torch.__version__, "export_seconds": f"{time.perf_counter() - start:.3f}"}  # fmt: skip
+    _set_metadata(proto, metadata)
+    validate(proto, precision=precision, io=io)
     _atomic_save(proto, path)
     return load_artifact(path)
 
@@ -281,27 +292,22 @@ def validate(
 # --- internals ----------------------------------------------------------------------------------
 
 
-class _CastIO(nn.Module):
-    """fp32 in and out around a module that computes in another dtype."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.module = module
-        self.dtype = dtype
-
-    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
-        y = self.module(*(x.to(self.dtype) for x in inputs))
-        return tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()
-
-
-def _export_proto(module: nn.Module, spec: ModelSpec, precision: str, io: str, opset: int) -> Any:
+def _export_proto(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    input_names: list[str],
+    output_names: Sequence[str] | None,
+    precision: str,
+    io: str,
+    opset: int,
+) -> Any:
     dtype = _TORCH_DTYPES[precision]
     module = module.to(dtype)
     io_dtype = _TORCH_DTYPES[io]
     if io_dtype != dtype:
-        module = _CastIO(module, dtype)
-    example = tuple(torch.randn(_TRACE_BATCH, *spec.input_shape).to(io_dtype) for _ in spec.input_names)
-    return _run_exporter(module.eval(), example, list(spec.input_names), list(spec.output_names), opset)
+        module = CastIO(module, dtype)
+    example = tuple(torch.randn(_TRACE_BATCH, *input_shape).to(io_dtype) for _ in input_names)
+    return _run_exporter(module.eval(), example, input_names, output_names, opset)
 
 
 def _run_exporter(
@@ -312,8 +318,10 @@ def _run_exporter(
     opset: int,
 ) -> Any:
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    per_input = tuple({0: batch} for _ in example)
     # forward(*inputs) is one variadic argument to torch.export: its shapes nest one level down.
-    dynamic_shapes = (tuple({0: batch} for _ in example),)
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
+    dynamic_shapes = (per_input,) if variadic else per_input
     try:
         with _quiet_exporter():
             program = torch.onnx.export(

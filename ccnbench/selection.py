@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ccnbench.errors import UsageError
 from ccnbench.models import LAYOUTS, VARIANTS, ModelSpec, spec_from_preset
 from ccnbench.models.spec import INPUT_MODES, SHARED_INPUT_VARIANTS
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
@@ -75,3 +79,53 @@ def _split(value: str | int | Sequence[int | str]) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v).strip() for v in value]
+
+
+def input_shape(text: str | None) -> tuple[int, ...] | None:
+    """'1x24x24x24' -> (1, 24, 24, 24): one input's shape without the batch dimension."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.lower().replace("×", "x").split("x"))
+    except ValueError as exc:
+        raise UsageError(f"--input-shape {text!r} must look like 1x24x24x24 (no batch dimension)") from exc
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape {text!r} must be positive sizes like 1x24x24x24")
+    return shape
+
+
+def sources(
+    preset: str = "small",
+    variants: str | Sequence[str] = "all",
+    layouts_: str | Sequence[str] = "all",
+    branches: str | int | Sequence[int | str] | None = None,
+    input_modes: str | Sequence[str] = "separate",
+    seed: int | None = None,
+    model: str | None = None,
+    shape: str | None = None,
+    onnx: Sequence[str] | None = None,
+) -> list[ModelSource]:
+    """What to run: ONNX files, a user's factory, or ccnbench's variants (in that priority)."""
+    from ccnbench.source import ModelSource
+
+    if onnx:
+        if model:
+            raise UsageError("give either --onnx or --model, not both")
+        return [ModelSource.from_onnx(path) for path in onnx]
+    if model:
+        parsed = input_shape(shape)
+        if parsed is None:
+            raise UsageError("--model needs --input-shape (one input's shape without batch, e.g. 1x24x24x24)")
+        counts = integers(branches, "branches") if branches is not None else (1,)
+        # A user's module is run as written unless merged is asked for by name.
+        chosen = ("kept",) if layouts_ == "all" else layouts(layouts_)
+        return [ModelSource.from_factory(model, parsed, n, layout) for n in counts for layout in chosen]
+    if shape is not None:
+        raise UsageError(
+            "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
+        )
+    return [
+        ModelSource.from_spec(spec, layout)
+        for spec in specs(preset, variants, branches, input_modes, seed)
+        for layout in layouts(layouts_)
+    ]

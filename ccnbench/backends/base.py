@@ -1,0 +1,159 @@
+"""What every backend provides: a target, its availability, and a runner on device tensors.
+
+Building is separate from running. ``Backend.prepare`` does everything expensive (export,
+session creation, compilation, engine build) once and records it as build cost; the runner's
+``infer`` is then a plain call on tensors already on the target's device, leaving the outputs
+there. Timing never lives here: ``ccnbench.timing`` times every runner the same way, choosing
+CUDA events or a host clock from ``Runner.is_cuda`` alone.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ccnbench.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ccnbench.source import ModelSource
+
+# Where a target's tensors live: ONNX Runtime's TensorRT provider runs on the CUDA device.
+DEVICE_KINDS = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """A backend on a device, written ``backend:device`` (``ort:cuda``, ``tensorrt:cuda``)."""
+
+    backend: str
+    device: str
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        backend, sep, device = text.strip().partition(":")
+        if not sep or not backend or not device:
+            raise UsageError(f"target {text!r} is not of the form backend:device (e.g. ort:cpu)")
+        return cls(backend, device)
+
+    @property
+    def device_kind(self) -> str:
+        """'cpu' or 'cuda': where inputs are staged and outputs are left."""
+        return DEVICE_KINDS.get(self.device, self.device)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device_kind == "cuda"
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.device}"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a backend may need to prepare a runner. Backends ignore what is not theirs."""
+
+    precision: str = "fp32"
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int = 1
+    artifacts_dir: Path = Path("artifacts")
+    opset: int = 18
+    io: str = "fp32"
+    # ONNX Runtime CUDA: cuDNN's algorithm search for convolutions.
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    # TensorRT (native and through ONNX Runtime).
+    workspace_mib: int = 4096
+    builder_optimization_level: int = 3
+
+
+@dataclass
+class Runner(abc.ABC):
+    """A prepared model on one target. Use as a context manager; ``close`` frees everything.
+
+    ``infer`` takes inputs already on ``device`` (float32 unless the artifact's I/O is fp16)
+    and returns the outputs on the same device, in ``output_names`` order; they may be buffers
+    the runner reuses, valid until its next call. CUDA runners
+    enqueue their work on ``stream`` (a non-default stream) so events recorded there time it.
+    """
+
+    target: Target
+    output_names: tuple[str, ...]
+    build_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+    # torch's caching allocator holds this runner's device memory (read its peak, not NVML's).
+    uses_torch_allocator: bool = False
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.target.is_cuda
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.target.device_kind)
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """The CUDA stream the runner enqueues on; None on the CPU."""
+        return None
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """dtype the inputs must be staged in (float32, or float16 for an fp16-I/O artifact)."""
+        import torch
+
+        return torch.float32
+
+    @abc.abstractmethod
+    def infer(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]: ...
+
+    def close(self) -> None:  # noqa: B027 - most runners hold nothing beyond Python references
+        """Free sessions, engines and device memory. Safe to call twice."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(abc.ABC):
+    """One framework. Its heavy library is imported inside these methods, never at module level."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ()
+    # Whether the runner is built from an ONNX artifact (else from the nn.Module).
+    needs_onnx: bool = False
+    description: str = ""
+
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16")
+
+    def targets(self) -> list[Target]:
+        return [Target(self.name, d) for d in self.devices]
+
+    @abc.abstractmethod
+    def availability(self, device: str) -> str | None:
+        """None when ``backend:device`` can run here, else the reason, phrased so a user can act."""
+
+    @abc.abstractmethod
+    def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
+        """Build the runner (export, session, compilation, engine): the build cost."""
+
+
+class Stopwatch:
+    """Build-cost timer: ``with Stopwatch() as sw: ...; sw.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start

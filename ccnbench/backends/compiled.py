@@ -1,0 +1,96 @@
+"""torch.compile (inductor), and on CUDA its CUDA-graph mode. Compilation is build cost."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.torch_eager import TorchRunner, cuda_unavailable_reason, module_for_target
+from ccnbench.source import ModelSource
+
+
+def compiler_unavailable_reason(device: str) -> str | None:
+    if device == "cpu":
+        if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+            return "torch.compile on the CPU needs a C++ compiler: apt-get install g++"
+        return None
+    reason = cuda_unavailable_reason()
+    if reason:
+        return reason
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch.compile on CUDA needs triton: pip install triton"
+    return None
+
+
+@dataclass
+class CompiledRunner(TorchRunner):
+    """A compiled module. In CUDA-graph mode each call starts a new graph step, so the outputs
+    of one replay are not expected to survive the next (the timing loop discards them)."""
+
+    cudagraphs: bool = False
+
+    def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return super().infer(inputs)
+
+
+class CompileBackend(Backend):
+    name = "compile"
+    devices = ("cpu", "cuda")
+    description = "torch.compile with inductor, one specialised graph per batch size"
+    mode: str | None = None
+
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16", "bf16")
+
+    def availability(self, device: str) -> str | None:
+        return compiler_unavailable_reason(device)
+
+    def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
+        torch.set_num_threads(options.threads)
+        # A runner starts from a clean compiler state: graphs compiled for earlier models in this
+        # process would count against the recompile limit (fullgraph=True turns that into an error).
+        torch._dynamo.reset()
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        # Every requested batch size gets its own graph; leave room so none falls back to eager.
+        setattr(torch._dynamo.config, limit, max(8, 2 * len(options.batch_sizes)))
+        with Stopwatch() as sw:
+            module, details = module_for_target(source, target, options.precision)
+            compiled = torch.compile(module, mode=self.mode, dynamic=False, fullgraph=True)
+            stream = torch.cuda.Stream() if target.is_cuda else None
+            runner = CompiledRunner(
+                target,
+                source.output_names,
+                details=details,
+                uses_torch_allocator=True,
+                module=compiled,
+                _stream=stream,
+                cudagraphs=self.mode == "reduce-overhead",
+            )
+            # Compile now, once per batch size, so compilation is build cost and not warm-up.
+            for batch in options.batch_sizes:
+                inputs = [x.to(target.device_kind) for x in source.make_inputs(batch)]
+                for _ in range(3 if runner.cudagraphs else 1):  # graphs are recorded on a later call
+                    runner.infer(inputs)
+            if stream is not None:
+                torch.cuda.synchronize()
+        runner.build_seconds = sw.seconds
+        runner.details.update(
+            {"mode": self.mode or "default", "compiled_batch_sizes": list(options.batch_sizes)}
+        )
+        return runner
+
+
+class CompileGraphsBackend(CompileBackend):
+    name = "compile-graphs"
+    devices = ("cuda",)
+    description = "torch.compile mode='reduce-overhead': inductor kernels replayed as CUDA graphs"
+    mode = "reduce-overhead"

@@ -1,0 +1,227 @@
+"""ONNX Runtime on the CPU, on CUDA, and through its TensorRT execution provider.
+
+Inputs and outputs are bound to the tensors' own memory (I/O binding), so no copy happens
+inside the timed call on any device. On CUDA the session runs on the runner's own stream
+(``user_compute_stream``), so CUDA events recorded on that stream time exactly its kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.torch_eager import cuda_unavailable_reason
+from ccnbench.deps import require
+from ccnbench.errors import CcnbenchError
+from ccnbench.source import ModelSource
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_GPU_HINT = "pip uninstall -y onnxruntime && pip install 'ccnbench[gpu]'"
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+def provider_unavailable_reason(device: str) -> str | None:
+    try:
+        ort = require("onnxruntime")
+    except CcnbenchError as exc:
+        return str(exc)
+    provider = PROVIDERS[device]
+    available = ort.get_available_providers()
+    if provider not in available:
+        if device == "tensorrt":
+            return f"onnxruntime has no TensorrtExecutionProvider: {_GPU_HINT}, plus TensorRT's libraries"
+        return f"onnxruntime {ort.__version__} has no {provider}: {_GPU_HINT}"
+    if device != "cpu":
+        return cuda_unavailable_reason()  # device tensors are torch CUDA tensors
+    return None
+
+
+def session_providers(
+    target: Target, options: BuildOptions, stream: Any, shapes: dict[str, str]
+) -> list[Any]:
+    """The provider list for a target. Pure, so it is testable without a GPU."""
+    if target.device == "cpu":
+        return ["CPUExecutionProvider"]
+    stream_ptr = str(stream.cuda_stream) if stream is not None else None
+    cuda: dict[str, Any] = {
+        "device_id": str(torch.cuda.current_device() if torch.cuda.is_available() else 0),
+        "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+    }
+    if stream_ptr:
+        cuda["user_compute_stream"] = stream_ptr
+    if target.device == "cuda":
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    cache = str(Path(options.artifacts_dir) / "ort-tensorrt")
+    trt: dict[str, Any] = {
+        "device_id": cuda["device_id"],
+        # Precision comes from the artifact (an fp16 graph for fp16), as for native TensorRT.
+        "trt_fp16_enable": "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": cache,
+        "trt_max_workspace_size": str(options.workspace_mib * 2**20),
+        "trt_builder_optimization_level": str(options.builder_optimization_level),
+        **shapes,
+    }
+    if stream_ptr:
+        trt["user_compute_stream"] = stream_ptr
+    return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+
+def profile_shapes(
+    input_names: Sequence[str], input_shape: Sequence[int], batch_sizes: Sequence[int]
+) -> dict[str, str]:
+    """TensorRT provider profile options: all three or none, ``name:BxCxDxHxW`` comma lists."""
+
+    def shapes(batch: int) -> str:
+        return ",".join(f"{n}:{'x'.join(map(str, (batch, *input_shape)))}" for n in input_names)
+
+    return {
+        "trt_profile_min_shapes": shapes(min(batch_sizes)),
+        "trt_profile_opt_shapes": shapes(max(batch_sizes)),
+        "trt_profile_max_shapes": shapes(max(batch_sizes)),
+    }
+
+
+@dataclass
+class OrtRunner(Runner):
+    session: Any = None
+    input_names: tuple[str, ...] = ()
+    io_dtype: torch.dtype = torch.float32
+    _stream: Any = None
+    _binding: Any = None
+    _bound_inputs: tuple[Any, ...] = ()
+    _outputs: dict[tuple[int, ...], tuple[Tensor, ...]] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        return self._stream
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return self.io_dtype
+
+    def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        if self.session is None:
+            raise CcnbenchError("runner is closed")
+        if self._stream is not None:
+            self._stream.wait_stream(torch.cuda.current_stream())
+        # Rebinding is skipped when the same tensors come back (the timing loop), so the timed
+        # call is the session run alone.
+        identity = tuple((x.data_ptr(), tuple(x.shape)) for x in inputs)
+        if identity != self._bound_inputs:
+            self._bind(inputs)
+            self._bound_inputs = identity
+        self.session.run_with_iobinding(self._binding)
+        return self._outputs[identity[0][1]]
+
+    def _bind(self, inputs: Sequence[Tensor]) -> None:
+        device_type, device_id = self._device()
+        binding = self.session.io_binding()
+        for name, x in zip(self.input_names, inputs):
+            if not x.is_contiguous() or x.dtype != self.io_dtype or x.device.type != device_type:
+                raise CcnbenchError(
+                    f"input {name} must be a contiguous {self.io_dtype} tensor on {device_type}"
+                )
+            binding.bind_input(name, device_type, device_id, _NUMPY[x.dtype], list(x.shape), x.data_ptr())
+        key = tuple(inputs[0].shape)
+        if key not in self._outputs:
+            self._outputs[key] = self._allocate_outputs(binding, device_type)
+        for name, y in zip(self.output_names, self._outputs[key]):
+            binding.bind_output(name, device_type, device_id, _NUMPY[y.dtype], list(y.shape), y.data_ptr())
+        self._binding = binding
+
+    def _allocate_outputs(self, binding: Any, device_type: str) -> tuple[Tensor, ...]:
+        """Output shapes of a new batch size from one run with ORT-allocated outputs."""
+        for name in self.output_names:
+            binding.bind_output(name, device_type)
+        self.session.run_with_iobinding(binding)
+        shapes = [tuple(v.shape()) for v in binding.get_outputs()]
+        binding.clear_binding_outputs()
+        dtype = self.io_dtype
+        return tuple(torch.empty(s, dtype=dtype, device=device_type) for s in shapes)
+
+    def _device(self) -> tuple[str, int]:
+        if self.target.is_cuda:
+            return "cuda", torch.cuda.current_device()
+        return "cpu", 0
+
+    def close(self) -> None:
+        self._binding = None
+        self.session = None
+        self._outputs.clear()
+
+
+class OrtBackend(Backend):
+    name = "ort"
+    devices = ("cpu", "cuda", "tensorrt")
+    needs_onnx = True
+    description = "ONNX Runtime with I/O binding (CPU, CUDA, TensorRT execution providers)"
+
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16")
+
+    def availability(self, device: str) -> str | None:
+        return provider_unavailable_reason(device)
+
+    def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
+        ort = require("onnxruntime")
+        # Exporting is the artifact's cost (recorded with it), shared by every ONNX target.
+        artifact = source.artifact(options.precision, options.io, options.opset, options.artifacts_dir)
+        with Stopwatch() as sw:
+            stream = torch.cuda.Stream() if target.is_cuda else None
+            so = ort.SessionOptions()
+            # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
+            so.intra_op_num_threads = options.threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            shapes = profile_shapes(artifact.input_names, source.input_shape, options.batch_sizes)
+            providers = session_providers(target, options, stream, shapes)
+            if target.device == "tensorrt":
+                (Path(options.artifacts_dir) / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
+            try:
+                session = ort.InferenceSession(str(artifact.path), sess_options=so, providers=providers)
+            except Exception as exc:
+                raise CcnbenchError(
+                    f"onnxruntime could not load {artifact.path.name}: {_one_line(exc)}"
+                ) from exc
+            wanted = PROVIDERS[target.device]
+            if session.get_providers()[0] != wanted:
+                # ORT silently falls back to the CPU when a provider fails to load: never report that as GPU.
+                raise CcnbenchError(
+                    f"{wanted} failed to load; onnxruntime fell back to {session.get_providers()}"
+                )
+            runner = OrtRunner(
+                target,
+                artifact.output_names,
+                details={"artifact": artifact.path.name, "providers": session.get_providers()},
+                session=session,
+                input_names=artifact.input_names,
+                io_dtype=torch.float16 if artifact.io == "fp16" else torch.float32,
+                _stream=stream,
+            )
+            if target.device == "tensorrt":
+                # The TensorRT provider builds its engine on the first run of each shape: build cost.
+                for batch in options.batch_sizes:
+                    inputs = [x.to("cuda", runner.io_dtype) for x in source.make_inputs(batch)]
+                    runner.infer(inputs)
+                torch.cuda.synchronize()
+        runner.build_seconds = sw.seconds
+        return runner
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]

@@ -1,0 +1,74 @@
+"""`ccnbench check`: does every target agree with the float64 oracle? (No timing.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ccnbench.agreement import Tolerance
+from ccnbench.backends import BuildOptions, Target
+from ccnbench.environment import default_threads
+from ccnbench.execute import CaseGroup, run_group
+from ccnbench.results import CaseResult
+from ccnbench.source import ModelSource
+from ccnbench.timing import Protocol
+
+
+def plan(
+    sources: Sequence[ModelSource],
+    targets: Sequence[Target],
+    precisions: Sequence[str],
+    batches: Sequence[int],
+    artifacts_dir: Path,
+    opset: int = 18,
+    threads: int | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    per_output: dict[str, Tolerance] | None = None,
+    seed: int = 0,
+    protocol: Protocol | None = None,
+    transfers: bool = False,
+) -> list[CaseGroup]:
+    """Every source × target × precision as a case group over the batch sizes."""
+    options = {
+        "batch_sizes": tuple(batches),
+        "threads": threads or default_threads(),
+        "artifacts_dir": Path(artifacts_dir),
+        "opset": opset,
+    }
+    return [
+        CaseGroup(
+            source,
+            target,
+            precision,
+            tuple(batches),
+            BuildOptions(precision=precision, **options),
+            protocol=protocol,
+            atol=atol,
+            rtol=rtol,
+            per_output=dict(per_output or {}),
+            seed=seed,
+            transfers=transfers,
+        )
+        for source in sources
+        for target in targets
+        for precision in precisions
+    ]
+
+
+def run(
+    groups: Sequence[CaseGroup], on_result: Callable[[CaseGroup, CaseResult], None] | None = None
+) -> list[CaseResult]:
+    """Run every group in this process and collect the results."""
+    results = []
+    for group in groups:
+        for result in run_group(group):
+            results.append(result)
+            if on_result:
+                on_result(group, result)
+    return results
+
+
+def exit_code(results: Sequence[CaseResult]) -> int:
+    """1 if any target that could run failed, crashed or disagreed; unavailable targets don't count."""
+    return int(any(r.status in ("failed", "timeout") or (r.status == "ok" and not r.passed) for r in results))

@@ -1,0 +1,196 @@
+"""Run one case group: prepare a runner once, then check (and optionally time) every batch size.
+
+This is what a worker process does in a sweep and what ``ccnbench check`` does in-process.
+Every failure becomes a CaseResult with a status and a message; nothing here raises for a
+broken backend, so one bad target never stops the others.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccnbench.agreement import Tolerance, TolerancePolicy, compare
+from ccnbench.backends import BuildOptions, Target, backend_of
+from ccnbench.memory import MemoryProbe
+from ccnbench.oracle import reference
+from ccnbench.results import CaseKey, CaseResult
+from ccnbench.source import ModelSource
+from ccnbench.timing import Protocol, measure, stage
+
+
+@dataclass(frozen=True)
+class CaseGroup:
+    """Cases that share one prepared runner: one source on one target at one precision."""
+
+    source: ModelSource
+    target: Target
+    precision: str
+    batches: tuple[int, ...]
+    options: BuildOptions
+    protocol: Protocol | None = None  # None: agreement only (ccnbench check)
+    atol: float | None = None
+    rtol: float | None = None
+    per_output: dict[str, Tolerance] = field(default_factory=dict)
+    seed: int = 0
+    transfers: bool = False
+
+    def keys(self) -> list[CaseKey]:
+        return [
+            CaseKey(
+                self.source.label, self.source.digest, self.source.layout, str(self.target), self.precision, b
+            )
+            for b in self.batches
+        ]
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.label} {self.source.layout} {self.target} {self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        options = asdict(self.options)
+        options["artifacts_dir"] = str(self.options.artifacts_dir)
+        return {
+            "source": self.source.to_dict(),
+            "target": str(self.target),
+            "precision": self.precision,
+            "batches": list(self.batches),
+            "options": options,
+            "protocol": self.protocol.to_dict() if self.protocol else None,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "per_output": {k: asdict(v) for k, v in self.per_output.items()},
+            "seed": self.seed,
+            "transfers": self.transfers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseGroup:
+        options = dict(data["options"])
+        options["artifacts_dir"] = Path(options["artifacts_dir"])
+        options["batch_sizes"] = tuple(options["batch_sizes"])
+        return cls(
+            source=ModelSource.from_dict(data["source"]),
+            target=Target.parse(data["target"]),
+            precision=data["precision"],
+            batches=tuple(data["batches"]),
+            options=BuildOptions(**options),
+            protocol=Protocol(**data["protocol"]) if data.get("protocol") else None,
+            atol=data.get("atol"),
+            rtol=data.get("rtol"),
+            per_output={k: Tolerance(**v) for k, v in (data.get("per_output") or {}).items()},
+            seed=int(data.get("seed", 0)),
+            transfers=bool(data.get("transfers", False)),
+        )
+
+
+def unavailable_reason(group: CaseGroup) -> str | None:
+    """Why a group cannot run here, or None. Cheap: no runner is built."""
+    backend = backend_of(group.target)
+    if group.target.device not in backend.devices:
+        return f"{backend.name} has no device {group.target.device}"
+    if group.precision not in backend.precisions(group.target.device):
+        return f"{group.target} has no {group.precision} path (it runs {', '.join(backend.precisions(group.target.device))})"
+    if not backend.needs_onnx and not group.source.has_module:
+        return f"{group.target} runs a PyTorch module; {group.source.label} is an ONNX file (use --model)"
+    if group.source.kind == "onnx" and group.source.precision != group.precision:
+        return f"{group.source.label} is a {group.source.precision} file, not {group.precision}"
+    return backend.availability(group.target.device)
+
+
+def run_group(group: CaseGroup) -> Iterator[CaseResult]:
+    """Yield one CaseResult per batch size, in order, as each finishes."""
+    keys = group.keys()
+    spec = group.source.spec.to_dict() if group.source.spec else None
+    reason = unavailable_reason(group)
+    if reason:
+        for key in keys:
+            yield CaseResult(key, "unavailable", reason, spec=spec)
+        return
+    backend = backend_of(group.target)
+    artifact = None
+    probe = MemoryProbe(group.target.device_kind)
+    try:
+        if backend.needs_onnx:
+            artifact = group.source.artifact(
+                group.precision, group.options.io, group.options.opset, group.options.artifacts_dir
+            )
+        probe.start()
+        runner = backend.prepare(group.source, group.target, group.options)
+    except Exception as exc:
+        message = _describe(exc)
+        for key in keys:
+            yield CaseResult(key, "failed", f"prepare: {message}", spec=spec)
+        return
+    artifact_info = _artifact_summary(artifact)
+    policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
+    flops = group.source.flops_per_sample()
+    with runner:
+        for key, batch in zip(keys, group.batches):
+            try:
+                inputs = group.source.make_inputs(batch, group.seed)
+                expected = reference(group.source, inputs, batch, group.seed, group.options.artifacts_dir)
+                outputs = runner.infer(stage(inputs, runner))
+                agreement = compare(outputs, expected, group.source.output_names, policy)
+                measurement = (
+                    measure(runner, inputs, group.protocol, flops, group.transfers)
+                    if group.protocol
+                    else None
+                )
+                memory = probe.read(
+                    runner.uses_torch_allocator,
+                    runner.details.get("engine_device_memory_bytes"),
+                    artifact.size_bytes if artifact else None,
+                )
+                yield CaseResult(
+                    key,
+                    "ok",
+                    agreement=agreement,
+                    latency=measurement.latency if measurement else None,
+                    transfers=measurement.transfers if measurement else None,
+                    memory=memory,
+                    build_seconds=round(runner.build_seconds, 4),
+                    artifact=artifact_info,
+                    spec=spec,
+                    details=_jsonable(runner.details),
+                )
+            except Exception as exc:
+                yield CaseResult(
+                    key, "failed", f"batch {batch}: {_describe(exc)}", spec=spec, artifact=artifact_info
+                )
+
+
+def _artifact_summary(artifact: Any) -> dict[str, Any] | None:
+    if artifact is None:
+        return None
+    return {
+        "file": artifact.path.name,
+        "size_bytes": artifact.size_bytes,
+        "sha256": artifact.sha256,
+        "opset": artifact.opset,
+        "conv_count": artifact.conv_count,
+        "export_seconds": artifact.export_seconds,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the exception type and message, plus where it came from in a user's code."""
+    text = " ".join(str(exc).split())[:500] or "(no message)"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {text}{where}"
+
+
+def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
+        else:
+            out[k] = str(v)
+    return out

@@ -1,0 +1,137 @@
+"""Memory a target costs: peak RSS growth on the CPU; allocator peak, NVML and engine size on CUDA.
+
+The CPU number is the worker's peak resident set after the case minus its resident set just
+before the model was prepared, so imports and the Python runtime are not counted. Linux lets a
+process reset its own peak (``/proc/self/clear_refs``), which makes each probe start fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_STATUS = Path("/proc/self/status")
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    device: str
+    peak_rss_delta_bytes: int | None = None  # CPU: peak RSS minus RSS before prepare
+    cuda_peak_allocated_bytes: int | None = None  # torch targets: the caching allocator's peak
+    cuda_process_used_bytes: int | None = None  # NVML: this process's device memory (context included)
+    engine_device_memory_bytes: int | None = None  # TensorRT: activation memory of the engine
+    artifact_bytes: int | None = None
+
+    @property
+    def headline_bytes(self) -> int | None:
+        """The one number a table shows for this device."""
+        if self.device == "cpu":
+            return self.peak_rss_delta_bytes
+        return self.cuda_peak_allocated_bytes or self.cuda_process_used_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryStats:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def current_rss_bytes() -> int:
+    fields = _status_fields()
+    if "VmRSS" in fields:
+        return fields["VmRSS"]
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes() -> int:
+    fields = _status_fields()
+    if "VmHWM" in fields:
+        return fields["VmHWM"]
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class MemoryProbe:
+    """Start before preparing a runner, read after each measured case."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.baseline_rss = 0
+
+    def start(self) -> None:
+        reset_peak_rss()
+        self.baseline_rss = current_rss_bytes()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def read(
+        self, uses_torch_allocator: bool, engine_bytes: int | None = None, artifact_bytes: int | None = None
+    ) -> MemoryStats:
+        rss = max(0, peak_rss_bytes() - self.baseline_rss)
+        if self.device != "cuda":
+            return MemoryStats("cpu", peak_rss_delta_bytes=rss, artifact_bytes=artifact_bytes)
+        import torch
+
+        torch.cuda.synchronize()
+        return MemoryStats(
+            "cuda",
+            peak_rss_delta_bytes=rss,
+            cuda_peak_allocated_bytes=int(torch.cuda.max_memory_allocated())
+            if uses_torch_allocator
+            else None,
+            cuda_process_used_bytes=nvml_process_used_bytes(),
+            engine_device_memory_bytes=engine_bytes,
+            artifact_bytes=artifact_bytes,
+        )
+
+
+def nvml_process_used_bytes() -> int | None:
+    """Device memory NVML attributes to this process (None without NVML or in containers that hide it)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            import torch
+
+            index = torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    return int(proc.usedGpuMemory)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # NVML errors (no driver, no permission) mean "unknown", not a failed case
+        return None
+    return None
+
+
+def _status_fields() -> dict[str, int]:
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if key in ("VmRSS", "VmHWM") and parts and parts[0].isdigit():
+            fields[key] = int(parts[0]) * 1024
+    return fields

@@ -1,0 +1,204 @@
+"""Results: frozen dataclasses, a versioned JSON schema, atomic writes and strict loading.
+
+A run directory holds ``results.json``; it is rewritten atomically after every case (temp file
++ rename), so a run killed at any moment leaves a valid file with every finished case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ccnbench.agreement import Agreement
+from ccnbench.environment import Environment
+from ccnbench.errors import ResultsError
+from ccnbench.memory import MemoryStats
+from ccnbench.timing import LatencyStats
+
+SCHEMA = "ccnbench.results"
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+STATUSES = ("ok", "failed", "timeout", "unavailable")
+
+
+@dataclass(frozen=True)
+class CaseKey:
+    """What identifies a case across runs: the model, its layout, the target, precision and batch."""
+
+    model: str
+    digest: str
+    layout: str
+    target: str
+    precision: str
+    batch: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.layout}/{self.target}/{self.precision}/b{self.batch}"
+
+    @property
+    def group(self) -> tuple[str, str, str, str, str]:
+        """Cases that share one prepared runner (all batch sizes of a target)."""
+        return (self.model, self.digest, self.layout, self.target, self.precision)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    key: CaseKey
+    status: str
+    message: str = ""
+    agreement: Agreement | None = None
+    latency: LatencyStats | None = None
+    transfers: LatencyStats | None = None
+    memory: MemoryStats | None = None
+    build_seconds: float | None = None
+    artifact: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def passed(self) -> bool:
+        """Ran, and agreed with the oracle."""
+        return self.status == "ok" and self.agreement is not None and self.agreement.passed
+
+    @property
+    def verdict(self) -> str:
+        if self.status != "ok":
+            return self.status
+        if self.agreement is None:
+            return "ok"
+        return "pass" if self.agreement.passed else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key.__dict__,
+            "status": self.status,
+            "verdict": self.verdict,
+            "message": self.message,
+            "agreement": self.agreement.to_dict() if self.agreement else None,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "transfers": self.transfers.to_dict() if self.transfers else None,
+            "memory": self.memory.to_dict() if self.memory else None,
+            "build_seconds": self.build_seconds,
+            "artifact": self.artifact,
+            "spec": self.spec,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        return cls(
+            key=CaseKey(**data["key"]),
+            status=data["status"],
+            message=data.get("message", ""),
+            agreement=Agreement.from_dict(data["agreement"]) if data.get("agreement") else None,
+            latency=LatencyStats.from_dict(data["latency"]) if data.get("latency") else None,
+            transfers=LatencyStats.from_dict(data["transfers"]) if data.get("transfers") else None,
+            memory=MemoryStats.from_dict(data["memory"]) if data.get("memory") else None,
+            build_seconds=data.get("build_seconds"),
+            artifact=data.get("artifact"),
+            spec=data.get("spec"),
+            details=data.get("details") or {},
+        )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    created: str
+    environment: Environment
+    config: dict[str, Any] = field(default_factory=dict)
+    cases: tuple[CaseResult, ...] = ()
+    complete: bool = False
+
+    def with_case(self, case: CaseResult) -> RunResult:
+        kept = tuple(c for c in self.cases if c.key != case.key)
+        return replace(self, cases=(*kept, case))
+
+    def done_keys(self) -> set[CaseKey]:
+        return {c.key for c in self.cases}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "created": self.created,
+            "complete": self.complete,
+            "environment": self.environment.to_dict(),
+            "config": self.config,
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "results") -> RunResult:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ResultsError(f"{source} is not a ccnbench results file (no '{SCHEMA}' schema marker)")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ResultsError(
+                f"{source} has results schema version {version}; this ccnbench reads version {SCHEMA_VERSION}"
+            )
+        try:
+            return cls(
+                run_id=data["run_id"],
+                created=data["created"],
+                environment=Environment.from_dict(data["environment"]),
+                config=data.get("config") or {},
+                cases=tuple(CaseResult.from_dict(c) for c in data["cases"]),
+                complete=bool(data.get("complete", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsError(f"{source} is damaged: {type(exc).__name__}: {exc}") from exc
+
+
+def new_run(run_id: str, environment: Environment, config: dict[str, Any]) -> RunResult:
+    return RunResult(run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), environment, config)
+
+
+def results_path(run_dir: Path | str) -> Path:
+    path = Path(run_dir)
+    return path if path.suffix == ".json" else path / RESULTS_FILE
+
+
+def save(run: RunResult, run_dir: Path | str) -> Path:
+    """Write atomically: readers see the old file or the new one, never half of either."""
+    path = results_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(run.to_dict(), indent=1, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(run_dir: Path | str) -> RunResult:
+    """Read a run directory or results file; a missing, corrupt or foreign file is a ResultsError."""
+    path = results_path(run_dir)
+    if not path.is_file():
+        raise ResultsError(f"no results at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path} is not valid JSON: {exc}") from exc
+    return RunResult.from_dict(data, source=str(path))
+
+
+def load_many(paths: Iterable[Path | str]) -> list[RunResult]:
+    return [load(p) for p in paths]

@@ -1,0 +1,91 @@
+"""Rich tables for the terminal. Presentation only: every number comes from the results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from ccnbench.results import CaseResult
+
+_VERDICT_STYLE = {
+    "pass": "green",
+    "FAIL": "bold red",
+    "failed": "bold red",
+    "timeout": "red",
+    "unavailable": "dim",
+}
+
+
+def verdict_text(result: CaseResult) -> str:
+    verdict = result.verdict
+    return f"[{_VERDICT_STYLE.get(verdict, '')}]{verdict}[/]"
+
+
+def check_table(results: Sequence[CaseResult]) -> Table:
+    """One row per case that ran, one section per target."""
+    table = Table(title="Agreement with the float64 oracle")
+    for col, justify in (
+        ("model", "left"),
+        ("layout", "left"),
+        ("target", "left"),
+        ("prec", "left"),
+        ("batch", "right"),
+        ("max abs", "right"),
+        ("needs atol", "right"),
+        ("atol / rtol", "right"),
+        ("top-1", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=col not in ("model",))
+    ran = sorted((r for r in results if r.status != "unavailable"), key=lambda r: (r.key.target, str(r.key)))
+    for i, r in enumerate(ran):
+        last_of_target = i + 1 == len(ran) or ran[i + 1].key.target != r.key.target
+        a = r.agreement
+        if a is None:
+            cells = ["-", "-", "-", "-"]
+        else:
+            worst = a.worst
+            top1 = [o.top1 for o in a.outputs if o.top1 is not None]
+            cells = [
+                f"{a.max_abs:.1e}",
+                f"{worst.required_atol:.1e}",
+                f"{worst.atol:.0e} / {worst.rtol:.0e}",
+                f"{min(top1):.0%}" if top1 else "-",
+            ]
+        table.add_row(
+            r.key.model,
+            r.key.layout,
+            r.key.target,
+            r.key.precision,
+            str(r.key.batch),
+            *cells,
+            verdict_text(r),
+            end_section=last_of_target,
+        )
+    return table
+
+
+def unavailable_lines(results: Sequence[CaseResult]) -> list[str]:
+    """One line per unavailable target with its reason (deduplicated)."""
+    seen: dict[tuple[str, str], str] = {}
+    for r in results:
+        if r.status == "unavailable":
+            seen.setdefault((r.key.target, r.message), r.key.precision)
+    return [f"{target}: unavailable: {reason}" for (target, reason) in seen]
+
+
+def failure_lines(results: Sequence[CaseResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.status in ("failed", "timeout"):
+            lines.append(f"{r.key}: {r.status}: {r.message}")
+        elif r.status == "ok" and r.agreement is not None and not r.agreement.passed:
+            w = r.agreement.worst
+            why = (
+                f"{w.nonfinite} non-finite values"
+                if w.nonfinite
+                else f"max abs {w.max_abs:.2e} needs atol {w.required_atol:.2e} > {w.atol:.0e}"
+            )
+            lines.append(f"{r.key}: output {w.name}: {why}")
+    return lines

@@ -1,0 +1,152 @@
+"""`ccnbench check` and the in-process path it shares with the sweep workers."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ccnbench import check
+from ccnbench.backends import Target, parse_targets
+from ccnbench.cli import app
+from ccnbench.export import export
+from ccnbench.models import VARIANTS, spec_from_preset
+from ccnbench.source import ModelSource
+
+runner = CliRunner()
+FIXTURES = Path(__file__).parent / "fixtures" / "user_models.py"
+
+
+def _run(sources, targets, artifacts, precisions=("fp32",), batches=(1, 3), **kw):
+    return check.run(check.plan(sources, targets, precisions, batches, artifacts, threads=2, **kw))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_and_layout_agrees_on_cpu_targets(variant, artifacts_dir):
+    spec = spec_from_preset("tiny", variant, branches=3)
+    sources = [ModelSource.from_spec(spec, layout) for layout in ("kept", "merged")]
+    results = _run(sources, parse_targets("torch:cpu,ort:cpu"), artifacts_dir)
+    assert len(results) == 2 * 2 * 2
+    for r in results:
+        assert r.status == "ok", r.message
+        assert r.passed, r.agreement.to_dict()
+        assert r.agreement.max_abs < 1e-5  # fp32 round-off, far inside the tolerance
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_and_layout_agrees_on_compile_cpu(variant, artifacts_dir):
+    spec = spec_from_preset("tiny", variant, branches=3)
+    sources = [ModelSource.from_spec(spec, layout) for layout in ("kept", "merged")]
+    results = _run(sources, [Target("compile", "cpu")], artifacts_dir)
+    assert [r.status for r in results] == ["ok"] * 4, [r.message for r in results]
+    assert all(r.passed for r in results)
+    assert all(r.build_seconds > 0 for r in results)  # compilation is recorded as build cost
+
+
+def test_fp16_and_bf16_targets_agree_within_their_tolerance(artifacts_dir):
+    source = ModelSource.from_spec(spec_from_preset("tiny", "decision", branches=2), "merged")
+    results = _run([source], parse_targets("torch:cpu,ort:cpu"), artifacts_dir, precisions=("fp16", "bf16"))
+    by_case = {(r.key.target, r.key.precision): r for r in results if r.key.batch == 3}
+    assert by_case["torch:cpu", "fp16"].passed and by_case["ort:cpu", "fp16"].passed
+    assert by_case["torch:cpu", "bf16"].passed
+    # ONNX Runtime has no bf16 path: said so, not run and not failed.
+    assert by_case["ort:cpu", "bf16"].status == "unavailable"
+    assert "no bf16 path" in by_case["ort:cpu", "bf16"].message
+    # Lower precision is visibly less exact than fp32.
+    assert by_case["torch:cpu", "fp16"].agreement.max_abs > 1e-5
+
+
+def test_unavailable_targets_are_reported_not_failed():
+    result = runner.invoke(
+        app,
+        ["check", "--preset", "tiny", "--variant", "early", "--layout", "kept", "--batch", "1",
+         "--targets", "torch:cpu,torch:cuda,compile-graphs:cuda,ort:cuda,ort:tensorrt,tensorrt:cuda"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for target in ("torch:cuda", "ort:cuda", "ort:tensorrt", "tensorrt:cuda", "compile-graphs:cuda"):
+        assert f"{target}: unavailable: " in result.output
+    assert "pip install 'ccnbench[gpu]'" in result.output
+    assert "1/1 cases agree" in result.output
+
+
+def test_poisoned_weight_fails_even_with_huge_tolerances(artifacts_dir):
+    args = ["check", "--model", f"{FIXTURES}:poisoned", "--input-shape", "1x12x12x12", "--branches", "2",
+            "--targets", "torch:cpu,ort:cpu", "--batch", "2", "--atol", "1e30", "--rtol", "1e30",
+            "--artifacts", str(artifacts_dir), "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is False
+    for case in report["cases"]:
+        assert case["status"] == "ok" and case["verdict"] == "FAIL"
+        assert case["agreement"]["outputs"][0]["nonfinite"] > 0
+
+
+def test_users_own_module_is_checked_against_its_float64_self(artifacts_dir):
+    source = ModelSource.from_factory(f"{FIXTURES}:two_view", (1, 10, 10, 10), num_inputs=2)
+    assert source.output_names == ("output",) and source.input_names == ("input_0", "input_1")
+    results = _run([source], parse_targets("torch:cpu,ort:cpu"), artifacts_dir)
+    assert all(r.passed for r in results), [r.message for r in results]
+    merged = ModelSource.from_factory(f"{FIXTURES}:two_view", (1, 10, 10, 10), 2, layout="merged")
+    (result,) = _run([merged], [Target("torch", "cpu")], artifacts_dir, batches=(1,))
+    assert result.status == "failed" and "can only be run kept" in result.message
+
+
+def test_a_user_factory_returning_a_ccnbench_variant_can_be_merged(artifacts_dir):
+    sources = [
+        ModelSource.from_factory(f"{FIXTURES}:ours", (1, 12, 12, 12), 3, layout)
+        for layout in ("kept", "merged")
+    ]
+    results = _run(sources, parse_targets("torch:cpu,ort:cpu"), artifacts_dir, batches=(2,))
+    assert all(r.passed for r in results), [r.message for r in results]
+    merged_onnx = next(r for r in results if r.key.layout == "merged" and r.key.target == "ort:cpu")
+    assert merged_onnx.artifact["conv_count"] == 2  # one Conv per layer: really merged
+
+
+def test_users_onnx_file_is_checked_against_onnx_runtime_cpu(tmp_path):
+    spec = spec_from_preset("tiny", "feature", branches=2)
+    artifact = export(spec, "merged", out_dir=tmp_path)
+    result = runner.invoke(
+        app,
+        ["check", "--onnx", str(artifact.path), "--targets", "ort:cpu,torch:cpu", "--batch", "1,4", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    cases = json.loads(result.stdout)["cases"]
+    ort_cases = [c for c in cases if c["key"]["target"] == "ort:cpu"]
+    assert [c["verdict"] for c in ort_cases] == ["pass", "pass"]
+    assert ort_cases[0]["key"]["model"] == f"onnx:{artifact.path.name}"
+    torch_case = next(c for c in cases if c["key"]["target"] == "torch:cpu")
+    assert torch_case["status"] == "unavailable" and "use --model" in torch_case["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--targets", "ort:gpu"], "ort has no device 'gpu'"),
+        (["--targets", "onnx:cpu"], "unknown backend 'onnx'"),
+        (["--targets", "torch"], "not of the form backend:device"),
+        (["--batch", "0"], "batch sizes must be >= 1"),
+        (["--precision", "int8"], "unknown precision 'int8'"),
+        (["--tol", "logits"], "expected name=atol"),
+        (
+            ["--model", "no_such_module_xyz:f", "--input-shape", "1x8x8x8"],
+            "cannot import 'no_such_module_xyz'",
+        ),
+        (["--model", "json:dumps"], "needs --input-shape"),
+        (["--onnx", "/no/such/file.onnx"], "no ONNX file at /no/such/file.onnx"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, words):
+    result = runner.invoke(app, ["check", "--preset", "tiny", *args])
+    assert result.exit_code in (1, 2), result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.output
+
+
+def test_a_factory_that_raises_is_a_failed_case_not_a_crash(artifacts_dir):
+    args = ["check", "--model", f"{FIXTURES}:raises", "--input-shape", "1x8x8x8", "--targets", "torch:cpu",
+            "--batch", "1", "--artifacts", str(artifacts_dir)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "RuntimeError: the user's factory is broken" in result.output
