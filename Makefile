@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN ?= results/$(shell date +%Y%m%d-%H%M%S)-cpu
 
-.PHONY: setup test test-all bench bench-ci lint format gpu-check clean lock
+.PHONY: setup test test-fast bench bench-ci lint format gpu-check clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +16,19 @@ setup: $(STAMP) ## create .venv and install ccnbench with its dev tools
 test: $(STAMP) ## the unit tests (CPU; GPU/TensorRT tests skip themselves)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) ## the default CPU sweep into results/, then its report
-	$(BIN)/ccnbench variants --preset small
+test-fast: $(STAMP) ## the unit tests without the slow ones (compile, whole sweeps)
+	$(BIN)/python -m pytest -m "not slow"
 
-bench-ci: $(STAMP) ## pytest-benchmark suite of the runners (tiny preset)
-	$(BIN)/python -m pytest tests/benchmarks --benchmark-only
+bench: $(STAMP) ## the default CPU sweep (small preset, every variant) into results/<time>-cpu/ with its report
+	$(BIN)/ccnbench bench --config cpu-default
+
+gpu-check: ## the GPU sweep on the lent H100 (no install: PYTHONPATH=.), results under $$OUT
+	bash scripts/gpu_check.sh
+
+bench-ci: $(STAMP) ## pytest-benchmark suite of the runners (tiny preset) into results/bench-ci/
+	mkdir -p results/bench-ci
+	CCNBENCH_BENCHMARKS=1 $(BIN)/python -m pytest tests/benchmarks --benchmark-only -q \
+		--benchmark-json=results/bench-ci/benchmarks.json --benchmark-columns=min,median,iqr,ops,rounds
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

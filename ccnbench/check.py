@@ -28,6 +28,7 @@ def plan(
     seed: int = 0,
     protocol: Protocol | None = None,
     transfers: bool = False,
+    dynamic_batch: bool = False,
 ) -> list[CaseGroup]:
     """Every source × target × precision as a case group over the batch sizes."""
     options = {
@@ -35,6 +36,7 @@ def plan(
         "threads": threads or default_threads(),
         "artifacts_dir": Path(artifacts_dir),
         "opset": opset,
+        "dynamic_batch": dynamic_batch,
     }
     return [
         CaseGroup(

@@ -337,6 +337,240 @@ def check(
         raise typer.Exit(code)
 
 
+@app.command()
+def bench(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.",
+        ),
+    ] = None,
+    variant: Variants = "all",
+    layout: Layout = "all",
+    branches: BranchList = None,
+    preset: Preset = "small",
+    input_mode: InputMode = "separate",
+    targets: Targets = "torch:cpu,ort:cpu",
+    precision: Precisions = "fp32",
+    batch: Batches = "1,8",
+    onnx: OnnxFiles = None,
+    model: UserModel = None,
+    input_shape: InputShape = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")
+    ] = False,
+    transfers: Annotated[
+        bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds a worker may take for one case group.")
+    ] = 600.0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")
+    ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Run name, used in the default run directory.")
+    ] = "bench",
+    seed: Seed = 0,
+    threads: Threads = None,
+    artifacts: ArtifactsDir = Path("artifacts"),
+    isolation: Annotated[
+        str,
+        typer.Option(
+            "--isolation", help="group: a fresh worker per case group; model: one per model (faster)."
+        ),
+    ] = "group",
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."
+        ),
+    ] = False,
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option("--budget-minutes", help="Start no new group after this long; resume later."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")
+    ] = True,
+) -> None:
+    """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
+    from ccnbench import sweep, tables
+
+    if resume is not None:
+        run, sweep_config = sweep.resume(resume)
+        run_dir = resume
+    else:
+        if config is not None:
+            sweep_config = sweep.load_config(config)
+            if quick:
+                sweep_config = sweep.SweepConfig.from_dict(
+                    {**sweep_config.to_dict(), "quick": True, "protocol": {}}
+                )
+        else:
+            sweep_config = sweep.SweepConfig.from_dict(
+                {
+                    "name": name,
+                    "preset": preset,
+                    "variants": variant,
+                    "layouts": layout,
+                    "branches": branches,
+                    "input_modes": input_mode,
+                    "model": model,
+                    "input_shape": input_shape,
+                    "onnx": [str(p) for p in onnx or []] or None,
+                    "targets": targets,
+                    "precisions": precision,
+                    "batches": batch,
+                    "quick": quick,
+                    "timeout": timeout,
+                    "transfers": transfers,
+                    "threads": threads,
+                    "artifacts": str(artifacts),
+                    "seed": seed,
+                    "isolation": isolation,
+                    "dynamic_batch": dynamic_batch,
+                },
+                source="command line",
+            )
+        run_dir = out or sweep.new_run_dir(Path("results"), sweep_config.name)
+        run = sweep.start(sweep_config, run_dir)
+    err_console.print(f"run directory: {run_dir}", markup=False, highlight=False)
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
+        events = sweep.SweepEvents(
+            on_total=lambda total: progress.update(task, total=total),
+            on_group=lambda group: progress.update(task, description=group.label),
+            on_case=lambda case: progress.advance(task),
+            on_note=lambda text: progress.update(task, description=text),
+        )
+        try:
+            budget = budget_minutes * 60 if budget_minutes else None
+            run = sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
+        except KeyboardInterrupt:
+            raise CcnbenchError(
+                f"interrupted; finished cases are saved: resume with --resume {run_dir}"
+            ) from None
+    console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
+    for line in tables.unavailable_lines(run.cases):
+        console.print(line, style="dim", markup=False, highlight=False)
+    for line in tables.failure_lines(run.cases):
+        console.print(line, style="red", markup=False, highlight=False)
+    if report:
+        from ccnbench.report import write_report
+
+        written = write_report([run_dir], run_dir)
+        console.print(f"report: {written}", highlight=False)
+    console.print(f"results: {run_dir / 'results.json'}", highlight=False)
+    if not run.complete:
+        err_console.print(
+            f"budget spent: the run is incomplete; finish it with --resume {run_dir}", highlight=False
+        )
+    from ccnbench.check import exit_code
+
+    code = exit_code(run.cases)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories (or results.json files) to report on together.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where report.md, report.html and plots/ go.")
+    ] = None,
+) -> None:
+    """Write report.md, a self-contained report.html and plots for one or more runs."""
+    from ccnbench.report import write_report
+
+    written = write_report(runs, out)
+    console.print(
+        f"wrote {written}, {written.with_suffix('.html')} and {written.parent / 'plots'}/", highlight=False
+    )
+
+
+@app.command()
+def compare(
+    base: Annotated[
+        Path, typer.Argument(help="Baseline: a run directory, results.json or pytest-benchmark JSON.")
+    ],
+    new: Annotated[Path, typer.Argument(help="The run to judge, of the same kind as BASE.")],
+    threshold: Annotated[
+        str, typer.Option("--threshold", help="Slow-down that counts as a regression: 10% or 0.1.")
+    ] = "10%",
+    metric: Annotated[str, typer.Option("--metric", help="p50, p99 or throughput.")] = "p50",
+    absolute: Annotated[
+        bool,
+        typer.Option(
+            "--absolute", help="Compare raw times instead of ratios to eager PyTorch in the same run."
+        ),
+    ] = False,
+    by: Annotated[
+        str, typer.Option("--by", help="Judge each case, or each target by its geometric mean: case|target.")
+    ] = "case",
+    fail_on_missing: Annotated[
+        bool, typer.Option("--fail-on-missing", help="Also fail when a baseline case is missing from NEW.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Regression gate: exit 1 on a new agreement failure, a new crash, or a slow-down beyond the threshold."""
+    from ccnbench import compare as comparing
+    from ccnbench.errors import UsageError
+
+    base_kind, base_rows = comparing.load_rows(base)
+    new_kind, new_rows = comparing.load_rows(new)
+    if base_kind != new_kind:
+        raise UsageError(f"cannot compare a {base_kind} file with a {new_kind} file")
+    result = comparing.compare(
+        base_rows,
+        new_rows,
+        metric=metric,
+        threshold=comparing.parse_threshold(threshold),
+        relative=not absolute,
+        by=by,
+        fail_on_missing=fail_on_missing,
+    )
+    if json_output:
+        _print_json(result.to_dict())
+    else:
+        print(result.markdown(), end="")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def recommend(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or results.json files).")],
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="Only consider these precisions (comma list).")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
+    from ccnbench import results
+    from ccnbench.analysis import all_cases
+    from ccnbench.recommend import recommend as recommending
+
+    precisions = [p.strip() for p in precision.split(",")] if precision else None
+    recs = recommending(all_cases(results.load_many(runs)), precisions)
+    if json_output:
+        _print_json([r.to_dict() for r in recs])
+        return
+    for r in recs:
+        console.print(r.line(), markup=False, highlight=False)
+        for reason in r.rejected:
+            console.print(f"    rejected: {reason}", style="yellow", markup=False, highlight=False)
+        for reason in r.not_measured:
+            console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
+
+
 def _progress() -> Any:
     from rich.progress import (
         BarColumn,

@@ -47,7 +47,8 @@ class Environment:
     onnxruntime_providers: list[str] = field(default_factory=list)
     tensorrt: str = ""
     gpus: list[GpuInfo] = field(default_factory=list)
-    timer_overhead_ns: float | None = None
+    timer_overhead_ns: float | None = None  # the CPU loop around a call that does nothing
+    timer_overhead_cuda_ns: float | None = None  # the same with CUDA events on a stream
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +81,11 @@ def physical_cores() -> int:
     return cores or os.cpu_count() or 1
 
 
-def collect(threads: int | None = None, timer_overhead_ns: float | None = None) -> Environment:
+def collect(
+    threads: int | None = None,
+    timer_overhead_ns: float | None = None,
+    timer_overhead_cuda_ns: float | None = None,
+) -> Environment:
     """Fingerprint this process's environment. Never raises: what cannot be read stays empty."""
     torch = optional("torch")
     onnx = optional("onnx")
@@ -105,6 +110,7 @@ def collect(threads: int | None = None, timer_overhead_ns: float | None = None) 
         tensorrt=tensorrt_version(),
         gpus=gpu_info(),
         timer_overhead_ns=timer_overhead_ns,
+        timer_overhead_cuda_ns=timer_overhead_cuda_ns,
     )
 
 

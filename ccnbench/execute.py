@@ -38,7 +38,7 @@ class CaseGroup:
     seed: int = 0
     transfers: bool = False
 
-    def keys(self) -> list[CaseKey]:
+    def case_keys(self) -> list[CaseKey]:
         return [
             CaseKey(
                 self.source.label, self.source.digest, self.source.layout, str(self.target), self.precision, b
@@ -103,7 +103,7 @@ def unavailable_reason(group: CaseGroup) -> str | None:
 
 def run_group(group: CaseGroup) -> Iterator[CaseResult]:
     """Yield one CaseResult per batch size, in order, as each finishes."""
-    keys = group.keys()
+    keys = group.case_keys()
     spec = group.source.spec.to_dict() if group.source.spec else None
     reason = unavailable_reason(group)
     if reason:

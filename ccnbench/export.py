@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ccnbench import __version__
+from ccnbench import __version__, fileio
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.models import LAYOUTS, ModelSpec, build
 from ccnbench.models.cast import CastIO
@@ -399,18 +398,7 @@ def _writable_dir(path: Path) -> Path:
 
 
 def _atomic_save(proto: Any, path: Path) -> None:
-    data = proto.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    fileio.write_bytes(path, proto.SerializeToString())
 
 
 def _set_metadata(proto: Any, values: dict[str, str]) -> None:

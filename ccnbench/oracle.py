@@ -7,13 +7,12 @@ cache key is the model's digest, the batch, the seed and the torch version.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ccnbench import fileio
 from ccnbench.source import ModelSource
 
 _memory: dict[tuple[str, ...], tuple[Tensor, ...]] = {}
@@ -47,12 +46,4 @@ def reference(
 
 
 def _save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_with(path, lambda tmp: torch.save(payload, tmp))

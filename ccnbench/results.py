@@ -7,14 +7,13 @@ A run directory holds ``results.json``; it is rewritten atomically after every c
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ccnbench import fileio
 from ccnbench.agreement import Agreement
 from ccnbench.environment import Environment
 from ccnbench.errors import ResultsError
@@ -174,17 +173,7 @@ def save(run: RunResult, run_dir: Path | str) -> Path:
     """Write atomically: readers see the old file or the new one, never half of either."""
     path = results_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(run.to_dict(), indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_text(path, json.dumps(run.to_dict(), indent=1, allow_nan=False))
     return path
 
 

@@ -89,3 +89,46 @@ def failure_lines(results: Sequence[CaseResult]) -> list[str]:
             )
             lines.append(f"{r.key}: output {w.name}: {why}")
     return lines
+
+
+def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
+    """Per case: latency, throughput, memory, agreement and speed-up over eager PyTorch."""
+    from ccnbench.analysis import index, merged_speedup, reference_target, speedup_vs_reference
+
+    by_key = index(cases)
+    table = Table(title=title)
+    columns = ("model", "layout", "target", "prec", "batch", "median ms", "p99 ms", "samples/s", "memory",
+               "max abs err", "verdict", "vs torch", "merged vs kept")  # fmt: skip
+    for col in columns:
+        table.add_column(
+            col, justify="left" if col in ("model", "layout", "target", "prec", "verdict") else "right"
+        )
+    shown = [c for c in cases if c.status != "unavailable"]  # listed below the table with their reasons
+    ordered = sorted(
+        shown, key=lambda c: (c.key.model, c.key.precision, c.key.batch, c.key.target, c.key.layout)
+    )
+    for i, c in enumerate(ordered):
+        nxt = ordered[i + 1] if i + 1 < len(ordered) else None
+        lat = c.latency
+        memory = c.memory.headline_bytes if c.memory else None
+        speed = speedup_vs_reference(by_key, c)
+        merged = merged_speedup(by_key, c)
+        table.add_row(
+            c.key.model,
+            c.key.layout,
+            c.key.target,
+            c.key.precision,
+            str(c.key.batch),
+            f"{lat.median:.3f}" if lat else "-",
+            f"{lat.p99:.3f}" if lat else "-",
+            f"{lat.throughput:,.0f}" if lat else "-",
+            f"{memory / 2**20:.1f} MiB" if memory is not None else "-",
+            f"{c.agreement.max_abs:.1e}" if c.agreement else "-",
+            verdict_text(c),
+            "ref" if c.key.target == reference_target(c.key.target) else (f"{speed:.2f}x" if speed else "-"),
+            f"{merged:.2f}x" if merged else "-",
+            end_section=nxt is None
+            or (nxt.key.model, nxt.key.precision, nxt.key.batch)
+            != (c.key.model, c.key.precision, c.key.batch),
+        )
+    return table

@@ -42,3 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def artifacts_dir(tmp_path_factory: pytest.TempPathFactory):
     """A per-session artifacts directory, so tests never touch the user's artifacts/."""
     return tmp_path_factory.getbasetemp() / "artifacts"
+
+
+# The pytest-benchmark suite times runners; `make bench-ci` runs it, `make test` does not.
+collect_ignore = [] if os.environ.get("CCNBENCH_BENCHMARKS") else ["benchmarks"]

@@ -150,3 +150,21 @@ def test_a_factory_that_raises_is_a_failed_case_not_a_crash(artifacts_dir):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "RuntimeError: the user's factory is broken" in result.output
+
+
+@pytest.mark.slow
+def test_dynamic_batch_compiles_fewer_graphs_with_the_same_answers(artifacts_dir):
+    import torch
+
+    source = ModelSource.from_spec(spec_from_preset("tiny", "model", branches=3), "merged")
+    graphs = {}
+    for dynamic in (False, True):
+        torch._dynamo.utils.counters.clear()
+        results = _run(
+            [source], [Target("compile", "cpu")], artifacts_dir, batches=(1, 4, 8), dynamic_batch=dynamic
+        )
+        assert all(r.passed for r in results), [r.message for r in results]
+        assert results[0].details["dynamic_batch"] is dynamic
+        graphs[dynamic] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # One graph per batch size when static; when dynamic, one for 4 and 8 plus dynamo's batch-1 specialisation.
+    assert graphs == {False: 3, True: 2}

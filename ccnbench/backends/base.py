@@ -66,6 +66,8 @@ class BuildOptions:
     io: str = "fp32"
     # ONNX Runtime CUDA: cuDNN's algorithm search for convolutions.
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    # torch.compile: one graph for every batch size instead of one per size (less compile time).
+    dynamic_batch: bool = False
     # TensorRT (native and through ONNX Runtime).
     workspace_mib: int = 4096
     builder_optimization_level: int = 3

@@ -1,0 +1,127 @@
+"""`ccnbench recommend`: which deployment format to ship, per model, batch size and device.
+
+A format is a target (backend and device) with a layout and a precision. The answer is the
+fastest one whose outputs agree with the float64 oracle; a faster format that failed agreement
+or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccnbench.backends import Target
+from ccnbench.results import CaseResult
+
+
+@dataclass(frozen=True)
+class Choice:
+    case: CaseResult
+
+    @property
+    def label(self) -> str:
+        k = self.case.key
+        return f"{k.target} {k.layout} {k.precision}"
+
+    @property
+    def median(self) -> float:
+        assert self.case.latency is not None
+        return self.case.latency.median
+
+    @property
+    def p99(self) -> float:
+        assert self.case.latency is not None
+        return self.case.latency.p99
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: str
+    batch: int
+    device: str
+    best: Choice | None
+    runner_up: Choice | None
+    rejected: tuple[str, ...] = ()  # faster formats that were not chosen, with the reason
+    not_measured: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def margin(self) -> float | None:
+        """How much slower the runner-up is (0.25 = 25 %)."""
+        if self.best is None or self.runner_up is None:
+            return None
+        return self.runner_up.median / self.best.median - 1
+
+    def line(self) -> str:
+        if self.best is None:
+            return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
+        text = f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} ({self.best.median:.3f} ms median)"
+        if self.runner_up is not None and self.margin is not None:
+            text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        def choice(c: Choice | None) -> dict[str, Any] | None:
+            if c is None:
+                return None
+            return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
+                    "precision": c.case.key.precision, "median_ms": c.median, "p99_ms": c.p99,
+                    "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
+
+        return {
+            "model": self.model,
+            "batch": self.batch,
+            "device": self.device,
+            "best": choice(self.best),
+            "runner_up": choice(self.runner_up),
+            "margin": self.margin,
+            "rejected": list(self.rejected),
+            "not_measured": list(self.not_measured),
+            "summary": self.line(),
+        }
+
+
+def recommend(cases: Iterable[CaseResult], precisions: Sequence[str] | None = None) -> list[Recommendation]:
+    """One recommendation per (model, batch, device kind), fastest passing format first."""
+    groups: dict[tuple[str, int, str], list[CaseResult]] = {}
+    for case in cases:
+        if precisions and case.key.precision not in precisions:
+            continue
+        device = Target.parse(case.key.target).device_kind
+        groups.setdefault((case.key.model, case.key.batch, device), []).append(case)
+    out = []
+    for (model, batch, device), members in sorted(groups.items()):
+        timed = sorted((c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.median)
+        passing = [c for c in timed if c.passed]
+        best = Choice(passing[0]) if passing else None
+        runner_up = Choice(passing[1]) if len(passing) > 1 else None
+        rejected = []
+        for c in timed:
+            if best is not None and c.latency.median >= best.median:
+                break
+            if not c.passed:
+                rejected.append(_why_rejected(c, best))
+        not_measured = sorted(
+            {
+                f"{c.key.target} {c.key.precision}: {c.status}: {c.message}"
+                for c in members
+                if c.status != "ok"
+            }
+        )
+        out.append(
+            Recommendation(model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured))
+        )
+    return out
+
+
+def _why_rejected(case: CaseResult, best: Choice | None) -> str:
+    k = case.key
+    faster = f" was {best.median / case.latency.median:.2f}x faster but" if best and case.latency else ""
+    worst = case.agreement.worst if case.agreement else None
+    if worst is None:
+        reason = "has no agreement result"
+    elif worst.nonfinite:
+        reason = f"produced {worst.nonfinite} NaN/Inf values in {worst.name}"
+    else:
+        reason = f"failed agreement ({worst.name}: max abs {worst.max_abs:.1e}, needs atol {worst.required_atol:.1e} > {worst.atol:.0e})"
+    return f"{k.target} {k.layout} {k.precision}{faster} {reason}"

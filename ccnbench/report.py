@@ -1,0 +1,294 @@
+"""`ccnbench report`: report.md, a self-contained report.html and PNG plots from one or more runs.
+
+The report is built once as a list of blocks (headings, text, tables, images) and rendered
+twice, so the markdown and the HTML never say different things.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccnbench import fileio, plots, results
+from ccnbench.analysis import all_cases, index, merged_speedup, reference_target, speedup_vs_reference
+from ccnbench.errors import CcnbenchError
+from ccnbench.recommend import recommend
+from ccnbench.results import CaseResult, RunResult
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    right: frozenset[int] = field(default_factory=frozenset)  # right-aligned column indexes
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    caption: str
+
+
+Block = Heading | Text | Bullets | TableBlock | Image
+
+
+def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None) -> Path:
+    """Write report.md, report.html and plots/ for ``run_dirs`` into ``out_dir`` (default: the first run)."""
+    if not run_dirs:
+        raise CcnbenchError("no run directories given")
+    runs = [results.load(d) for d in run_dirs]
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
+    if out.suffix == ".json":
+        out = out.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CcnbenchError(f"cannot create report directory {out}: {exc.strerror}") from exc
+    blocks = build(runs, out / "plots")
+    fileio.write_text(out / "report.md", render_markdown(blocks, out))
+    fileio.write_text(out / "report.html", render_html(blocks))
+    return out / "report.md"
+
+
+def build(runs: Sequence[RunResult], plot_dir: Path) -> list[Block]:
+    cases = all_cases(runs)
+    blocks: list[Block] = [Heading("ccnbench report", 1)]
+    blocks.append(
+        Text(
+            f"{len(cases)} cases from {len(runs)} run(s). Every latency is the median of per-iteration samples "
+            "(CUDA events on the GPU, perf_counter_ns on the CPU) after warm-up; every case is also checked "
+            "against the float64 PyTorch oracle, so a fast but wrong format never wins."
+        )
+    )
+    blocks += _environment(runs)
+    blocks += _recommendations(cases)
+    blocks += _plots(cases, plot_dir)
+    blocks += _per_model(cases)
+    blocks += _problems(cases)
+    return blocks
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def _environment(runs: Sequence[RunResult]) -> list[Block]:
+    rows = []
+    for run in runs:
+        env = run.environment
+        gpu = "; ".join(
+            f"{g.name} (driver {g.driver}, {g.memory_mib} MiB, SM {g.sm_clock_mhz}/{g.max_sm_clock_mhz} MHz)"
+            for g in env.gpus
+        )
+        overhead = f"{env.timer_overhead_ns:.0f} ns" if env.timer_overhead_ns is not None else "-"
+        if env.timer_overhead_cuda_ns is not None:
+            overhead += f" (CUDA events {env.timer_overhead_cuda_ns / 1e3:.1f} µs)"
+        rows.append(
+            (
+                run.run_id,
+                run.created,
+                f"{env.cpu}, {env.cpu_cores_physical} cores, {env.threads} threads",
+                gpu or "none",
+                f"torch {env.torch}{' (CUDA ' + env.torch_cuda + ')' if env.torch_cuda else ''}, "
+                f"onnxruntime {env.onnxruntime} ({', '.join(p.replace('ExecutionProvider', '') for p in env.onnxruntime_providers)}), "
+                f"tensorrt {env.tensorrt if not env.tensorrt.startswith('unavailable') else 'unavailable'}",
+                f"{env.ccnbench} @ {env.git_commit or '?'}",
+                overhead,
+                "yes" if run.complete else "no (resume it)",
+            )
+        )
+    headers = ("run", "created", "CPU", "GPU", "software", "ccnbench", "timer overhead", "complete")
+    return [Heading("Environment"), TableBlock(headers, tuple(rows))] + [
+        Text(f"`{run.run_id}`: `{run.environment.command}`") for run in runs
+    ]
+
+
+def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
+    recs = recommend(cases)
+    if not recs:
+        return []
+    rows = []
+    for r in recs:
+        if r.best is None:
+            rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", ""))
+            continue
+        runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
+        rows.append(
+            (
+                r.model,
+                str(r.batch),
+                r.device,
+                r.best.label,
+                f"{r.best.median:.3f} / {r.best.p99:.3f}",
+                runner,
+                "; ".join(r.rejected) or "-",
+            )
+        )
+    headers = ("model", "batch", "device", "ship", "p50 / p99 ms", "runner-up", "faster but rejected")
+    return [
+        Heading("Which format to ship"),
+        Text("The fastest format (target, layout, precision) whose outputs agree with the oracle."),
+        TableBlock(headers, tuple(rows), frozenset({1, 4})),
+    ]
+
+
+def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
+    made = [
+        (plots.latency_vs_batch(cases, plot_dir / "latency_vs_batch.png"), "Latency against batch size"),
+        (plots.merged_speedup_plot(cases, plot_dir / "merged_vs_kept.png"), "Merged vs kept speed-up"),
+        (
+            plots.best_target_plot(cases, plot_dir / "best_target.png"),
+            "Eager PyTorch vs the best passing format",
+        ),
+        (plots.error_plot(cases, plot_dir / "error_vs_tolerance.png"), "Error against the float64 oracle"),
+    ]
+    blocks: list[Block] = [Heading("Plots")]
+    blocks += [Image(path, caption) for path, caption in made if path is not None]
+    return blocks
+
+
+def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
+    by_key = index(cases)
+    blocks: list[Block] = [Heading("Every case")]
+    headers = ("layout", "target", "prec", "batch", "p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB",
+               "build s", "max abs err", "tolerance", "verdict", "vs eager", "merged vs kept")  # fmt: skip
+    for model in sorted({c.key.model for c in cases}):
+        here = sorted(
+            (c for c in cases if c.key.model == model and c.status != "unavailable"),
+            key=lambda c: (c.key.precision, c.key.batch, c.key.target, c.key.layout),
+        )
+        if not here:
+            continue
+        rows = []
+        for c in here:
+            lat, agr, mem = c.latency, c.agreement, c.memory
+            speed = speedup_vs_reference(by_key, c)
+            merged = merged_speedup(by_key, c)
+            is_ref = c.key.target == reference_target(c.key.target)
+            rows.append(
+                (
+                    c.key.layout,
+                    c.key.target,
+                    c.key.precision,
+                    str(c.key.batch),
+                    f"{lat.median:.3f}" if lat else "-",
+                    f"{lat.p99:.3f}" if lat else "-",
+                    f"{lat.throughput:,.0f}" if lat else "-",
+                    f"{lat.gflops:,.1f}" if lat and lat.gflops else "-",
+                    f"{mem.headline_bytes / 2**20:.1f}" if mem and mem.headline_bytes is not None else "-",
+                    f"{c.build_seconds:.2f}" if c.build_seconds is not None else "-",
+                    f"{agr.max_abs:.1e}" if agr else "-",
+                    f"{agr.worst.atol:.0e}/{agr.worst.rtol:.0e}" if agr else "-",
+                    c.verdict,
+                    "ref" if is_ref else (f"{speed:.2f}x" if speed else "-"),
+                    f"{merged:.2f}x" if merged else "-",
+                )
+            )
+        blocks += [
+            Heading(model, 3),
+            TableBlock(headers, tuple(rows), frozenset({3, 4, 5, 6, 7, 8, 9, 10, 13, 14})),
+        ]
+    return blocks
+
+
+def _problems(cases: Sequence[CaseResult]) -> list[Block]:
+    from ccnbench.tables import failure_lines, unavailable_lines
+
+    failures = failure_lines(cases)
+    unavailable = unavailable_lines(cases)
+    blocks: list[Block] = []
+    if failures:
+        blocks += [Heading("Failures"), Bullets(tuple(failures))]
+    if unavailable:
+        blocks += [Heading("Not measured here"), Bullets(tuple(unavailable))]
+    return blocks
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def render_markdown(blocks: Sequence[Block], base: Path) -> str:
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Text):
+            out += [block.text, ""]
+        elif isinstance(block, Bullets):
+            out += [f"- {_md_cell(item)}" for item in block.items] + [""]
+        elif isinstance(block, TableBlock):
+            out.append("| " + " | ".join(block.headers) + " |")
+            out.append(
+                "|" + "|".join("---:" if i in block.right else "---" for i in range(len(block.headers))) + "|"
+            )
+            out += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in block.rows]
+            out.append("")
+        elif isinstance(block, Image):
+            out += [f"![{block.caption}]({os.path.relpath(block.path, base)})", ""]
+    return "\n".join(out)
+
+
+def render_html(blocks: Sequence[Block]) -> str:
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Text):
+            body.append(f"<p>{html.escape(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block.items) + "</ul>")
+        elif isinstance(block, TableBlock):
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block.headers)
+            rows = "".join(
+                "<tr>"
+                + "".join(
+                    f'<td class="{"r" if i in block.right else ""} {_verdict_class(cell)}">{html.escape(cell)}</td>'
+                    for i, cell in enumerate(row)
+                )
+                + "</tr>"
+                for row in block.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Image):
+            data = base64.b64encode(block.path.read_bytes()).decode()
+            body.append(
+                f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f0f0f0}td.r{text-align:right}"
+        "td.pass{color:#080}td.FAIL,td.failed,td.timeout{color:#c00;font-weight:bold}img{max-width:100%}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>ccnbench report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def _verdict_class(cell: str) -> str:
+    return cell if cell in ("pass", "FAIL", "failed", "timeout") else ""
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,497 @@
+"""Sweeps: expand a configuration into case groups and run each group in a fresh worker process.
+
+A worker that crashes, hangs past its timeout or runs out of memory becomes results with a
+status and a message; the sweep goes on. Results are saved atomically after every case, an
+existing run is never overwritten, and ``resume`` finishes a run without redoing its cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ccnbench import check, environment, results, selection
+from ccnbench.agreement import Tolerance
+from ccnbench.backends import parse_targets
+from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.execute import CaseGroup, unavailable_reason
+from ccnbench.results import CaseKey, CaseResult, RunResult
+from ccnbench.timing import DEFAULT, QUICK, Protocol
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SWEEPS_DIR = Path(__file__).parent / "sweeps"
+DEFAULT_TIMEOUT = 600.0
+_MODEL_KEYS = {
+    "preset",
+    "variants",
+    "branches",
+    "input_modes",
+    "layouts",
+    "model",
+    "input_shape",
+    "onnx",
+    "seed",
+}
+_TOP_KEYS = _MODEL_KEYS | {
+    "name", "description", "models", "targets", "precisions", "batches", "quick", "timeout", "transfers",
+    "opset", "threads", "artifacts", "protocol", "tolerance", "isolation", "dynamic_batch",
+}  # fmt: skip
+ISOLATIONS = ("group", "model")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to run. ``models`` are selections (preset, variants, branches, ...) each expanded on
+    its own; everything else applies to all of them."""
+
+    name: str = "sweep"
+    models: tuple[dict[str, Any], ...] = ({},)
+    targets: tuple[str, ...] = ("torch:cpu", "ort:cpu")
+    precisions: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1, 8)
+    protocol: Protocol = DEFAULT
+    timeout: float = DEFAULT_TIMEOUT
+    transfers: bool = False
+    opset: int = 18
+    threads: int | None = None
+    artifacts: str = "artifacts"
+    atol: float | None = None
+    rtol: float | None = None
+    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+    seed: int = 0
+    isolation: str = "group"
+    dynamic_batch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
+        if self.timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {self.timeout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "isolation": self.isolation,
+            "dynamic_batch": self.dynamic_batch,
+            "models": [dict(m) for m in self.models],
+            "targets": list(self.targets),
+            "precisions": list(self.precisions),
+            "batches": list(self.batches),
+            "protocol": self.protocol.to_dict(),
+            "timeout": self.timeout,
+            "transfers": self.transfers,
+            "opset": self.opset,
+            "threads": self.threads,
+            "artifacts": self.artifacts,
+            "tolerance": {
+                "atol": self.atol,
+                "rtol": self.rtol,
+                "outputs": {k: [v.atol, v.rtol] for k, v in self.per_output.items()},
+            },
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> SweepConfig:
+        unknown = sorted(set(data) - _TOP_KEYS)
+        if unknown:
+            raise UsageError(
+                f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOP_KEYS))}"
+            )
+        defaults = {k: data[k] for k in _MODEL_KEYS if k in data}
+        models = data.get("models") or [{}]
+        if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+            raise UsageError(f"{source}: 'models' must be a list of tables ([[models]])")
+        for m in models:
+            bad = sorted(set(m) - _MODEL_KEYS)
+            if bad:
+                raise UsageError(
+                    f"{source}: unknown key {bad[0]!r} in [[models]]; known: {', '.join(sorted(_MODEL_KEYS))}"
+                )
+        quick = bool(data.get("quick", False))
+        protocol_data = data.get("protocol") or {}
+        try:
+            protocol = replace(QUICK if quick else DEFAULT, **protocol_data)
+        except TypeError as exc:
+            raise UsageError(f"{source}: [protocol]: {exc}") from exc
+        tolerance = data.get("tolerance") or {}
+        per_output = {
+            name: Tolerance(float(v[0]), float(v[1]) if len(v) > 1 else 0.0)
+            for name, v in (tolerance.get("outputs") or {}).items()
+        }
+        return cls(
+            name=str(data.get("name", "sweep")),
+            models=tuple({**defaults, **m} for m in models),
+            targets=tuple(_as_list(data.get("targets", cls.targets))),
+            precisions=tuple(_as_list(data.get("precisions", cls.precisions))),
+            batches=selection.integers(_as_list(data.get("batches", list(cls.batches))), "batches"),
+            protocol=protocol,
+            timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
+            transfers=bool(data.get("transfers", False)),
+            opset=int(data.get("opset", 18)),
+            threads=data.get("threads"),
+            artifacts=str(data.get("artifacts", "artifacts")),
+            atol=tolerance.get("atol"),
+            rtol=tolerance.get("rtol"),
+            per_output=per_output,
+            seed=int(data.get("seed", 0)),
+            isolation=str(data.get("isolation", "group")),
+            dynamic_batch=bool(data.get("dynamic_batch", False)),
+        )
+
+    def expand(self) -> list[CaseGroup]:
+        """Every model selection × target × precision as a case group over the batch sizes."""
+        targets = parse_targets(list(self.targets))
+        precisions = selection.choices(list(self.precisions), ("fp32", "fp16", "bf16"), "precision")
+        groups: list[CaseGroup] = []
+        for m in self.models:
+            sources = selection.sources(
+                preset=m.get("preset", "small"),
+                variants=m.get("variants", "all"),
+                layouts_=m.get("layouts", "all"),
+                branches=m.get("branches"),
+                input_modes=m.get("input_modes", "separate"),
+                seed=m.get("seed", self.seed),
+                model=m.get("model"),
+                shape=m.get("input_shape"),
+                onnx=_as_list(m["onnx"]) if m.get("onnx") else None,
+            )
+            groups += check.plan(
+                sources,
+                targets,
+                precisions,
+                self.batches,
+                Path(self.artifacts),
+                opset=self.opset,
+                threads=self.threads,
+                atol=self.atol,
+                rtol=self.rtol,
+                per_output=dict(self.per_output),
+                seed=self.seed,
+                protocol=self.protocol,
+                transfers=self.transfers,
+                dynamic_batch=self.dynamic_batch,
+            )
+        seen: dict[tuple[str, ...], CaseGroup] = {}
+        for g in groups:
+            seen.setdefault(g.case_keys()[0].group, g)
+        return list(seen.values())
+
+
+def load_config(name_or_path: str) -> SweepConfig:
+    """A sweep file by path, or by name from ccnbench's bundled sweeps (``cpu-default``)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        bundled = SWEEPS_DIR / f"{name_or_path}.toml"
+        if not bundled.is_file():
+            names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
+            raise UsageError(f"no sweep file {name_or_path!r} (bundled sweeps: {names})")
+        path = bundled
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    return SweepConfig.from_dict(data, source=str(path))
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepEvents:
+    """Callbacks for progress display; all optional."""
+
+    on_total: Callable[[int], None] = lambda total: None
+    on_group: Callable[[CaseGroup], None] = lambda group: None
+    on_case: Callable[[CaseResult], None] = lambda case: None
+    on_note: Callable[[str], None] = lambda text: None
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = base / f"{stamp}-{name}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{stamp}-{name}-{suffix}"
+    return path
+
+
+def start(config: SweepConfig, run_dir: Path) -> RunResult:
+    """Create a new run directory; an existing run is never overwritten."""
+    if results.results_path(run_dir).exists():
+        raise CcnbenchError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CcnbenchError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
+    groups = config.expand()  # fail on a bad config before anything is written
+    if not groups:
+        raise UsageError("the sweep expands to no cases")
+    from ccnbench.backends.torch_eager import cuda_unavailable_reason
+    from ccnbench.timing import timer_overhead_ns
+
+    wants_cuda = any(g.target.is_cuda for g in groups) and cuda_unavailable_reason() is None
+    env = environment.collect(
+        config.threads, timer_overhead_ns(), timer_overhead_ns(device="cuda") if wants_cuda else None
+    )
+    run = results.new_run(run_dir.name, env, config.to_dict())
+    results.save(run, run_dir)
+    return run
+
+
+def resume(run_dir: Path) -> tuple[RunResult, SweepConfig]:
+    run = results.load(run_dir)
+    try:
+        config = SweepConfig.from_dict(_config_for_reload(run.config), source=f"{run_dir} (stored config)")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CcnbenchError(f"{run_dir}: the stored sweep configuration cannot be read: {exc}") from exc
+    return run, config
+
+
+def execute(
+    run: RunResult,
+    config: SweepConfig,
+    run_dir: Path,
+    events: SweepEvents | None = None,
+    budget_seconds: float | None = None,
+) -> RunResult:
+    """Run every case group not yet in ``run`` in worker processes; save after every case.
+
+    With ``budget_seconds`` no new group starts once the budget is spent: the run is saved as
+    incomplete and ``resume`` finishes it later.
+    """
+    events = events or SweepEvents()
+    writer = _RunWriter(run, run_dir, events)
+    groups = config.expand()
+    done = run.done_keys()
+    pending = [g for g in groups if not set(g.case_keys()) <= done]
+    events.on_total(sum(len(g.batches) for g in groups))
+    for case in run.cases:
+        events.on_case(case)
+    _export_artifacts(pending, events)
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    runnable = []
+    for group in pending:
+        # An unavailable target needs no worker: say why and move on.
+        reason = unavailable_reason(group)
+        if reason:
+            for key in group.case_keys():
+                if key not in done:
+                    writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
+        else:
+            runnable.append(_without(group, done))
+    deadline = time.monotonic() + budget_seconds if budget_seconds else None
+    for batch in _worker_batches(runnable, config.isolation):
+        if deadline and time.monotonic() > deadline:
+            break
+        _run_isolated(batch, config.timeout, logs, writer, deadline)
+    finished = set(writer.run.done_keys())
+    complete = all(set(g.case_keys()) <= finished for g in groups)
+    writer.run = replace(writer.run, complete=complete)
+    results.save(writer.run, run_dir)
+    return writer.run
+
+
+class _RunWriter:
+    """Holds the run and saves it after every case, atomically."""
+
+    def __init__(self, run: RunResult, run_dir: Path, events: SweepEvents) -> None:
+        self.run, self.run_dir, self.events = run, run_dir, events
+
+    def record(self, case: CaseResult) -> None:
+        self.run = self.run.with_case(case)
+        results.save(self.run, self.run_dir)
+        self.events.on_case(case)
+
+
+def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
+    """Export every ONNX artifact once, in this process, before any worker starts.
+
+    Workers then only read them, so no two processes write one file and export time is not
+    charged to any worker's timeout. A user's factory is exported inside its worker instead,
+    so a broken one cannot take the sweep down. Failures are left for the worker to report.
+    """
+    from ccnbench.backends import backend_of
+
+    wanted = {}
+    for g in groups:
+        if backend_of(g.target).needs_onnx and g.source.kind == "spec" and unavailable_reason(g) is None:
+            wanted.setdefault((g.source.digest, g.source.layout, g.precision), g)
+    for g in wanted.values():
+        events.on_note(f"exporting {g.source.label} {g.source.layout} {g.precision}")
+        with contextlib.suppress(CcnbenchError):
+            g.source.artifact(g.precision, g.options.io, g.options.opset, g.options.artifacts_dir)
+
+
+def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
+    keep = tuple(k.batch for k in group.case_keys() if k not in done)
+    return replace(group, batches=keep)
+
+
+def _worker_batches(groups: Sequence[CaseGroup], isolation: str) -> list[list[CaseGroup]]:
+    """'group': a fresh worker per group (exact memory figures). 'model': one worker per model and
+    layout, running its targets one after another (far fewer process and CUDA start-ups)."""
+    if isolation == "group":
+        return [[g] for g in groups]
+    batches: dict[tuple[str, str, str], list[CaseGroup]] = {}
+    for g in groups:
+        batches.setdefault((g.source.label, g.source.digest, g.source.layout), []).append(g)
+    return list(batches.values())
+
+
+def _run_isolated(
+    groups: list[CaseGroup], timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
+) -> None:
+    """Run groups in ``python -m ccnbench.worker``; a crash or a hang ends only the group it hit.
+
+    The worker announces each group before running it, so when it dies or overruns the group's
+    timeout, that group's missing cases get the status and the rest go to a fresh worker.
+    """
+    remaining = list(groups)
+    while remaining:
+        log_path = logs / f"{_safe(remaining[0].label)}.log"
+        with tempfile.TemporaryDirectory(prefix="ccnbench-worker-") as tmp:
+            task, out = Path(tmp) / "task.json", Path(tmp) / "results.jsonl"
+            task.write_text(json.dumps([g.to_dict() for g in remaining]))
+            out.touch()
+            with log_path.open("w") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ccnbench.worker", str(task), str(out)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: a timeout kills its children too
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+                outcome, current, seen = _follow(proc, out, remaining, timeout, writer, deadline)
+        if outcome == "exited" and proc.returncode == 0:
+            return
+        if outcome == "deadline":
+            return  # the rest stays unrecorded: `resume` runs it
+        index = current if current is not None else 0
+        status, message = _ending(outcome, proc.returncode, timeout, log_path)
+        group = remaining[index]
+        for key in group.case_keys():
+            if key not in seen:
+                writer.record(CaseResult(key, status, message, spec=_spec_dict(group)))
+        remaining = remaining[index + 1 :]
+
+
+def _follow(
+    proc: subprocess.Popen[bytes],
+    out: Path,
+    groups: list[CaseGroup],
+    timeout: float,
+    writer: _RunWriter,
+    deadline: float | None,
+) -> tuple[str, int | None, set[CaseKey]]:
+    """Relay the worker's events until it exits, overruns a group's timeout, or the budget ends."""
+    offset, current, started = 0, None, time.monotonic()
+    seen: set[CaseKey] = set()
+    try:
+        while True:
+            offset, events = _read_events(out, offset)
+            for event in events:
+                if "group" in event:
+                    current, started = int(event["group"]), time.monotonic()
+                    if deadline and started > deadline:
+                        _kill(proc)
+                        return "deadline", current, seen
+                    writer.events.on_group(groups[current])
+                elif "case" in event:
+                    case = CaseResult.from_dict(event["case"])
+                    seen.add(case.key)
+                    writer.record(case)
+            if proc.poll() is not None:
+                _, events = _read_events(out, offset)
+                for event in events:
+                    if "case" in event:
+                        case = CaseResult.from_dict(event["case"])
+                        seen.add(case.key)
+                        writer.record(case)
+                return "exited", current, seen
+            if time.monotonic() - started > timeout:
+                _kill(proc)
+                return "timeout", current, seen
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C: never leave a worker running behind us
+        _kill(proc)
+        raise
+
+
+def _read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    """Complete JSON lines the worker appended since ``offset`` (a partial line waits)."""
+    events = []
+    with path.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            offset += len(line)
+            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                events.append(json.loads(line))
+    return offset, events
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _ending(outcome: str, code: int | None, timeout: float, log_path: Path) -> tuple[str, str]:
+    if outcome == "timeout":
+        return "timeout", f"worker exceeded the {timeout:g} s timeout and was killed"
+    tail = _last_line(log_path)
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return "failed", f"worker killed by {name}{hint}" + (f": {tail}" if tail else "")
+    return "failed", f"worker exited with code {code} before finishing" + (f": {tail}" if tail else "")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _spec_dict(group: CaseGroup) -> dict[str, Any] | None:
+    return group.source.spec.to_dict() if group.source.spec else None
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def _config_for_reload(stored: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(stored)
+    tolerance = data.get("tolerance") or {}
+    data["tolerance"] = {k: v for k, v in tolerance.items() if v not in (None, {})}
+    data = {k: v for k, v in data.items() if v is not None}
+    return data

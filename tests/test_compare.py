@@ -1,0 +1,142 @@
+"""The regression gate on hand-made result pairs."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ccnbench import results
+from ccnbench.cli import app
+from ccnbench.compare import compare, load_rows, parse_threshold, rows_from_run
+from ccnbench.errors import UsageError
+
+from helpers import case, run
+
+cli = CliRunner()
+
+
+def _pair(ort_base, ort_new, torch_base=10.0, torch_new=10.0, **kw):
+    base = run(case("torch:cpu", torch_base), case("ort:cpu", ort_base, **kw))
+    new = run(case("torch:cpu", torch_new), case("ort:cpu", ort_new, **kw))
+    return rows_from_run(base), rows_from_run(new)
+
+
+def _kinds(result):
+    return {c.key: c.kind for c in result.changes}
+
+
+KEY = "model-n3/kept/ort:cpu/fp32/b1"
+
+
+def test_regression_beyond_threshold_fails_within_passes():
+    assert _kinds(compare(*_pair(5.0, 6.0), threshold=0.10))[KEY] == "regression"  # +20 %
+    assert compare(*_pair(5.0, 6.0), threshold=0.10).failed
+    within = compare(*_pair(5.0, 5.4), threshold=0.10)  # +8 %
+    assert _kinds(within)[KEY] == "unchanged" and not within.failed
+
+
+def test_improvement_is_reported_and_passes():
+    result = compare(*_pair(5.0, 3.0))
+    assert _kinds(result)[KEY] == "improvement" and not result.failed
+    change = next(c for c in result.changes if c.key == KEY)
+    assert change.slowdown == pytest.approx(-0.4)
+
+
+def test_relative_mode_ignores_a_uniformly_slower_machine_absolute_does_not():
+    pair = _pair(5.0, 10.0, torch_base=10.0, torch_new=20.0)  # everything twice as slow
+    assert not compare(*pair).failed
+    absolute = compare(*pair, relative=False)
+    assert absolute.failed and _kinds(absolute)[KEY] == "regression"
+
+
+def test_a_target_slowed_twofold_is_caught_relative_to_the_reference():
+    result = compare(*_pair(5.0, 10.0), threshold=0.5, by="target")
+    assert result.failed
+    assert [c.key for c in result.failures] == ["ort:cpu (all cases)"]
+
+
+def test_new_agreement_failure_and_new_crash_fail_the_gate():
+    base = run(case("torch:cpu", 10), case("ort:cpu", 5), case("ort:cpu", 5, batch=8))
+    new = run(
+        case("torch:cpu", 10), case("ort:cpu", 5, passed=False), case("ort:cpu", 5, batch=8, status="timeout")
+    )
+    result = compare(rows_from_run(base), rows_from_run(new))
+    kinds = _kinds(result)
+    assert kinds[KEY] == "new failure"
+    assert kinds["model-n3/kept/ort:cpu/fp32/b8"] == "new crash"
+    assert result.failed
+    healed = compare(rows_from_run(new), rows_from_run(base))
+    assert not healed.failed and set(_kinds(healed).values()) >= {"fixed"}
+
+
+def test_missing_cases_are_reported_and_fail_only_when_asked():
+    base = run(case("torch:cpu", 10), case("ort:cpu", 5), case("ort:cpu", 5, layout="merged"))
+    new = run(case("torch:cpu", 10), case("ort:cpu", 5), case("ort:cpu", 5, batch=4))
+    result = compare(rows_from_run(base), rows_from_run(new))
+    kinds = _kinds(result)
+    assert kinds["model-n3/merged/ort:cpu/fp32/b1"] == "only in base"
+    assert kinds["model-n3/kept/ort:cpu/fp32/b4"] == "only in new"
+    assert not result.failed
+    assert compare(rows_from_run(base), rows_from_run(new), fail_on_missing=True).failed
+
+
+def test_p99_and_throughput_metrics():
+    base = run(case("torch:cpu", 10), case("ort:cpu", 5))
+    new = run(case("torch:cpu", 10), case("ort:cpu", 7))
+    assert compare(rows_from_run(base), rows_from_run(new), metric="throughput").failed
+    assert compare(rows_from_run(base), rows_from_run(new), metric="p99").failed
+    with pytest.raises(UsageError):
+        compare(rows_from_run(base), rows_from_run(new), metric="p42")
+
+
+def test_threshold_parsing():
+    assert parse_threshold("10%") == pytest.approx(0.1)
+    assert parse_threshold("0.25") == pytest.approx(0.25)
+    for bad in ("ten", "-5%"):
+        with pytest.raises(UsageError):
+            parse_threshold(bad)
+
+
+def test_cli_exit_codes_markdown_and_json(tmp_path):
+    results.save(run(case("torch:cpu", 10), case("ort:cpu", 5)), tmp_path / "base")
+    results.save(run(case("torch:cpu", 10), case("ort:cpu", 8)), tmp_path / "new")
+    failed = cli.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "new")])
+    assert failed.exit_code == 1 and "| model-n3/kept/ort:cpu/fp32/b1 | regression |" in failed.output
+    passed = cli.invoke(
+        app, ["compare", str(tmp_path / "base"), str(tmp_path / "new"), "--threshold", "80%", "--json"]
+    )
+    assert passed.exit_code == 0
+    assert json.loads(passed.stdout)["failed"] is False
+
+
+def test_incompatible_schema_is_a_clear_error(tmp_path):
+    results.save(run(case("torch:cpu", 10)), tmp_path / "base")
+    data = json.loads((tmp_path / "base" / "results.json").read_text())
+    data["schema_version"] = 99
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "results.json").write_text(json.dumps(data))
+    result = cli.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "future")])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        == f"error: {tmp_path / 'future' / 'results.json'} has results schema version 99; this ccnbench reads version 1"
+    )
+
+
+def test_pytest_benchmark_files_are_read_and_keyed_by_their_extra_info(tmp_path):
+    def bench_file(path, ort_seconds):
+        benches = [
+            {"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"median": s, "max": s * 2},
+             "extra_info": {"model": "early-n3", "layout": "kept", "target": t, "batch": 8}}
+            for t, s in (("torch:cpu", 0.004), ("ort:cpu", ort_seconds))
+        ]  # fmt: skip
+        path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
+        return path
+
+    base = load_rows(bench_file(tmp_path / "a.json", 0.001))
+    new = load_rows(bench_file(tmp_path / "b.json", 0.003))
+    assert base[0] == "pytest-benchmark"
+    result = compare(base[1], new[1])
+    assert result.failed and _kinds(result)["early-n3/kept/ort:cpu/fp32/b8"] == "regression"
+    mixed = cli.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "x")])
+    assert mixed.exit_code == 1 and "no results at" in mixed.output

@@ -1,0 +1,93 @@
+"""Reports: markdown, self-contained HTML and every plot, from hand-made and recorded runs."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ccnbench import results
+from ccnbench.cli import app
+from ccnbench.report import write_report
+
+from helpers import case, run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("latency_vs_batch.png", "merged_vs_kept.png", "best_target.png", "error_vs_tolerance.png")
+BASELINE = Path(__file__).parent.parent / "results" / "baseline-cpu"
+
+
+def _cpu_run():
+    cases = []
+    for model in ("model-n3", "early-n3"):
+        for batch, scale in ((1, 1.0), (8, 5.0)):
+            for layout, merged in (("kept", 1.0), ("merged", 0.7)):
+                cases += [
+                    case("torch:cpu", 10 * scale * merged, model=model, batch=batch, layout=layout),
+                    case("ort:cpu", 4 * scale * merged, model=model, batch=batch, layout=layout),
+                    case(
+                        "compile:cpu",
+                        2 * scale * merged,
+                        model=model,
+                        batch=batch,
+                        layout=layout,
+                        passed=model != "early-n3",
+                    ),
+                ]
+    cases.append(case("ort:cpu", 1.0, model="model-n3", precision="fp16", status="failed"))
+    return run(*cases, run_id="cpu-run")
+
+
+def _gpu_run():
+    cases = [case("torch:cuda", 1.0, batch=b) for b in (1, 8)] + [
+        case("ort:cuda", 0.4, batch=b) for b in (1, 8)
+    ]
+    return run(*cases, run_id="gpu-run")
+
+
+def _assert_report(out: Path):
+    for name in PLOTS:
+        data = (out / "plots" / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    markdown = (out / "report.md").read_text()
+    for section in ("## Environment", "## Which format to ship", "## Plots", "## Every case"):
+        assert section in markdown
+    for name in PLOTS:
+        assert f"(plots/{name})" in markdown
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(PLOTS)
+    assert 'src="http' not in html and "<link" not in html  # self-contained
+    return markdown
+
+
+def test_report_from_two_runs_merges_cpu_and_gpu(tmp_path):
+    results.save(_cpu_run(), tmp_path / "cpu")
+    results.save(_gpu_run(), tmp_path / "gpu")
+    written = write_report([tmp_path / "cpu", tmp_path / "gpu"], tmp_path / "combined")
+    assert written == tmp_path / "combined" / "report.md"
+    markdown = _assert_report(tmp_path / "combined")
+    assert "cpu-run" in markdown and "gpu-run" in markdown
+    # The recommendation skips the faster compile:cpu format where it failed agreement, and says why.
+    assert "| early-n3 | 1 | cpu | ort:cpu merged fp32 |" in markdown
+    assert "compile:cpu merged fp32 was 2.00x faster but failed agreement" in markdown
+    assert "| model-n3 | 1 | cuda | ort:cuda kept fp32 |" in markdown
+    assert "## Failures" in markdown and "failed on purpose" in markdown
+
+
+def test_report_cli_writes_into_the_run_directory(tmp_path):
+    results.save(_cpu_run(), tmp_path)
+    out = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    _assert_report(tmp_path)
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert bad.exit_code == 1 and bad.output.startswith("error: no results at")
+
+
+@pytest.mark.skipif(
+    not (BASELINE / "results.json").exists(), reason="no recorded baseline-cpu run in results/"
+)
+def test_report_on_the_recorded_cpu_baseline(tmp_path):
+    write_report([BASELINE], tmp_path)
+    markdown = _assert_report(tmp_path)
+    recorded = results.load(BASELINE)
+    for model in {c.key.model for c in recorded.cases}:
+        assert f"### {model}" in markdown

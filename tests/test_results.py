@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from ccnbench import results
+from ccnbench.agreement import Agreement, OutputAgreement
+from ccnbench.environment import collect
+from ccnbench.errors import ResultsError
+from ccnbench.memory import MemoryStats
+from ccnbench.results import CaseKey, CaseResult
+from ccnbench.timing import LatencyStats
+
+
+def _case(batch=1, status="ok", target="ort:cpu"):
+    key = CaseKey("model-n3", "abcd1234", "merged", target, "fp32", batch)
+    agreement = Agreement((OutputAgreement("logits", 1e-7, 1e-8, 1e-6, 1.0, 1.0, 1e-4, 1e-4, 0.0, 0, True),))
+    return CaseResult(
+        key,
+        status,
+        agreement=agreement if status == "ok" else None,
+        latency=LatencyStats((1.0, 2.0, 3.0), batch, "perf_counter", 1000) if status == "ok" else None,
+        memory=MemoryStats("cpu", peak_rss_delta_bytes=10),
+        build_seconds=0.5,
+        artifact={"file": "x.onnx", "size_bytes": 1},
+        spec={"variant": "model"},
+        details={"providers": ["CPUExecutionProvider"]},
+    )
+
+
+def test_run_round_trips_through_the_file(tmp_path):
+    run = results.new_run("r1", collect(threads=2, timer_overhead_ns=150.0), {"name": "t"})
+    run = run.with_case(_case(1)).with_case(_case(8)).with_case(_case(1, "timeout", "torch:cpu"))
+    path = results.save(run, tmp_path)
+    assert path == tmp_path / "results.json"
+    again = results.load(tmp_path)
+    assert again.to_dict() == run.to_dict()
+    assert again.environment.timer_overhead_ns == 150.0
+    assert [c.verdict for c in again.cases] == ["pass", "pass", "timeout"]
+    # Replacing a case keeps one entry per key.
+    assert len(again.with_case(_case(8)).cases) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"hello": "world"}', "not a ccnbench results file"),
+        ('["a", "list"]', "not a ccnbench results file"),
+        ('{"schema": "ccnbench.results", "schema_version": 999}', "schema version 999"),
+        ('{"schema": "ccnbench.results", "schema_version": 1, "run_id": "x"}', "damaged"),
+    ],
+)
+def test_corrupt_or_foreign_files_are_clear_errors(tmp_path, text, words):
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(ResultsError, match=words):
+        results.load(tmp_path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ResultsError, match="no results at"):
+        results.load(tmp_path / "nope")
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+    run = results.new_run("r", collect(), {})
+    for batch in range(1, 6):
+        run = run.with_case(_case(batch))
+        results.save(run, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["cases"]) == 5 and data["schema_version"] == results.SCHEMA_VERSION
+
+
+def test_bad_status_is_rejected():
+    with pytest.raises(ValueError):
+        CaseResult(CaseKey("m", "d", "kept", "torch:cpu", "fp32", 1), "exploded")

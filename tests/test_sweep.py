@@ -1,0 +1,184 @@
+"""Sweeps: isolation of crashes and hangs, atomic saving, resume, and the bench command."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ccnbench import results, sweep
+from ccnbench.cli import app
+from ccnbench.errors import CcnbenchError, UsageError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "user_models.py"
+runner = CliRunner()
+
+
+def _config(artifacts, **extra):
+    data = {"name": "t", "preset": "tiny", "variants": "early", "layouts": "kept", "targets": "torch:cpu",
+            "batches": [1, 2], "quick": True, "timeout": 60, "artifacts": str(artifacts)}  # fmt: skip
+    data.update(extra)
+    return sweep.SweepConfig.from_dict(data)
+
+
+def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, artifacts_dir):
+    models = [
+        {"model": f"{FIXTURES}:{name}", "input_shape": "1x8x8x8"} for name in ("crashes", "hangs", "raises")
+    ]
+    models.append({"variants": "early"})
+    config = _config(artifacts_dir, models=models, timeout=15)
+    run = sweep.execute(sweep.start(config, tmp_path / "run"), config, tmp_path / "run")
+    by_model = {}
+    for case in run.cases:
+        by_model.setdefault(case.key.model, []).append(case)
+    crash = by_model[f"user:{FIXTURES}:crashes"]
+    assert [c.status for c in crash] == ["failed", "failed"]
+    assert "worker exited with code 3" in crash[0].message
+    hang = by_model[f"user:{FIXTURES}:hangs"]
+    assert [c.status for c in hang] == ["timeout", "timeout"]
+    assert "15 s timeout" in hang[0].message
+    raised = by_model[f"user:{FIXTURES}:raises"]
+    assert [c.status for c in raised] == ["failed", "failed"]
+    assert "RuntimeError: the user's factory is broken" in raised[0].message
+    healthy = by_model["early-n3"]
+    assert [c.passed for c in healthy] == [True, True] and all(c.latency for c in healthy)
+    assert run.complete
+    saved = results.load(tmp_path / "run")
+    assert len(saved.cases) == 8 and saved.complete
+    assert (tmp_path / "run" / "logs").is_dir()
+
+
+def test_one_worker_per_model_still_isolates_a_crashing_group(tmp_path, artifacts_dir):
+    # The crashing factory and a healthy target share a worker; the crash ends only its own group.
+    models = [{"model": f"{FIXTURES}:crashes", "input_shape": "1x8x8x8"}, {"variants": "early"}]
+    config = _config(artifacts_dir, models=models, targets="torch:cpu,ort:cpu", isolation="model")
+    run = sweep.execute(sweep.start(config, tmp_path / "run"), config, tmp_path / "run")
+    statuses = {(c.key.model.split(":")[-1], c.key.target): c.status for c in run.cases}
+    assert statuses[("crashes", "torch:cpu")] == "failed" and statuses[("crashes", "ort:cpu")] == "failed"
+    assert statuses[("early-n3", "torch:cpu")] == "ok" and statuses[("early-n3", "ort:cpu")] == "ok"
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, artifacts_dir):
+    config = _config(artifacts_dir)
+    sweep.start(config, tmp_path / "run")
+    with pytest.raises(CcnbenchError, match="already holds a run"):
+        sweep.start(config, tmp_path / "run")
+
+
+def test_budget_leaves_a_resumable_incomplete_run(tmp_path, artifacts_dir):
+    config = _config(artifacts_dir, variants="early,feature")
+    run_dir = tmp_path / "run"
+    run = sweep.execute(sweep.start(config, run_dir), config, run_dir, budget_seconds=1e-9)
+    assert not run.complete and len(run.cases) < 4
+    again, stored = sweep.resume(run_dir)
+    finished = sweep.execute(again, stored, run_dir)
+    assert finished.complete and len(finished.cases) == 4
+
+
+def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, artifacts_dir):
+    run_dir = tmp_path / "run"
+    args = ["bench", "--preset", "tiny", "--variant", "early,feature,model", "--layout", "all", "--targets",
+            "torch:cpu", "--batch", "1,2", "--quick", "--out", str(run_dir), "--artifacts", str(artifacts_dir),
+            "--no-report"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "ccnbench", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    path = run_dir / "results.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and 2 <= len(json.loads(path.read_text())["cases"]) < 12:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, with no chance to clean up
+    proc.wait()
+    partial = results.load(run_dir)
+    assert 2 <= len(partial.cases) < 12 and not partial.complete
+    before = {c.key: c.latency.samples_ms for c in partial.cases}
+
+    result = runner.invoke(app, ["bench", "--resume", str(run_dir), "--no-report"])
+    assert result.exit_code == 0, result.output
+    full = results.load(run_dir)
+    assert full.complete and len(full.cases) == 12
+    for case in full.cases:
+        if case.key in before:  # finished cases were kept, not redone
+            assert case.latency.samples_ms == before[case.key]
+
+
+def test_bench_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, artifacts_dir):
+    run_dir = tmp_path / "run"
+    args = ["bench", "--preset", "tiny", "--variant", "multitask", "--layout", "all", "--targets",
+            "torch:cpu,ort:cpu,ort:cuda", "--batch", "1,3", "--quick", "--out", str(run_dir),
+            "--artifacts", str(artifacts_dir), "--no-report"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = results.load(run_dir)
+    assert len(run.cases) == 2 * 3 * 2 and run.complete
+    ok = [c for c in run.cases if c.status == "ok"]
+    assert len(ok) == 8 and all(c.passed and c.latency.iterations >= 10 for c in ok)
+    assert all(c.memory.peak_rss_delta_bytes is not None and c.build_seconds is not None for c in ok)
+    onnx_cases = [c for c in ok if c.key.target == "ort:cpu"]
+    assert all(c.artifact["conv_count"] in (2, 6) and c.memory.artifact_bytes > 0 for c in onnx_cases)
+    assert run.environment.timer_overhead_ns > 0 and run.environment.threads >= 1
+    assert "merged vs kept" in result.output and "ort:cuda: unavailable" in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+
+
+def test_bench_a_users_own_model(tmp_path, artifacts_dir):
+    args = ["bench", "--model", f"{FIXTURES}:two_view", "--input-shape", "1x10x10x10", "--branches", "2",
+            "--targets", "torch:cpu,ort:cpu", "--batch", "1", "--quick", "--out", str(tmp_path / "run"),
+            "--artifacts", str(artifacts_dir), "--no-report"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cases = results.load(tmp_path / "run").cases
+    assert {c.key.target for c in cases} == {"torch:cpu", "ort:cpu"}
+    assert all(c.passed and c.key.layout == "kept" for c in cases)
+    assert all(c.latency.flops_per_sample > 0 for c in cases)  # counted by PyTorch's FlopCounterMode
+
+
+def test_bench_a_users_onnx_file(tmp_path, artifacts_dir):
+    from ccnbench.export import export
+    from ccnbench.models import spec_from_preset
+
+    artifact = export(spec_from_preset("tiny", "decision", branches=2), "merged", out_dir=tmp_path)
+    args = ["bench", "--onnx", str(artifact.path), "--targets", "ort:cpu,torch:cpu", "--batch", "2", "--quick",
+            "--out", str(tmp_path / "run"), "--no-report"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cases = {c.key.target: c for c in results.load(tmp_path / "run").cases}
+    assert cases["ort:cpu"].passed and cases["ort:cpu"].latency is not None
+    assert cases["torch:cpu"].status == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"models": [{"variants": "model", "speed": 1}]}, "unknown key 'speed' in [[models]]"),
+        ({"protocol": {"warmup": 3}}, "[protocol]"),
+        ({"isolation": "none"}, "isolation must be one of"),
+        ({"timeout": 0}, "timeout must be positive"),
+    ],
+)
+def test_bad_sweep_files_are_usage_errors(data, words):
+    with pytest.raises(UsageError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        sweep.SweepConfig.from_dict(data)
+
+
+def test_bundled_sweeps_expand(tmp_path):
+    cpu = sweep.load_config("cpu-default").expand()
+    assert {str(g.target) for g in cpu} == {"torch:cpu", "compile:cpu", "ort:cpu"}
+    assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
+    assert {g.source.layout for g in cpu} == {"kept", "merged"} and all(g.batches == (1, 8) for g in cpu)
+    gpu = sweep.load_config("gpu-h100").expand()
+    model_branches = {g.source.spec.branches for g in gpu if g.source.spec.variant == "model"}
+    assert model_branches == {2, 4, 8}
+    assert {g.precision for g in gpu} == {"fp32", "fp16"} and all(g.batches == (1, 8, 32) for g in gpu)
+    (tmp_path / "mine.toml").write_text('preset = "tiny"\nvariants = ["early"]\ntargets = ["ort:cpu"]\n')
+    assert len(sweep.load_config(str(tmp_path / "mine.toml")).expand()) == 2
+    with pytest.raises(UsageError, match="no sweep file"):
+        sweep.load_config("no-such-sweep")

@@ -1,0 +1,89 @@
+"""Statistics from raw samples, and the protocol's iteration and time rules (no speed thresholds)."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ccnbench.backends.base import Runner, Target
+from ccnbench.timing import LatencyStats, Protocol, measure, timer_overhead_ns
+
+
+def test_statistics_on_synthetic_samples():
+    samples = [float(i) for i in range(1, 101)]  # 1..100 ms
+    stats = LatencyStats(tuple(samples), batch=4, clock="perf_counter", flops_per_sample=10**9)
+    assert stats.min == 1 and stats.max == 100 and stats.iterations == 100
+    assert stats.mean == pytest.approx(50.5)
+    assert stats.median == pytest.approx(50.5)
+    # Linear interpolation between order statistics (numpy's default): p90 = 1 + 0.9 * 99.
+    assert stats.p90 == pytest.approx(90.1)
+    assert stats.p95 == pytest.approx(95.05)
+    assert stats.p99 == pytest.approx(99.01)
+    assert stats.std == pytest.approx(np.std(samples, ddof=1))
+    assert stats.throughput == pytest.approx(4 / 0.0505)  # samples per second at the median
+    assert stats.gflops == pytest.approx(4 * 1e9 / 0.0505 / 1e9)
+
+
+def test_statistics_are_order_independent_and_round_trip():
+    rng = np.random.default_rng(0)
+    samples = tuple(float(x) for x in rng.lognormal(0, 0.3, 257))
+    a = LatencyStats(samples, 1, "perf_counter")
+    b = LatencyStats(tuple(reversed(samples)), 1, "perf_counter")
+    assert a.summary() == b.summary()
+    again = LatencyStats.from_dict(a.to_dict())
+    assert again.median == pytest.approx(a.median, abs=1e-6) and again.iterations == 257
+
+
+def test_from_ns_converts_to_ms_and_empty_is_an_error():
+    assert LatencyStats.from_ns([1_500_000, 2_500_000], 1).median == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        LatencyStats((), 1, "perf_counter")
+
+
+class CountingRunner(Runner):
+    """Counts calls and optionally sleeps: stands in for a backend."""
+
+    def __init__(self, sleep: float = 0.0) -> None:
+        super().__init__(Target("fake", "cpu"), ("y",))
+        self.calls, self.sleep, self.seen = 0, sleep, set()
+
+    def infer(self, inputs):
+        self.calls += 1
+        self.seen.add(inputs[0].data_ptr())
+        if self.sleep:
+            time.sleep(self.sleep)
+        return (inputs[0],)
+
+
+def test_iteration_minimums_are_exact_when_time_minimums_are_zero():
+    runner = CountingRunner()
+    protocol = Protocol(warmup_iterations=7, warmup_seconds=0, min_iterations=11, min_seconds=0)
+    m = measure(runner, [torch.ones(3, 2)], protocol)
+    assert m.latency.warmup_iterations == 7 and m.latency.iterations == 11
+    assert runner.calls == 18
+    assert len(runner.seen) == 1  # one staged input, reused: staging is outside the loop
+    assert m.latency.batch == 3 and m.latency.clock == "perf_counter"
+
+
+def test_time_minimum_extends_measurement_beyond_min_iterations():
+    runner = CountingRunner(sleep=0.002)
+    protocol = Protocol(warmup_iterations=1, warmup_seconds=0, min_iterations=2, min_seconds=0.05)
+    stats = measure(runner, [torch.ones(1)], protocol).latency
+    assert stats.iterations > 2
+    assert sum(stats.samples_ms) >= 50  # measured for at least min_seconds of samples
+    assert stats.min >= 2.0  # every sample includes the 2 ms call
+
+
+def test_caps_stop_a_slow_target():
+    runner = CountingRunner(sleep=0.01)
+    protocol = Protocol(
+        warmup_iterations=1, warmup_seconds=0, min_iterations=1000, min_seconds=0, max_seconds=0.05
+    )
+    stats = measure(runner, [torch.ones(1)], protocol).latency
+    assert 1 <= stats.iterations < 1000
+
+
+def test_timer_overhead_is_measured():
+    overhead = timer_overhead_ns()
+    assert overhead > 0
