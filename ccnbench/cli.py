@@ -226,12 +226,26 @@ def export_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Export again even if an identical artifact exists.")
     ] = False,
+    engine: Annotated[
+        bool,
+        typer.Option("--engine", help="Also build a TensorRT engine and its layer listing beside each file."),
+    ] = False,
+    engine_batch: Annotated[
+        str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
+    ] = "1,8,32",
     json_output: JsonFlag = False,
 ) -> None:
     """Export variants to validated ONNX files (branches kept or merged, fp32 or fp16)."""
     from ccnbench import selection
+    from ccnbench.backends import BuildOptions
+    from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
+    if engine:  # before any export: asking for an engine that cannot be built is an error, not a note
+        reason = TensorRTBackend().availability("cuda")
+        if reason:
+            raise CcnbenchError(f"--engine: {reason}")
+        engine_batches = selection.integers(engine_batch, "--engine-batch")
     specs = selection.specs(preset, variant, branches, input_mode, seed)
     jobs = [
         (spec, lay, prec)
@@ -246,8 +260,20 @@ def export_cmd(
             progress.update(task, description=f"{spec.label} {lay} {prec}")
             artifacts.append(export(spec, lay, prec, opset=opset, out_dir=out, io=io, force=force))
             progress.advance(task)
+        engines = {}
+        if engine:
+            task = progress.add_task("building TensorRT engines", total=len(artifacts))
+            for a in artifacts:
+                progress.update(task, description=f"engine for {a.path.name}")
+                options = BuildOptions(
+                    precision=a.precision, batch_sizes=engine_batches, artifacts_dir=out, io=a.io
+                )
+                engines[a.path] = export_engine(a, options)
+                progress.advance(task)
     if json_output:
-        _print_json([a.to_dict() for a in artifacts])
+        _print_json(
+            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
+        )
         return
     table = Table(title=f"ONNX artifacts in {out}")
     table.add_column("file", overflow="fold")
@@ -257,6 +283,10 @@ def export_cmd(
         seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
         table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
     console.print(table)
+    for built in engines.values():
+        cached = " (from the engine cache)" if built["cache_hit"] else ""
+        console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
+                      markup=False, highlight=False)  # fmt: skip
 
 
 @app.command()

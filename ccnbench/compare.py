@@ -11,7 +11,6 @@ its cases, which is what a noisy shared runner can resolve.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from ccnbench import results
 from ccnbench.analysis import reference_target
-from ccnbench.errors import ResultsError, UsageError
+from ccnbench.errors import UsageError
 from ccnbench.results import CaseKey, RunResult
 
 METRICS = ("p50", "p99", "throughput")
@@ -150,12 +149,7 @@ def load_rows(path: Path | str) -> tuple[str, dict[str, Row]]:
     """A ccnbench run (directory or results.json) or a pytest-benchmark JSON file."""
     path = Path(path)
     file = results.results_path(path) if path.is_dir() else path
-    if not file.is_file():
-        raise ResultsError(f"no results at {file}")
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{file} is not valid JSON: {exc}") from exc
+    data = results.read_json(file)
     if isinstance(data, dict) and "benchmarks" in data and "machine_info" in data:
         return "pytest-benchmark", _rows_from_pytest_benchmark(data)
     return "ccnbench", rows_from_run(RunResult.from_dict(data, source=str(file)))

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ccnbench.agreement import Tolerance, TolerancePolicy, compare
 from ccnbench.backends import BuildOptions, Target, backend_of
 from ccnbench.memory import MemoryProbe
@@ -134,6 +136,8 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
                 inputs = group.source.make_inputs(batch, group.seed)
                 expected = reference(group.source, inputs, batch, group.seed, group.options.artifacts_dir)
                 outputs = runner.infer(stage(inputs, runner))
+                if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
+                    torch.cuda.synchronize()
                 agreement = compare(outputs, expected, group.source.output_names, policy)
                 measurement = (
                     measure(runner, inputs, group.protocol, flops, group.transfers)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccnbench import fileio, plots, results
-from ccnbench.analysis import all_cases, index, merged_speedup, reference_target, speedup_vs_reference
+from ccnbench.analysis import all_cases, index
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult, RunResult
@@ -166,11 +166,19 @@ def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
     return blocks
 
 
+REPORT_COLUMNS = ("p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB", "build s", "max abs err", "tolerance",
+                  "verdict", "vs eager", "merged vs kept")  # fmt: skip
+
+
 def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
+    from ccnbench.tables import case_cells
+
     by_key = index(cases)
     blocks: list[Block] = [Heading("Every case")]
-    headers = ("layout", "target", "prec", "batch", "p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB",
-               "build s", "max abs err", "tolerance", "verdict", "vs eager", "merged vs kept")  # fmt: skip
+    headers = ("layout", "target", "prec", "batch", *REPORT_COLUMNS)
+    numeric = {
+        i for i, h in enumerate(headers) if h not in ("layout", "target", "prec", "tolerance", "verdict")
+    }
     for model in sorted({c.key.model for c in cases}):
         here = sorted(
             (c for c in cases if c.key.model == model and c.status != "unavailable"),
@@ -180,33 +188,17 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
             continue
         rows = []
         for c in here:
-            lat, agr, mem = c.latency, c.agreement, c.memory
-            speed = speedup_vs_reference(by_key, c)
-            merged = merged_speedup(by_key, c)
-            is_ref = c.key.target == reference_target(c.key.target)
+            cells = case_cells(c, by_key)
             rows.append(
                 (
                     c.key.layout,
                     c.key.target,
                     c.key.precision,
                     str(c.key.batch),
-                    f"{lat.median:.3f}" if lat else "-",
-                    f"{lat.p99:.3f}" if lat else "-",
-                    f"{lat.throughput:,.0f}" if lat else "-",
-                    f"{lat.gflops:,.1f}" if lat and lat.gflops else "-",
-                    f"{mem.headline_bytes / 2**20:.1f}" if mem and mem.headline_bytes is not None else "-",
-                    f"{c.build_seconds:.2f}" if c.build_seconds is not None else "-",
-                    f"{agr.max_abs:.1e}" if agr else "-",
-                    f"{agr.worst.atol:.0e}/{agr.worst.rtol:.0e}" if agr else "-",
-                    c.verdict,
-                    "ref" if is_ref else (f"{speed:.2f}x" if speed else "-"),
-                    f"{merged:.2f}x" if merged else "-",
+                    *(cells[h] for h in REPORT_COLUMNS),
                 )
             )
-        blocks += [
-            Heading(model, 3),
-            TableBlock(headers, tuple(rows), frozenset({3, 4, 5, 6, 7, 8, 9, 10, 13, 14})),
-        ]
+        blocks += [Heading(model, 3), TableBlock(headers, tuple(rows), frozenset(numeric))]
     return blocks
 
 

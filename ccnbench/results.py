@@ -177,16 +177,20 @@ def save(run: RunResult, run_dir: Path | str) -> Path:
     return path
 
 
-def load(run_dir: Path | str) -> RunResult:
-    """Read a run directory or results file; a missing, corrupt or foreign file is a ResultsError."""
-    path = results_path(run_dir)
+def read_json(path: Path) -> Any:
+    """A results file's JSON; a missing or unreadable file is a ResultsError."""
     if not path.is_file():
         raise ResultsError(f"no results at {path}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from exc
-    return RunResult.from_dict(data, source=str(path))
+
+
+def load(run_dir: Path | str) -> RunResult:
+    """Read a run directory or results file; a missing, corrupt or foreign file is a ResultsError."""
+    path = results_path(run_dir)
+    return RunResult.from_dict(read_json(path), source=str(path))
 
 
 def load_many(paths: Iterable[Path | str]) -> list[RunResult]:

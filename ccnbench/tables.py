@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from ccnbench.results import CaseResult
+from ccnbench.results import CaseKey, CaseResult
 
 _VERDICT_STYLE = {
     "pass": "green",
@@ -20,6 +20,31 @@ _VERDICT_STYLE = {
 def verdict_text(result: CaseResult) -> str:
     verdict = result.verdict
     return f"[{_VERDICT_STYLE.get(verdict, '')}]{verdict}[/]"
+
+
+def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:
+    """A case's numbers formatted once, for the terminal table and the report alike."""
+    from ccnbench.analysis import merged_speedup, reference_target, speedup_vs_reference
+
+    lat, agr, mem = case.latency, case.agreement, case.memory
+    memory = mem.headline_bytes if mem else None
+    speed = speedup_vs_reference(by_key, case)
+    merged = merged_speedup(by_key, case)
+    return {
+        "p50 ms": f"{lat.median:.3f}" if lat else "-",
+        "p99 ms": f"{lat.p99:.3f}" if lat else "-",
+        "samples/s": f"{lat.throughput:,.0f}" if lat else "-",
+        "GFLOP/s": f"{lat.gflops:,.1f}" if lat and lat.gflops else "-",
+        "memory MiB": f"{memory / 2**20:.1f}" if memory is not None else "-",
+        "build s": f"{case.build_seconds:.2f}" if case.build_seconds is not None else "-",
+        "max abs err": f"{agr.max_abs:.1e}" if agr else "-",
+        "tolerance": f"{agr.worst.atol:.0e}/{agr.worst.rtol:.0e}" if agr else "-",
+        "verdict": case.verdict,
+        "vs eager": "ref"
+        if case.key.target == reference_target(case.key.target)
+        else (f"{speed:.2f}x" if speed else "-"),
+        "merged vs kept": f"{merged:.2f}x" if merged else "-",
+    }
 
 
 def check_table(results: Sequence[CaseResult]) -> Table:
@@ -91,15 +116,25 @@ def failure_lines(results: Sequence[CaseResult]) -> list[str]:
     return lines
 
 
+BENCH_COLUMNS = (
+    "p50 ms",
+    "p99 ms",
+    "samples/s",
+    "memory MiB",
+    "max abs err",
+    "verdict",
+    "vs eager",
+    "merged vs kept",
+)
+
+
 def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
     """Per case: latency, throughput, memory, agreement and speed-up over eager PyTorch."""
-    from ccnbench.analysis import index, merged_speedup, reference_target, speedup_vs_reference
+    from ccnbench.analysis import index
 
     by_key = index(cases)
     table = Table(title=title)
-    columns = ("model", "layout", "target", "prec", "batch", "median ms", "p99 ms", "samples/s", "memory",
-               "max abs err", "verdict", "vs torch", "merged vs kept")  # fmt: skip
-    for col in columns:
+    for col in ("model", "layout", "target", "prec", "batch", *BENCH_COLUMNS):
         table.add_column(
             col, justify="left" if col in ("model", "layout", "target", "prec", "verdict") else "right"
         )
@@ -109,26 +144,11 @@ def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
     )
     for i, c in enumerate(ordered):
         nxt = ordered[i + 1] if i + 1 < len(ordered) else None
-        lat = c.latency
-        memory = c.memory.headline_bytes if c.memory else None
-        speed = speedup_vs_reference(by_key, c)
-        merged = merged_speedup(by_key, c)
+        cells = case_cells(c, by_key)
+        cells["verdict"] = verdict_text(c)
+        k = c.key
         table.add_row(
-            c.key.model,
-            c.key.layout,
-            c.key.target,
-            c.key.precision,
-            str(c.key.batch),
-            f"{lat.median:.3f}" if lat else "-",
-            f"{lat.p99:.3f}" if lat else "-",
-            f"{lat.throughput:,.0f}" if lat else "-",
-            f"{memory / 2**20:.1f} MiB" if memory is not None else "-",
-            f"{c.agreement.max_abs:.1e}" if c.agreement else "-",
-            verdict_text(c),
-            "ref" if c.key.target == reference_target(c.key.target) else (f"{speed:.2f}x" if speed else "-"),
-            f"{merged:.2f}x" if merged else "-",
-            end_section=nxt is None
-            or (nxt.key.model, nxt.key.precision, nxt.key.batch)
-            != (c.key.model, c.key.precision, c.key.batch),
-        )
+            k.model, k.layout, k.target, k.precision, str(k.batch), *(cells[col] for col in BENCH_COLUMNS),
+            end_section=nxt is None or (nxt.key.model, nxt.key.precision, nxt.key.batch) != (k.model, k.precision, k.batch),
+        )  # fmt: skip
     return table

@@ -217,3 +217,17 @@ def test_cli_json_lists_what_was_written(tmp_path):
     assert all((tmp_path / r["file"]).is_file() for r in rows)
     again = runner.invoke(app, [*args, "--out", str(tmp_path), "--json"])
     assert all(r["reused"] for r in json.loads(again.stdout))
+
+
+def test_engine_request_without_tensorrt_is_one_clear_line_and_writes_nothing(tmp_path):
+    from ccnbench.backends.tensorrt import TensorRTBackend
+
+    reason = TensorRTBackend().availability("cuda")
+    if reason is None:
+        pytest.skip("TensorRT and CUDA are present: tests/backends/test_tensorrt.py builds real engines")
+    result = runner.invoke(
+        app, ["export", "--preset", "tiny", "--variant", "early", "--engine", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: --engine: {reason}"
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Target
 from ccnbench.backends.compiled import CompileBackend, CompileGraphsBackend
 from ccnbench.backends.onnxruntime import OrtBackend
+from ccnbench.backends.tensorrt import TensorRTBackend
 from ccnbench.backends.torch_eager import TorchBackend
 from ccnbench.errors import UsageError
 
@@ -13,6 +14,7 @@ _BACKENDS: tuple[Backend, ...] = (
     CompileBackend(),
     CompileGraphsBackend(),
     OrtBackend(),
+    TensorRTBackend(),
 )
 BACKENDS: dict[str, Backend] = {b.name: b for b in _BACKENDS}
 
