@@ -431,7 +431,22 @@ def bench(
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
     from ccnbench import sweep, tables
+    from ccnbench.errors import UsageError
 
+    flags = {"--variant": (variant, "all"), "--layout": (layout, "all"), "--branches": (branches, None),
+             "--preset": (preset, "small"), "--input-mode": (input_mode, "separate"),
+             "--targets": (targets, "torch:cpu,ort:cpu"), "--precision": (precision, "fp32"), "--batch": (batch, "1,8"),
+             "--onnx": (onnx, None), "--model": (model, None), "--input-shape": (input_shape, None),
+             "--transfers": (transfers, False), "--timeout": (timeout, 600.0), "--isolation": (isolation, "group"),
+             "--dynamic-batch": (dynamic_batch, False), "--seed": (seed, 0), "--threads": (threads, None)}  # fmt: skip
+    given = [name for name, (value, default) in flags.items() if value not in (default, [])]
+    if (config is not None or resume is not None) and given:
+        where = "the stored run" if resume is not None else "the sweep file"
+        raise UsageError(
+            f"{', '.join(given)} cannot be combined with {'--resume' if resume else '--config'}: {where} decides"
+        )
+    if resume is not None and config is not None:
+        raise UsageError("--resume reruns the stored sweep; it cannot take --config")
     if resume is not None:
         run, sweep_config = sweep.resume(resume)
         run_dir = resume

@@ -60,8 +60,10 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
                     "-" if layout == "kept" else "--", marker=marker, color=colors[target, precision])  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        _plain_log_axis(ax, "x")
         _plain_log_axis(ax, "y")
+        batches = sorted({c.key.batch for c in ok if c.key.model == model})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("batch")
         ax.set_ylabel("median latency (ms)")
@@ -176,11 +178,11 @@ def error_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
 
 def _plain_log_axis(ax, axis: str = "y") -> None:
     """Log scale with plain tick labels (2, 5, 10 rather than 2×10⁰)."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(fmt)
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 

@@ -19,8 +19,8 @@ NOT_RUN = {
     "my_model.onnx": "a placeholder for the reader's own file",
     "<new-run>": "a placeholder",
     "new-benchmarks.json": "a placeholder",
-    "tensorrt:cuda": "needs CUDA; the same command without GPU targets runs below",
-    "--variant all --layout all --targets": "every variant at the small preset: covered by the check tests",
+    "tensorrt:cuda": "needs CUDA to mean anything",
+    "--variant all --layout all --targets": "every variant, small preset, compile included: tests/test_check.py runs it at tiny",
 }
 
 

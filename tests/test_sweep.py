@@ -31,7 +31,7 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
         {"model": f"{FIXTURES}:{name}", "input_shape": "1x8x8x8"} for name in ("crashes", "hangs", "raises")
     ]
     models.append({"variants": "early"})
-    config = _config(artifacts_dir, models=models, timeout=15)
+    config = _config(artifacts_dir, models=models, timeout=10)
     run = sweep.execute(sweep.start(config, tmp_path / "run"), config, tmp_path / "run")
     by_model = {}
     for case in run.cases:
@@ -41,7 +41,7 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
     assert "worker exited with code 3" in crash[0].message
     hang = by_model[f"user:{FIXTURES}:hangs"]
     assert [c.status for c in hang] == ["timeout", "timeout"]
-    assert "15 s timeout" in hang[0].message
+    assert "10 s timeout" in hang[0].message
     raised = by_model[f"user:{FIXTURES}:raises"]
     assert [c.status for c in raised] == ["failed", "failed"]
     assert "RuntimeError: the user's factory is broken" in raised[0].message
@@ -182,3 +182,19 @@ def test_bundled_sweeps_expand(tmp_path):
     assert len(sweep.load_config(str(tmp_path / "mine.toml")).expand()) == 2
     with pytest.raises(UsageError, match="no sweep file"):
         sweep.load_config("no-such-sweep")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--config", "ci-quick", "--targets", "ort:cpu"], "--targets cannot be combined with --config"),
+        (["--resume", "results/baseline-ci", "--batch", "4"], "--batch cannot be combined with --resume"),
+        (["--config", "no-such-sweep"], "no sweep file 'no-such-sweep'"),
+        (["--resume", "/no/such/run"], "no results at /no/such/run/results.json"),
+    ],
+)
+def test_bench_flag_conflicts_and_bad_runs_are_one_line(args, words):
+    result = runner.invoke(app, ["bench", *args])
+    assert result.exit_code in (1, 2)
+    assert result.output.strip().startswith("error: ") and words in result.output
+    assert len(result.output.strip().splitlines()) == 1
