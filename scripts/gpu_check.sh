@@ -25,7 +25,7 @@ log="$run-console.log"
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 || echo "no nvidia-smi"
   "$PY" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| onnxruntime', o.__version__, o.get_available_providers())"
   "$PY" -m ccnbench env
-  "$PY" -m ccnbench bench --config "$SWEEP" --out "$run" --isolation model --budget-minutes "$BUDGET_MINUTES" --no-report
+  "$PY" -m ccnbench bench --config "$SWEEP" --out "$run" --budget-minutes "$BUDGET_MINUTES" --no-report
   echo "== bench exit code $?"
   "$PY" -m ccnbench report "$run"
   "$PY" -m ccnbench recommend "$run"

@@ -18,7 +18,13 @@ def test_version():
 def test_variants_table_lists_every_variant():
     result = runner.invoke(app, ["variants", "--preset", "tiny"])
     assert result.exit_code == 0, result.output
-    for label in ("early-n3", "feature-n3", "model-n3", "model-n3-shared", "decision-n3", "multitask-n3"):
+    for label in (
+        "early-n3@tiny",
+        "feature-n3@tiny",
+        "model-n3@tiny",
+        "model-n3-shared@tiny",
+        "decision-n3@tiny",
+    ):
         assert label in result.output
 
 
@@ -26,11 +32,11 @@ def test_variants_json_matches_the_models():
     result = runner.invoke(app, ["variants", "--preset", "tiny", "--branches", "2", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    model = next(r for r in rows if r["label"] == "model-n2")
+    model = next(r for r in rows if r["label"] == "model-n2@tiny")
     spec = spec_from_preset("tiny", "model", branches=2)
     assert model["params_kept"] == count_parameters(build_kept(spec))
     assert model["flops_per_sample"] == flops_per_sample(spec)
-    decision = next(r for r in rows if r["label"] == "decision-n2")
+    decision = next(r for r in rows if r["label"] == "decision-n2@tiny")
     # The folded classifier has one bias vector instead of N.
     assert decision["params_kept"] - decision["params_merged"] == spec.classes
 

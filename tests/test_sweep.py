@@ -45,7 +45,7 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
     raised = by_model[f"user:{FIXTURES}:raises"]
     assert [c.status for c in raised] == ["failed", "failed"]
     assert "RuntimeError: the user's factory is broken" in raised[0].message
-    healthy = by_model["early-n3"]
+    healthy = by_model["early-n3@tiny"]
     assert [c.passed for c in healthy] == [True, True] and all(c.latency for c in healthy)
     assert run.complete
     saved = results.load(tmp_path / "run")
@@ -60,7 +60,7 @@ def test_one_worker_per_model_still_isolates_a_crashing_group(tmp_path, artifact
     run = sweep.execute(sweep.start(config, tmp_path / "run"), config, tmp_path / "run")
     statuses = {(c.key.model.split(":")[-1], c.key.target): c.status for c in run.cases}
     assert statuses[("crashes", "torch:cpu")] == "failed" and statuses[("crashes", "ort:cpu")] == "failed"
-    assert statuses[("early-n3", "torch:cpu")] == "ok" and statuses[("early-n3", "ort:cpu")] == "ok"
+    assert statuses[("early-n3@tiny", "torch:cpu")] == "ok" and statuses[("early-n3@tiny", "ort:cpu")] == "ok"
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, artifacts_dir):

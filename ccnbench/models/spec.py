@@ -154,9 +154,22 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """Short human label: variant, N and input mode where it matters."""
+        """Short human label: variant, N, input mode where it matters, and the size.
+
+        The size is the preset's name when the spec has a preset's volume, width and depth
+        (``model-n4@medium``), else written out (``model-n4@20x20x20f8d2``), so runs of different
+        sizes never share a label in a report.
+        """
         shared = "-shared" if self.input_mode == "shared" else ""
-        return f"{self.variant}-n{self.branches}{shared}"
+        size = next(
+            (
+                p.name
+                for p in PRESETS.values()
+                if (p.volume, p.filters, p.depth) == (self.volume, self.filters, self.depth)
+            ),
+            f"{'x'.join(map(str, self.volume))}f{self.filters}d{self.depth}",
+        )
+        return f"{self.variant}-n{self.branches}{shared}@{size}"
 
     # --- serialisation -------------------------------------------------------------------
 

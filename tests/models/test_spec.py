@@ -61,6 +61,12 @@ def test_spec_round_trips_through_dict_and_rejects_unknown_fields():
         ModelSpec.from_dict({**spec.to_dict(), "colour": "red"})
 
 
+def test_labels_name_the_size():
+    assert spec_from_preset("medium", "model", branches=4).label == "model-n4@medium"
+    assert spec_from_preset("small", "decision", input_mode="shared").label == "decision-n3-shared@small"
+    assert ModelSpec("early", volume=(20, 21, 22), filters=6).label == "early-n3@20x21x22f6d2"
+
+
 def test_digest_changes_with_the_seed():
     spec = ModelSpec("model")
     assert spec.digest() != spec.with_(seed=1).digest()
