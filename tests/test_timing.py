@@ -81,7 +81,7 @@ def test_caps_stop_a_slow_target():
         warmup_iterations=1, warmup_seconds=0, min_iterations=1000, min_seconds=0, max_seconds=0.05
     )
     stats = measure(runner, [torch.ones(1)], protocol).latency
-    assert 1 <= stats.iterations < 1000
+    assert 0 < stats.iterations < protocol.min_iterations  # max_seconds stopped it early
 
 
 def test_timer_overhead_is_measured():

@@ -57,6 +57,8 @@ def session_providers(
     cuda: dict[str, Any] = {
         "device_id": str(torch.cuda.current_device() if torch.cuda.is_available() else 0),
         "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+        # The CUDA provider enables TF32 by default; fp32 must mean fp32, as on the torch targets.
+        "use_tf32": "0" if options.precision == "fp32" else "1",
     }
     if stream_ptr:
         cuda["user_compute_stream"] = stream_ptr

@@ -26,6 +26,9 @@ def test_cuda_providers_run_on_the_runners_stream_with_the_chosen_conv_search(tm
     assert cuda[0][0] == "CUDAExecutionProvider"
     assert cuda[0][1]["user_compute_stream"] == "123456"
     assert cuda[0][1]["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cuda[0][1]["use_tf32"] == "0"  # fp32 means fp32
+    fp16 = session_providers(Target("ort", "cuda"), BuildOptions(precision="fp16"), stream, {})
+    assert fp16[0][1]["use_tf32"] == "1"
     trt = session_providers(Target("ort", "tensorrt"), options, stream, {"trt_profile_min_shapes": "x"})
     names = [p[0] if isinstance(p, tuple) else p for p in trt]
     assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
