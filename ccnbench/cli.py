@@ -353,10 +353,7 @@ def check(
         _print_json({"passed": code == 0, "cases": [r.to_dict() for r in results]})
     else:
         console.print(tables.check_table(results))
-        for line in tables.unavailable_lines(results):
-            console.print(line, style="dim", markup=False, highlight=False)
-        for line in tables.failure_lines(results):
-            console.print(line, style="red", markup=False, highlight=False)
+        _print_problems(results)
         ran = [r for r in results if r.status != "unavailable"]
         console.print(
             f"{sum(r.passed for r in ran)}/{len(ran)} cases agree with the oracle"
@@ -502,10 +499,7 @@ def bench(
                 f"interrupted; finished cases are saved: resume with --resume {run_dir}"
             ) from None
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
-    for line in tables.unavailable_lines(run.cases):
-        console.print(line, style="dim", markup=False, highlight=False)
-    for line in tables.failure_lines(run.cases):
-        console.print(line, style="red", markup=False, highlight=False)
+    _print_problems(run.cases)
     if report:
         from ccnbench.report import write_report
 
@@ -614,6 +608,16 @@ def recommend(
             console.print(f"    rejected: {reason}", style="yellow", markup=False, highlight=False)
         for reason in r.not_measured:
             console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
+
+
+def _print_problems(cases: Any) -> None:
+    """Unavailable targets (dim) and failures (red) below a table, one line each."""
+    from ccnbench import tables
+
+    for line in tables.unavailable_lines(cases):
+        console.print(line, style="dim", markup=False, highlight=False)
+    for line in tables.failure_lines(cases):
+        console.print(line, style="red", markup=False, highlight=False)
 
 
 def _progress() -> Any:

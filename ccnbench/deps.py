@@ -10,7 +10,6 @@ from ccnbench.errors import MissingDependency
 # What to install when a module is missing: the pip line a user can paste.
 _INSTALL_HINTS = {
     "tensorrt": "pip install 'ccnbench[tensorrt]'",
-    "pynvml": "pip install 'ccnbench[gpu]'",
     "onnxruntime": "pip install onnxruntime (or 'ccnbench[gpu]' for CUDA)",
 }
 

@@ -18,6 +18,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -76,7 +77,7 @@ class Artifact:
     output_names: tuple[str, ...]
     input_shapes: tuple[tuple[int | str, ...], ...]
     op_histogram: dict[str, int] = field(default_factory=dict)
-    parameters: int = 0
+    parameters: int = 0  # every stored value: weights, BatchNorm statistics and constants
     export_seconds: float = 0.0
     reused: bool = False
 
@@ -142,32 +143,14 @@ def export(
     export never leaves a half-written file or replaces a good one.
     """
     _check_options(layout, precision, io, opset)
-    out = _writable_dir(Path(out_dir))
-    path = out / artifact_name(spec, layout, precision, io, opset)
-    if path.exists() and not force:
-        try:
-            return load_artifact(path, reused=True)
-        except CcnbenchError:
-            pass  # a stale or damaged file: export again over it
-    module = build(spec, layout)
-    start = time.perf_counter()
-    proto = _export_proto(
-        module, spec.input_shape, list(spec.input_names), list(spec.output_names), precision, io, opset
-    )
-    seconds = time.perf_counter() - start
-    metadata = {
-        "version": __version__,
-        "spec": json.dumps(spec.to_dict(), sort_keys=True),
-        "layout": layout,
-        "precision": precision,
-        "io": io,
-        "torch": torch.__version__,
-        "export_seconds": f"{seconds:.3f}",
-    }
-    _set_metadata(proto, metadata)
-    validate(proto, spec=spec, layout=layout, precision=precision, io=io)
-    _atomic_save(proto, path)
-    return load_artifact(path)
+    path = _writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
+    reused = None if force else _reusable(path)
+    if reused is not None:
+        return reused
+    return _export_to(
+        build(spec, layout), path, spec.input_names, spec.input_shape, spec.output_names,
+        precision, io, opset, layout=layout, spec=spec,
+    )  # fmt: skip
 
 
 def export_module(
@@ -184,17 +167,52 @@ def export_module(
     """Export a user's module (inputs of ``input_shape`` plus a dynamic batch) to ``path``, validated."""
     _check_options("kept", precision, io, opset)
     _writable_dir(path.parent)
-    if path.exists() and not force:
-        with contextlib.suppress(CcnbenchError):
-            return load_artifact(path, reused=True)
+    reused = None if force else _reusable(path)
+    if reused is not None:
+        return reused
+    return _export_to(module, path, input_names, input_shape, output_names, precision, io, opset)
+
+
+def _reusable(path: Path) -> Artifact | None:
+    """The artifact already at ``path``, or None (absent, or damaged: exported again over it)."""
+    if not path.exists():
+        return None
+    try:
+        return load_artifact(path, reused=True)
+    except CcnbenchError:
+        return None
+
+
+def _export_to(
+    module: nn.Module,
+    path: Path,
+    input_names: Sequence[str],
+    input_shape: Sequence[int],
+    output_names: Sequence[str] | None,
+    precision: str,
+    io: str,
+    opset: int,
+    layout: str = "kept",
+    spec: ModelSpec | None = None,
+) -> Artifact:
+    """Export, stamp metadata, validate (structure too when ``spec`` is known), save atomically."""
     start = time.perf_counter()
     proto = _export_proto(module, tuple(input_shape), list(input_names), output_names, precision, io, opset)
-    metadata = {"version": __version__, "layout": "kept", "precision": precision, "io": io,
-                "torch": torch.__version__, "export_seconds": f"{time.perf_counter() - start:.3f}"}  # fmt: skip
+    metadata = {
+        "version": __version__,
+        "layout": layout,
+        "precision": precision,
+        "io": io,
+        "torch": torch.__version__,
+        "export_seconds": f"{time.perf_counter() - start:.3f}",
+    }
+    if spec is not None:
+        metadata["spec"] = json.dumps(spec.to_dict(), sort_keys=True)
     _set_metadata(proto, metadata)
-    validate(proto, precision=precision, io=io)
-    _atomic_save(proto, path)
-    return load_artifact(path)
+    validate(proto, spec=spec, layout=layout if spec else None, precision=precision, io=io)
+    data = proto.SerializeToString()
+    fileio.write_bytes(path, data)
+    return _describe(proto, path, hashlib.sha256(data).hexdigest(), len(data))
 
 
 def load_artifact(path: Path | str, reused: bool = False) -> Artifact:
@@ -208,13 +226,17 @@ def load_artifact(path: Path | str, reused: bool = False) -> Artifact:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise CcnbenchError(f"{path} is not a readable ONNX model: {exc}") from exc
+    return _describe(proto, path, _sha256(path), path.stat().st_size, reused)
+
+
+def _describe(proto: Any, path: Path, sha256: str, size: int, reused: bool = False) -> Artifact:
     meta = {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
     spec = ModelSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     return Artifact(
         path=path,
-        sha256=_sha256(path),
-        size_bytes=path.stat().st_size,
+        sha256=sha256,
+        size_bytes=size,
         opset=_default_domain_opset(proto),
         precision=meta.get("precision") or _weight_precision(proto),
         io=meta.get("io") or _io_type(proto),
@@ -224,7 +246,7 @@ def load_artifact(path: Path | str, reused: bool = False) -> Artifact:
         output_names=tuple(o.name for o in proto.graph.output),
         input_shapes=tuple(_shape(i) for i in inputs),
         op_histogram=op_histogram(proto),
-        parameters=sum(_numel(t) for t in proto.graph.initializer),
+        parameters=sum(math.prod(t.dims) for t in proto.graph.initializer),
         export_seconds=float(meta.get("export_seconds", 0.0)),
         reused=reused,
     )
@@ -397,10 +419,6 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
-def _atomic_save(proto: Any, path: Path) -> None:
-    fileio.write_bytes(path, proto.SerializeToString())
-
-
 def _set_metadata(proto: Any, values: dict[str, str]) -> None:
     keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
     del proto.metadata_props[:]
@@ -441,13 +459,6 @@ def _io_type(proto: Any) -> str:
 def _shape(value_info: Any) -> tuple[int | str, ...]:
     dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_param if d.dim_param else d.dim_value for d in dims)
-
-
-def _numel(tensor: Any) -> int:
-    n = 1
-    for d in tensor.dims:
-        n *= d
-    return n
 
 
 def _sha256(path: Path) -> str:

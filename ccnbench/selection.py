@@ -47,7 +47,6 @@ def specs(
     branches: str | int | Sequence[int | str] | None = None,
     input_modes: str | Sequence[str] = "separate",
     seed: int | None = None,
-    volume: Sequence[int] | None = None,
 ) -> list[ModelSpec]:
     """Every valid spec of variants × branch counts × input modes at a preset.
 
@@ -63,9 +62,7 @@ def specs(
             if mode == "shared" and variant not in SHARED_INPUT_VARIANTS and len(modes) > 1:
                 continue
             for n in counts:
-                result.append(
-                    spec_from_preset(preset, variant, branches=n, input_mode=mode, seed=seed, volume=volume)
-                )
+                result.append(spec_from_preset(preset, variant, branches=n, input_mode=mode, seed=seed))
     return result
 
 

@@ -7,6 +7,7 @@ inputs, the float64 oracle and the FLOP count.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -40,6 +41,10 @@ class ModelSource:
     num_inputs: int = 1
     onnx_path: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     # --- construction --------------------------------------------------------------------
 
@@ -165,7 +170,11 @@ class ModelSource:
             assert self.spec is not None
             return build(self.spec, layout)
         if self.kind == "factory":
-            module = _load_factory(self.factory or "")().eval()
+            # The factory runs once per process (it may load a checkpoint); callers get copies
+            # because backends move and cast the module they are given in place.
+            if "factory_module" not in self._cache:
+                self._cache["factory_module"] = _load_factory(self.factory or "")().eval()
+            module = copy.deepcopy(self._cache["factory_module"])
             if layout == "merged" and not isinstance(module, FusionNet):
                 raise UsageError(
                     "a user model can only be run kept: merging needs one of ccnbench's variants"
@@ -282,11 +291,13 @@ def _load_factory(factory: str):
             if not path.is_file():
                 raise UsageError(f"--model: no file {path}")
             name = f"ccnbench_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+            module = sys.modules.get(name)
+            if module is None:  # a file is executed once per process, like an imported module
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_part)
     except ImportError as exc:

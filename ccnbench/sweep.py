@@ -406,6 +406,7 @@ def _follow(
     seen: set[CaseKey] = set()
     try:
         while True:
+            exited = proc.poll() is not None  # before reading: a finished worker's last lines are in
             offset, events = _read_events(out, offset)
             for event in events:
                 if "group" in event:
@@ -418,13 +419,7 @@ def _follow(
                     case = CaseResult.from_dict(event["case"])
                     seen.add(case.key)
                     writer.record(case)
-            if proc.poll() is not None:
-                _, events = _read_events(out, offset)
-                for event in events:
-                    if "case" in event:
-                        case = CaseResult.from_dict(event["case"])
-                        seen.add(case.key)
-                        writer.record(case)
+            if exited:
                 return "exited", current, seen
             if time.monotonic() - started > timeout:
                 _kill(proc)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -163,7 +163,6 @@ class LatencyStats:
 class Measurement:
     latency: LatencyStats
     transfers: LatencyStats | None = None  # CUDA: host->device, inference, device->host
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def stage(inputs: Sequence[Tensor], runner: Runner) -> list[Tensor]:

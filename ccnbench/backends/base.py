@@ -80,7 +80,8 @@ class Runner(abc.ABC):
     ``infer`` takes inputs already on ``device`` (float32 unless the artifact's I/O is fp16)
     and returns the outputs on the same device, in ``output_names`` order; they may be buffers
     the runner reuses, valid until its next call. CUDA runners
-    enqueue their work on ``stream`` (a non-default stream) so events recorded there time it.
+    enqueue their work on ``stream`` (a non-default stream) so events recorded there time it;
+    the caller synchronises with that stream before reading the outputs.
     """
 
     target: Target

@@ -423,9 +423,7 @@ class TensorRTRunner(Runner):
         self._staged = staged  # keeps cast copies alive while the engine reads them
         if not self.context.execute_async_v3(self._stream.cuda_stream):
             raise TensorRTError("execute_async_v3 failed; see TensorRT's log")
-        # Whoever reads the outputs on the current stream (agreement, copies) sees them finished;
-        # this orders streams without blocking the host and adds nothing to the runner's stream.
-        torch.cuda.current_stream().wait_stream(self._stream)
+        # As for every runner, the caller synchronises with ``stream`` before reading the outputs.
         return self._outputs[tuple(s for _, s in identity)]
 
     def _stage(self, name: str, x: Tensor) -> Tensor:
