@@ -7,6 +7,9 @@ process reset its own peak (``/proc/self/clear_refs``), which makes each probe s
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import resource
 from dataclasses import asdict, dataclass
@@ -54,6 +57,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """Give memory freed earlier in this process back to the OS before a baseline is taken.
+
+    glibc keeps freed blocks (and raises its mmap threshold after large frees), so without this
+    a model prepared after other work (the oracle's float64 pass, an earlier case group) reuses
+    retained pages, RSS does not grow, and its memory would be under-reported.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's peak RSS to its current RSS (Linux); False where not possible."""
     try:
@@ -71,6 +86,7 @@ class MemoryProbe:
         self.baseline_rss = 0
 
     def start(self) -> None:
+        release_freed_memory()
         reset_peak_rss()
         self.baseline_rss = current_rss_bytes()
         if self.device == "cuda":
