@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,openvino]'
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install ccnbench with its dev tools
@@ -40,7 +40,7 @@ format: $(STAMP)
 
 lock: ## regenerate constraints.txt from a fresh environment
 	rm -rf /tmp/ccnbench-lock && $(PYTHON) -m venv /tmp/ccnbench-lock
-	/tmp/ccnbench-lock/bin/pip install --quiet torch==2.13.0 '.[dev]'
+	/tmp/ccnbench-lock/bin/pip install --quiet torch==2.13.0 '.[dev,openvino]'
 	{ head -2 constraints.txt; /tmp/ccnbench-lock/bin/pip freeze | grep -v '^ccnbench' | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
