@@ -322,22 +322,25 @@ class _RunWriter:
 
 
 def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
-    """Export every ONNX artifact once, in this process, before any worker starts.
+    """Build every artifact (ONNX file, .pt2 package) once, in this process, before any worker starts.
 
-    Workers then only read them, so no two processes write one file and export time is not
-    charged to any worker's timeout. A user's factory is exported inside its worker instead,
-    so a broken one cannot take the sweep down. Failures are left for the worker to report.
+    Workers then only read them, so no two processes write one file and export or build time
+    (half a minute for a .pt2 package) is not charged to any worker's timeout. A user's factory
+    is exported inside its worker instead, so a broken one cannot take the sweep down. Failures
+    are left for the worker to report.
     """
     from ccnbench.backends import backend_of
 
     wanted = {}
     for g in groups:
-        if backend_of(g.target).needs_onnx and g.source.kind == "spec" and unavailable_reason(g) is None:
-            wanted.setdefault((g.source.digest, g.source.layout, g.precision), g)
-    for g in wanted.values():
-        events.on_note(f"exporting {g.source.label} {g.source.layout} {g.precision}")
+        fmt = backend_of(g.target).file_format
+        if fmt and g.source.kind == "spec" and unavailable_reason(g) is None:
+            key = (fmt, g.source.digest, g.source.layout, g.precision, g.target.device_kind)
+            wanted.setdefault(key, g)
+    for (fmt, *_), g in wanted.items():
+        events.on_note(f"building {fmt} for {g.source.label} {g.source.layout} {g.precision}")
         with contextlib.suppress(CcnbenchError):
-            g.source.artifact(g.precision, g.options.io, g.options.opset, g.options.artifacts_dir)
+            backend_of(g.target).artifact(g.source, g.target, g.options)
 
 
 def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:

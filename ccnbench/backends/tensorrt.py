@@ -519,6 +519,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     devices = ("cuda",)
     needs_onnx = True
+    ships_as = "TensorRT engine"
     description = "TensorRT engine built from the ONNX artifact (strongly typed), run with execute_async_v3"
 
     def precisions(self, device: str) -> tuple[str, ...]:
