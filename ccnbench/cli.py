@@ -233,14 +233,32 @@ def export_cmd(
     engine_batch: Annotated[
         str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
     ] = "1,8,32",
+    file_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).",
+        ),
+    ] = "onnx",
+    device: Annotated[
+        str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")
+    ] = "cpu",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export variants to validated ONNX files (branches kept or merged, fp32 or fp16)."""
+    """Export variants to validated ONNX files (kept or merged, fp32 or fp16) or to .pt2 packages."""
     from ccnbench import selection
     from ccnbench.backends import BuildOptions
     from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
+    if file_format not in ("onnx", "pt2"):
+        raise UsageError(f"--format {file_format!r}: choose onnx or pt2")
+    if file_format == "pt2":
+        if engine:
+            raise UsageError("--engine builds a TensorRT engine from an ONNX file: use it with --format onnx")
+        _export_packages(variant, layout, branches, preset, input_mode, precision, seed, out, force, device,
+                         json_output)  # fmt: skip
+        return
     if engine:  # before any export: asking for an engine that cannot be built is an error, not a note
         reason = TensorRTBackend().availability("cuda")
         if reason:
@@ -287,6 +305,43 @@ def export_cmd(
         cached = " (from the engine cache)" if built["cache_hit"] else ""
         console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
                       markup=False, highlight=False)  # fmt: skip
+
+
+def _export_packages(
+    variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
+    out: Path, force: bool, device: str, json_output: bool,
+) -> None:  # fmt: skip
+    """``export --format pt2``: AOTInductor packages, built once and reused like ONNX files."""
+    from ccnbench import pt2, selection
+    from ccnbench.backends.aoti import AotiBackend
+    from ccnbench.source import ModelSource
+
+    if device not in pt2.DEVICES:
+        raise UsageError(f"--device {device!r}: a .pt2 package is built for {' or '.join(pt2.DEVICES)}")
+    reason = AotiBackend().availability(device)
+    if reason:
+        raise CcnbenchError(f"--format pt2: {reason}")
+    specs = selection.specs(preset, variant, branches, input_mode, seed)
+    precisions = selection.choices(precision, pt2.PRECISIONS[device], "precision")
+    jobs = [(s, lay, p) for s in specs for lay in selection.layouts(layout) for p in precisions]
+    packages = []
+    with _progress() as progress:
+        task = progress.add_task("building .pt2 packages", total=len(jobs))
+        for spec, lay, prec in jobs:
+            progress.update(task, description=f"{spec.label} {lay} {prec} (.pt2, {device})")
+            packages.append(pt2.package(ModelSource.from_spec(spec, lay), device, prec, out, force=force))
+            progress.advance(task)
+    if json_output:
+        _print_json([p.to_dict() for p in packages])
+        return
+    table = Table(title=f".pt2 packages in {out}")
+    table.add_column("file", overflow="fold")
+    for col in ("size", "machine", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in packages:
+        seconds = "reused" if p.reused else f"{p.build_seconds:.1f}"
+        table.add_row(p.path.name, _mib(p.size_bytes), p.machine, seconds)
+    console.print(table)
 
 
 @app.command()
