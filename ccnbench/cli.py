@@ -645,6 +645,13 @@ def recommend(
     precision: Annotated[
         str | None, typer.Option("--precision", help="Only consider these precisions (comma list).")
     ] = None,
+    shippable: Annotated[
+        bool,
+        typer.Option(
+            "--shippable",
+            help="Only formats that ship as a file (ONNX, .pt2, engine): no model code at run time.",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
@@ -653,7 +660,7 @@ def recommend(
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(results.load_many(runs)), precisions)
+    recs = recommending(all_cases(results.load_many(runs)), precisions, shippable=shippable)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return
