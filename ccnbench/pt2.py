@@ -243,7 +243,7 @@ def _build(source: ModelSource, device: str, precision: str, path: Path) -> Pack
         output_names=source.output_names,
         input_shape=tuple(source.input_shape),
         dynamic_batch=True,
-        build_seconds=time.perf_counter() - start,
+        build_seconds=round(time.perf_counter() - start, 3),
         torch_version=torch.__version__,
     )
     # Written after the package: a package without its JSON is never reused, so a crash between
