@@ -171,7 +171,9 @@ def test_bad_sweep_files_are_usage_errors(data, words):
 
 def test_bundled_sweeps_expand(tmp_path):
     cpu = sweep.load_config("cpu-default").expand()
-    assert {str(g.target) for g in cpu} == {"torch:cpu", "compile:cpu", "ort:cpu"}
+    assert {str(g.target) for g in cpu} == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu"}
+    baseline = {str(g.target) for g in sweep.load_config("cpu-baseline").expand()}
+    assert baseline == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
     assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
     assert {g.source.layout for g in cpu} == {"kept", "merged"} and all(g.batches == (1, 8) for g in cpu)
     gpu = sweep.load_config("gpu-h100").expand()
