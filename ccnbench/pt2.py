@@ -282,9 +282,11 @@ def _check_options(source: ModelSource, device: str, precision: str) -> None:
 
 def _weights_identity(source: ModelSource) -> dict[str, Any]:
     """A user's model: its factory, shapes and weights (edited weights must never reuse a package)."""
-    from ccnbench.source import _weights_digest
-
-    return {**source.to_dict(), "weights": _weights_digest(source.module())}
+    h = hashlib.sha256()
+    for name, tensor in source.module().state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {**source.to_dict(), "weights": h.hexdigest()[:16]}
 
 
 def _writable_dir(path: Path) -> Path:
