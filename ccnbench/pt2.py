@@ -147,7 +147,7 @@ def package_name(source: ModelSource, device: str, precision: str) -> str:
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    stem = source.label.replace(":", "-").replace("/", "-").replace(".py", "")
+    stem = source.label if source.spec is not None else "user-" + _file_stem(source.label)
     return f"{stem}-{source.layout}-{precision}-{device}-{digest}{SUFFIX}"
 
 
@@ -287,6 +287,11 @@ def _weights_identity(source: ModelSource) -> dict[str, Any]:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {**source.to_dict(), "weights": h.hexdigest()[:16]}
+
+
+def _file_stem(label: str) -> str:
+    """``user:/path/to/nets.py:make`` or ``onnx:x.onnx`` -> ``nets-make``: no directories in a file name."""
+    return Path(label.split(":", 1)[-1].replace(":", "-")).name.replace(".py", "")
 
 
 def _writable_dir(path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,18 @@ def test_the_name_changes_with_everything_that_changes_the_bytes():
     assert len(names) == 5
     assert pt2.package_name(_source(), "cpu", "fp32") == pt2.package_name(_source(), "cpu", "fp32")
     assert all(n.endswith(".pt2") for n in names)
+
+
+def test_a_user_models_name_follows_its_weights(monkeypatch):
+    fixtures = Path(__file__).parent / "fixtures" / "user_models.py"
+    source = ModelSource.from_factory(f"{fixtures}:two_view", (1, 10, 10, 10), num_inputs=2)
+    name = pt2.package_name(source, "cpu", "fp32")
+    assert name.startswith("user-user_models-two_view-kept-fp32-cpu-") and name.endswith(".pt2")
+    monkeypatch.setattr(
+        torch, "manual_seed", lambda seed: torch.random.default_generator.manual_seed(seed + 1)
+    )
+    edited = ModelSource.from_factory(f"{fixtures}:two_view", (1, 10, 10, 10), num_inputs=2)
+    assert pt2.package_name(edited, "cpu", "fp32") != name  # new weights never reuse an old package
 
 
 def test_bad_requests_are_usage_errors(tmp_path):
