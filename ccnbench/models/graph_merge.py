@@ -72,7 +72,9 @@ class MergedGroup:
             convs = f"{self.convs_each} Conv each → {self.convs_each} grouped Conv"
             return f"{k} × {self.module_class} ({', '.join(self.targets)}), {convs}"
         once = f"{self.convs_each} Conv run once" if self.convs_each else "run once"
-        return f"{k} calls of {self.module_class} ({self.targets[0]}, shared weights) → {once} on a {k}× batch"
+        return (
+            f"{k} calls of {self.module_class} ({self.targets[0]}, shared weights) → {once} on a {k}× batch"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -235,7 +237,11 @@ def _stacked_layer(peers: list[nn.Module], name: str) -> StackedLayer:
     params = {n: p.detach() for n, p in params.items()}
     if type(first) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and first.padding_mode == "zeros":
         conv = copy.deepcopy(first)
-        conv.in_channels, conv.out_channels, conv.groups = k * first.in_channels, k * first.out_channels, k * first.groups
+        conv.in_channels, conv.out_channels, conv.groups = (
+            k * first.in_channels,
+            k * first.out_channels,
+            k * first.groups,
+        )
         conv.weight = nn.Parameter(params["weight"].flatten(0, 1), requires_grad=False)
         if first.bias is not None:
             conv.bias = nn.Parameter(params["bias"].flatten(), requires_grad=False)
@@ -476,7 +482,9 @@ def _candidate_groups(calls: list[_Call]) -> tuple[list[tuple[str, list[_Call]]]
             if len(same) < 2:
                 continue
             if any(_training(c.module) for c in same):
-                notes.append(f"{', '.join(c.target for c in same)} are in training mode (merging is for eval mode)")
+                notes.append(
+                    f"{', '.join(c.target for c in same)} are in training mode (merging is for eval mode)"
+                )
                 continue
             groups.extend(("stacked", s) for s in _independent(same))
         if len(classes) > 1:
@@ -582,7 +590,9 @@ def _rewrite(module: nn.Module, num_inputs: int, groups: list[tuple[str, list[_C
         nodes = [by_name[c.node.name] for c in group]
         target = _new_name(gm, group, rule, index)
         first = group[0].module
-        merged = BatchFolded(first, len(group)) if rule == "shared" else StackedBranches([c.module for c in group])
+        merged = (
+            BatchFolded(first, len(group)) if rule == "shared" else StackedBranches([c.module for c in group])
+        )
         gm.add_submodule(target, merged)
         # Insert where every input exists (just before the last call); uses are re-ordered below.
         with gm.graph.inserting_before(nodes[-1]):
