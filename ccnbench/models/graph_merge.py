@@ -527,7 +527,7 @@ def _merge_in(
     accepted: list[tuple[str, list[_Call]]] = []
     for rule, group in candidates:
         try:
-            trial = _rewrite(module, len(inputs), accepted + [(rule, group)])
+            trial = _rewrite(module, len(inputs), [*accepted, (rule, group)])
         except _Unsupported as exc:
             notes.append(f"{', '.join(c.target for c in group)} stayed kept: {exc}")
             continue
@@ -572,7 +572,7 @@ def _descend(
             inner, inner_groups, inner_notes = _merge_in(child, tuple(args), f"{prefix}{target}.", depth + 1)
         except Exception:
             continue  # an untraceable or unusual child simply stays as written
-        found.append((target, inner, inner_groups, inner_notes if inner_groups else []))
+        found.append((target, inner, inner_groups, [f"in {prefix}{target}: {note}" for note in inner_notes]))
     return found
 
 
