@@ -273,8 +273,9 @@ def execute(
 ) -> RunResult:
     """Run every case group not yet in ``run`` in worker processes; save after every case.
 
-    With ``budget_seconds`` no new group starts once the budget is spent: the run is saved as
-    incomplete and ``resume`` finishes it later.
+    With ``budget_seconds`` (or ``CCNBENCH_DEADLINE``) the clock starts before the exports, and
+    once it runs out the group in flight is killed and no new one starts: the run is saved as
+    incomplete (the killed group's unfinished cases unrecorded) and ``resume`` finishes it later.
     """
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
@@ -284,6 +285,7 @@ def execute(
     events.on_total(sum(len(g.batches) for g in groups))
     for case in run.cases:
         events.on_case(case)
+    deadline = _deadline(budget_seconds)  # before the exports: they are part of the budget
     _export_artifacts(pending, events)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -297,7 +299,6 @@ def execute(
                     writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
         else:
             runnable.append(_without(group, done))
-    deadline = time.monotonic() + budget_seconds if budget_seconds else None
     for batch in _worker_batches(runnable, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
@@ -411,9 +412,6 @@ def _follow(
             for event in events:
                 if "group" in event:
                     current, started = int(event["group"]), time.monotonic()
-                    if deadline and started > deadline:
-                        _kill(proc)
-                        return "deadline", current, seen
                     writer.events.on_group(groups[current])
                 elif "case" in event:
                     case = CaseResult.from_dict(event["case"])
@@ -421,6 +419,9 @@ def _follow(
                     writer.record(case)
             if exited:
                 return "exited", current, seen
+            if deadline and time.monotonic() > deadline:  # the group in flight stops too
+                _kill(proc)
+                return "deadline", current, seen
             if time.monotonic() - started > timeout:
                 _kill(proc)
                 return "timeout", current, seen
@@ -428,6 +429,19 @@ def _follow(
     except BaseException:  # Ctrl-C: never leave a worker running behind us
         _kill(proc)
         raise
+
+
+def _deadline(budget_seconds: float | None) -> float | None:
+    """The monotonic deadline: ``budget_seconds`` from now and/or ``CCNBENCH_DEADLINE`` (Unix
+    time), whichever comes first. The variable lets one deadline span several sweeps (stages)."""
+    ends = [time.monotonic() + budget_seconds] if budget_seconds else []
+    env = os.environ.get("CCNBENCH_DEADLINE")
+    if env:
+        try:
+            ends.append(time.monotonic() + float(env) - time.time())
+        except ValueError as exc:
+            raise UsageError(f"CCNBENCH_DEADLINE must be a Unix time in seconds, got {env!r}") from exc
+    return min(ends) if ends else None
 
 
 def _read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
