@@ -286,7 +286,7 @@ def execute(
     for case in run.cases:
         events.on_case(case)
     deadline = _deadline(budget_seconds)  # before the exports: they are part of the budget
-    _export_artifacts(pending, events)
+    _export_artifacts(pending, events, deadline)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     runnable = []
@@ -322,7 +322,9 @@ class _RunWriter:
         self.events.on_case(case)
 
 
-def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
+def _export_artifacts(
+    groups: Sequence[CaseGroup], events: SweepEvents, deadline: float | None = None
+) -> None:
     """Export every ONNX artifact once, in this process, before any worker starts.
 
     Workers then only read them, so no two processes write one file and export time is not
@@ -336,6 +338,8 @@ def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
         if backend_of(g.target).needs_onnx and g.source.kind == "spec" and unavailable_reason(g) is None:
             wanted.setdefault((g.source.digest, g.source.layout, g.precision), g)
     for g in wanted.values():
+        if deadline and time.monotonic() > deadline:
+            return
         events.on_note(f"exporting {g.source.label} {g.source.layout} {g.precision}")
         with contextlib.suppress(CcnbenchError):
             g.source.artifact(g.precision, g.options.io, g.options.opset, g.options.artifacts_dir)

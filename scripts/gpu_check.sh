@@ -87,18 +87,21 @@ stage_file() {
   nvidia-smi --query-gpu=name,uuid,pci.bus_id,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw \
     --format=csv 2>&1 || echo "no nvidia-smi"
   timeout 30 "$PY" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| onnxruntime', o.__version__, o.get_available_providers())"
-  for s in "${STAGES[@]}"; do
-    # The plan: every group in the order it runs, with the case count.
-    timeout 60 "$PY" - "$(stage_file "$s")" <<'EOF'
+  # The plan: every group in the order it runs, with the case counts (one Python start for all).
+  files=(); for s in "${STAGES[@]}"; do files+=("$(stage_file "$s")"); done
+  timeout 60 "$PY" - "${files[@]}" <<'EOF'
 import sys
 from ccnbench.sweep import load_config
-config = load_config(sys.argv[1])
-groups = config.expand()
-print(f"-- plan {config.name}: {len(groups)} groups, {sum(len(g.batches) for g in groups)} cases")
-for g in groups:
-    print(f"   {g.source.label} {g.source.layout} {g.target} {g.precision} batch {','.join(map(str, g.batches))}")
+total = 0
+for path in sys.argv[1:]:
+    config = load_config(path)
+    groups = config.expand()
+    total += sum(len(g.batches) for g in groups)
+    print(f"-- plan {config.name}: {len(groups)} groups, {sum(len(g.batches) for g in groups)} cases")
+    for g in groups:
+        print(f"   {g.source.label} {g.source.layout} {g.target} {g.precision} batch {','.join(map(str, g.batches))}")
+print(f"-- plan: {total} cases in all")
 EOF
-  done
   for s in "${STAGES[@]}"; do
     remaining=$(left)
     if [ $((remaining - REPORT_SECONDS)) -le 5 ]; then

@@ -97,6 +97,37 @@ def profile_shapes(
     }
 
 
+# ORT's run-options key (onnxruntime_run_options_config_keys.h): skip the CUDA provider's stream
+# synchronisation at the end of every run (its OnRunEnd), so ORT is timed with the same pipelining
+# as the torch and TensorRT runners; the session already runs on the runner's stream.
+NO_SYNC_KEY = "disable_synchronize_execution_providers"
+# ORT's session-options key (onnxruntime_session_options_config_keys.h): creating the session fails
+# when a node would land on the CPU provider, instead of silently running it there.
+NO_CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"
+_CPU_FALLBACK_ERROR = "fallback to CPU EP has been explicitly disabled"
+
+
+def run_options(ort: Any, target: Target) -> Any:
+    """The RunOptions of every run: on CUDA, no synchronisation at the end of a run (the caller
+    synchronises the runner's stream before reading outputs, as for every other runner)."""
+    options = ort.RunOptions()
+    if target.is_cuda:
+        options.add_run_config_entry(NO_SYNC_KEY, "1")
+    return options
+
+
+def session_options(ort: Any, target: Target, threads: int | None, cpu_fallback: bool = False) -> Any:
+    so = ort.SessionOptions()
+    # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if target.is_cuda and not cpu_fallback:
+        so.add_session_config_entry(NO_CPU_FALLBACK_KEY, "1")
+    return so
+
+
 @dataclass
 class OrtRunner(Runner):
     session: Any = None
@@ -104,6 +135,7 @@ class OrtRunner(Runner):
     io_dtype: torch.dtype = torch.float32
     _stream: Any = None
     _binding: Any = None
+    _run_options: Any = None
     _bound_inputs: tuple[Any, ...] = ()
     _outputs: dict[tuple[int, ...], tuple[Tensor, ...]] = field(default_factory=dict)
 
@@ -126,7 +158,7 @@ class OrtRunner(Runner):
         if identity != self._bound_inputs:
             self._bind(inputs)
             self._bound_inputs = identity
-        self.session.run_with_iobinding(self._binding)
+        self.session.run_with_iobinding(self._binding, self._run_options)
         return self._outputs[identity[0][1]]
 
     def _bind(self, inputs: Sequence[Tensor]) -> None:
@@ -184,22 +216,11 @@ class OrtBackend(Backend):
         artifact = source.artifact(options.precision, options.io, options.opset, options.artifacts_dir)
         with Stopwatch() as sw:
             stream = torch.cuda.Stream() if target.is_cuda else None
-            so = ort.SessionOptions()
-            # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
-            so.intra_op_num_threads = options.threads
-            so.inter_op_num_threads = 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.log_severity_level = 3
             shapes = profile_shapes(artifact.input_names, source.input_shape, options.batch_sizes)
             providers = session_providers(target, options, stream, shapes)
             if target.device == "tensorrt":
                 (Path(options.artifacts_dir) / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
-            try:
-                session = ort.InferenceSession(str(artifact.path), sess_options=so, providers=providers)
-            except Exception as exc:
-                raise CcnbenchError(
-                    f"onnxruntime could not load {artifact.path.name}: {_one_line(exc)}"
-                ) from exc
+            session, cpu_nodes = _create_session(ort, artifact.path, target, options.threads, providers)
             wanted = PROVIDERS[target.device]
             if session.get_providers()[0] != wanted:
                 # ORT silently falls back to the CPU when a provider fails to load: never report that as GPU.
@@ -209,8 +230,14 @@ class OrtBackend(Backend):
             runner = OrtRunner(
                 target,
                 artifact.output_names,
-                details={"artifact": artifact.path.name, "providers": session.get_providers()},
+                details={
+                    "artifact": artifact.path.name,
+                    "providers": session.get_providers(),
+                    # True: some nodes run on the CPU provider inside the timed call (see _create_session).
+                    **({"cpu_nodes": cpu_nodes} if target.is_cuda else {}),
+                },
                 session=session,
+                _run_options=run_options(ort, target),
                 input_names=artifact.input_names,
                 io_dtype=torch.float16 if artifact.io == "fp16" else torch.float32,
                 _stream=stream,
@@ -223,6 +250,27 @@ class OrtBackend(Backend):
                 torch.cuda.synchronize()
         runner.build_seconds = sw.seconds
         return runner
+
+
+def _create_session(
+    ort: Any, path: Path, target: Target, threads: int | None, providers: list[Any]
+) -> tuple[Any, bool]:
+    """The session, and whether some of its nodes run on the CPU provider.
+
+    On CUDA the session is first created with CPU fallback disabled. ORT may still place small
+    shape computations on the CPU on purpose; then it is created again with fallback allowed and
+    the case says so (``cpu_nodes``) rather than failing.
+    """
+    attempts = (False, True) if target.is_cuda else (True,)
+    for cpu_fallback in attempts:
+        so = session_options(ort, target, threads, cpu_fallback)
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=providers), cpu_fallback
+        except Exception as exc:
+            if not cpu_fallback and _CPU_FALLBACK_ERROR in str(exc):
+                continue
+            raise CcnbenchError(f"onnxruntime could not load {path.name}: {_one_line(exc)}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _one_line(exc: BaseException) -> str:
