@@ -88,7 +88,7 @@ def test_gpu_sessions_forbid_silent_cpu_fallback():
     assert so.get_session_config_entry(NO_CPU_FALLBACK_KEY) == "1"
     assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
     allowed = session_options(ort, Target("ort", "cuda"), threads=2, cpu_fallback=True)
-    with pytest.raises(Exception, match="session.disable_cpu_ep_fallback"):
+    with pytest.raises(Exception, match=r"session\.disable_cpu_ep_fallback"):
         allowed.get_session_config_entry(NO_CPU_FALLBACK_KEY)
 
 
@@ -119,7 +119,7 @@ def test_cpu_nodes_are_recorded_not_hidden(tmp_path, monkeypatch):
         raise RuntimeError("bad\nmodel")
 
     monkeypatch.setattr(ort, "InferenceSession", broken)
-    with pytest.raises(CcnbenchError, match="could not load m.onnx: bad model"):
+    with pytest.raises(CcnbenchError, match=r"could not load m\.onnx: bad model"):
         _create_session(ort, path, Target("ort", "cuda"), 2, [])
 
 
