@@ -31,6 +31,10 @@ STAGES=(gpu-1-eager gpu-2-graphs gpu-3-rest)
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
+# fp32 means fp32 on every target: ONNX Runtime's TensorRT provider has no TF32 switch and
+# TensorRT enables TF32 by default; this variable, set before any process starts, turns it off
+# in every NVIDIA library (fp16 cases are not affected).
+export NVIDIA_TF32_OVERRIDE=0
 
 start=$(date +%s)
 # One deadline (Unix time) for every stage: `ccnbench bench` reads it before its exports.

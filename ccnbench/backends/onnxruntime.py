@@ -7,6 +7,7 @@ inside the timed call on any device. On CUDA the session runs on the runner's ow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,18 @@ def run_options(ort: Any, target: Target) -> Any:
     if target.is_cuda:
         options.add_run_config_entry(NO_SYNC_KEY, "1")
     return options
+
+
+def uses_tf32(target: Target, precision: str) -> bool:
+    """Whether fp32 convolutions may run as TF32. The CUDA provider has a switch (``use_tf32``,
+    off for fp32); the TensorRT provider has none and TensorRT enables TF32 by default, so only
+    ``NVIDIA_TF32_OVERRIDE=0`` in the worker's environment from its start (scripts/gpu_check.sh
+    sets it) turns it off there."""
+    if precision != "fp32":
+        return True
+    if target.device == "tensorrt":
+        return os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+    return False
 
 
 def session_options(ort: Any, target: Target, threads: int | None, cpu_fallback: bool = False) -> Any:
@@ -234,7 +247,11 @@ class OrtBackend(Backend):
                     "artifact": artifact.path.name,
                     "providers": session.get_providers(),
                     # True: some nodes run on the CPU provider inside the timed call (see _create_session).
-                    **({"cpu_nodes": cpu_nodes} if target.is_cuda else {}),
+                    **(
+                        {"cpu_nodes": cpu_nodes, "tf32": uses_tf32(target, options.precision)}
+                        if target.is_cuda
+                        else {}
+                    ),
                 },
                 session=session,
                 _run_options=run_options(ort, target),
