@@ -49,7 +49,7 @@ def provider_unavailable_reason(device: str) -> str | None:
 
 
 def session_providers(
-    target: Target, options: BuildOptions, stream: Any, shapes: dict[str, str]
+    target: Target, options: BuildOptions, stream: Any, shapes: dict[str, str], batch: int | None = None
 ) -> list[Any]:
     """The provider list for a target. Pure, so it is testable without a GPU."""
     if target.device == "cpu":
@@ -65,7 +65,7 @@ def session_providers(
         cuda["user_compute_stream"] = stream_ptr
     if target.device == "cuda":
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-    cache = str(Path(options.artifacts_dir) / "ort-tensorrt")
+    cache = str(tensorrt_cache_dir(options, batch))
     trt: dict[str, Any] = {
         "device_id": cuda["device_id"],
         # Precision comes from the artifact (an fp16 graph for fp16), as for native TensorRT.
@@ -83,10 +83,21 @@ def session_providers(
     return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
+def tensorrt_cache_dir(options: BuildOptions, batch: int | None) -> Path:
+    """Engine and timing caches of the TensorRT provider; one folder per batch, since each batch
+    has its own session and profile and a shared cache file would be rebuilt over and over."""
+    base = Path(options.artifacts_dir) / "ort-tensorrt"
+    return base / f"batch-{batch}" if batch is not None else base
+
+
 def profile_shapes(
     input_names: Sequence[str], input_shape: Sequence[int], batch_sizes: Sequence[int]
 ) -> dict[str, str]:
-    """TensorRT provider profile options: all three or none, ``name:BxCxDxHxW`` comma lists."""
+    """TensorRT provider profile options: all three or none, ``name:BxCxDxHxW`` comma lists.
+
+    ccnbench passes one batch size at a time (min = opt = max), one session per batch, so the
+    provider tunes for each measured shape as native TensorRT does with a profile per batch.
+    """
 
     def shapes(batch: int) -> str:
         return ",".join(f"{n}:{'x'.join(map(str, (batch, *input_shape)))}" for n in input_names)
@@ -149,6 +160,8 @@ class OrtRunner(Runner):
     _stream: Any = None
     _binding: Any = None
     _run_options: Any = None
+    # TensorRT provider: one session per batch size, each with its own profile (see prepare).
+    sessions: dict[int, Any] = field(default_factory=dict)
     _bound_inputs: tuple[Any, ...] = ()
     _outputs: dict[tuple[int, ...], tuple[Tensor, ...]] = field(default_factory=dict)
 
@@ -165,6 +178,11 @@ class OrtRunner(Runner):
             raise CcnbenchError("runner is closed")
         if self._stream is not None:
             self._stream.wait_stream(torch.cuda.current_stream())
+        if self.sessions:
+            batch = int(inputs[0].shape[0])
+            if batch not in self.sessions:
+                raise CcnbenchError(f"no TensorRT provider session for batch {batch}; prepare with it")
+            self.session = self.sessions[batch]  # a new batch is a new shape: it is rebound below
         # Rebinding is skipped when the same tensors come back (the timing loop), so the timed
         # call is the session run alone.
         identity = tuple((x.data_ptr(), tuple(x.shape)) for x in inputs)
@@ -208,6 +226,7 @@ class OrtRunner(Runner):
     def close(self) -> None:
         self._binding = None
         self.session = None
+        self.sessions.clear()
         self._outputs.clear()
 
 
@@ -229,11 +248,19 @@ class OrtBackend(Backend):
         artifact = source.artifact(options.precision, options.io, options.opset, options.artifacts_dir)
         with Stopwatch() as sw:
             stream = torch.cuda.Stream() if target.is_cuda else None
-            shapes = profile_shapes(artifact.input_names, source.input_shape, options.batch_sizes)
-            providers = session_providers(target, options, stream, shapes)
+            sessions: dict[int, Any] = {}
             if target.device == "tensorrt":
-                (Path(options.artifacts_dir) / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
-            session, cpu_nodes = _create_session(ort, artifact.path, target, options.threads, providers)
+                for batch in sorted(set(options.batch_sizes)):
+                    shapes = profile_shapes(artifact.input_names, source.input_shape, [batch])
+                    tensorrt_cache_dir(options, batch).mkdir(parents=True, exist_ok=True)
+                    providers = session_providers(target, options, stream, shapes, batch)
+                    sessions[batch], cpu_nodes = _create_session(
+                        ort, artifact.path, target, options.threads, providers
+                    )
+                session = sessions[min(sessions)]
+            else:
+                providers = session_providers(target, options, stream, {})
+                session, cpu_nodes = _create_session(ort, artifact.path, target, options.threads, providers)
             wanted = PROVIDERS[target.device]
             if session.get_providers()[0] != wanted:
                 # ORT silently falls back to the CPU when a provider fails to load: never report that as GPU.
@@ -254,6 +281,7 @@ class OrtBackend(Backend):
                     ),
                 },
                 session=session,
+                sessions=sessions,
                 _run_options=run_options(ort, target),
                 input_names=artifact.input_names,
                 io_dtype=torch.float16 if artifact.io == "fp16" else torch.float32,

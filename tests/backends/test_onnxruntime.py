@@ -10,6 +10,7 @@ from ccnbench.backends.onnxruntime import (
     NO_CPU_FALLBACK_KEY,
     NO_SYNC_KEY,
     OrtBackend,
+    OrtRunner,
     _create_session,
     profile_shapes,
     run_options,
@@ -156,3 +157,54 @@ def _has_entry(so, key):
         return so.get_session_config_entry(key) == "1"
     except Exception:
         return False
+
+
+def test_tensorrt_provider_gets_one_profile_and_one_cache_per_batch(tmp_path):
+    shapes = profile_shapes(["input_0"], (1, 12, 12, 12), [4])
+    assert set(shapes.values()) == {"input_0:4x1x12x12x12"}  # min = opt = max
+    options = BuildOptions(artifacts_dir=tmp_path)
+    trt = session_providers(Target("ort", "tensorrt"), options, None, shapes, batch=4)[0][1]
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt" / "batch-4")
+    assert trt["trt_timing_cache_path"] == trt["trt_engine_cache_path"]
+    assert trt["trt_profile_opt_shapes"] == "input_0:4x1x12x12x12"
+
+
+def test_runner_with_a_session_per_batch_runs_each_batch_on_its_own(artifacts_dir):
+    import onnxruntime as ort
+
+    source = ModelSource.from_spec(spec_from_preset("tiny", "early", branches=2), "merged")
+    artifact = source.artifact("fp32", "fp32", 18, artifacts_dir)
+    ran: list[int] = []
+
+    class Tagged:
+        def __init__(self, batch):
+            self.batch = batch
+            self.session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run_with_iobinding(self, binding, run_options=None):
+            ran.append(self.batch)
+            return self.session.run_with_iobinding(binding, run_options)
+
+    sessions = {1: Tagged(1), 4: Tagged(4)}
+    runner = OrtRunner(
+        Target("ort", "cpu"),
+        artifact.output_names,
+        session=sessions[1],
+        sessions=sessions,
+        input_names=artifact.input_names,
+        _run_options=ort.RunOptions(),
+    )
+    for batch in (4, 1, 4):
+        inputs = list(source.make_inputs(batch))
+        (logits,) = runner.infer(inputs)
+        with torch.no_grad():
+            want = source.module()(*inputs)  # a single-output model returns the tensor itself
+        torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-5)
+    assert set(ran) == {1, 4} and ran[0] == 4 and ran[-1] == 4
+    with pytest.raises(CcnbenchError, match="no TensorRT provider session for batch 2"):
+        runner.infer(list(source.make_inputs(2)))
+    runner.close()
+    assert runner.sessions == {}
