@@ -1,7 +1,6 @@
 """Native TensorRT: an engine built from the ONNX artifact, cached on disk, run on torch CUDA tensors.
 
-Written against NVIDIA's documented Python API for TensorRT 10.1+ and 11.x (see
-``shared/TENSORRT.md``). Precision comes from the ONNX graph: TensorRT 11 is always strongly
+Written against NVIDIA's documented Python API for TensorRT 10.1+ and 11.x. Precision comes from the ONNX graph: TensorRT 11 is always strongly
 typed and has no ``BuilderFlag.FP16``, so ccnbench passes ``STRONGLY_TYPED`` on 10.x too and
 fp16 means the fp16 ONNX artifact on both. Only the names-based I/O API is used
 (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); the
