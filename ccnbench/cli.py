@@ -426,7 +426,7 @@ def bench(
         typer.Option(
             "--config",
             "-c",
-            help="Sweep file (TOML), or a bundled sweep's name: cpu-default, cpu-baseline, ci-quick, gpu-h100.",
+            help="Sweep file (TOML), or a bundled sweep's name: cpu-default, cpu-baseline, ci-quick, gpu-1-eager.",
         ),
     ] = None,
     variant: Variants = "all",

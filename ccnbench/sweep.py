@@ -273,8 +273,9 @@ def execute(
 ) -> RunResult:
     """Run every case group not yet in ``run`` in worker processes; save after every case.
 
-    With ``budget_seconds`` no new group starts once the budget is spent: the run is saved as
-    incomplete and ``resume`` finishes it later.
+    With ``budget_seconds`` (or ``CCNBENCH_DEADLINE``) the clock starts before the exports, and
+    once it runs out the group in flight is killed and no new one starts: the run is saved as
+    incomplete (the killed group's unfinished cases unrecorded) and ``resume`` finishes it later.
     """
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
@@ -284,7 +285,8 @@ def execute(
     events.on_total(sum(len(g.batches) for g in groups))
     for case in run.cases:
         events.on_case(case)
-    _export_artifacts(pending, events)
+    deadline = _deadline(budget_seconds)  # before the exports: they are part of the budget
+    _export_artifacts(pending, events, deadline)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     runnable = []
@@ -297,7 +299,6 @@ def execute(
                     writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
         else:
             runnable.append(_without(group, done))
-    deadline = time.monotonic() + budget_seconds if budget_seconds else None
     for batch in _worker_batches(runnable, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
@@ -321,7 +322,9 @@ class _RunWriter:
         self.events.on_case(case)
 
 
-def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
+def _export_artifacts(
+    groups: Sequence[CaseGroup], events: SweepEvents, deadline: float | None = None
+) -> None:
     """Build every artifact (ONNX file, .pt2 package) once, in this process, before any worker starts.
 
     Workers then only read them, so no two processes write one file and export or build time
@@ -338,6 +341,8 @@ def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
             key = (fmt, g.source.digest, g.source.layout, g.precision, g.target.device_kind)
             wanted.setdefault(key, g)
     for (fmt, *_), g in wanted.items():
+        if deadline and time.monotonic() > deadline:
+            return
         events.on_note(f"building {fmt} for {g.source.label} {g.source.layout} {g.precision}")
         with contextlib.suppress(CcnbenchError):
             backend_of(g.target).artifact(g.source, g.target, g.options)
@@ -414,9 +419,6 @@ def _follow(
             for event in events:
                 if "group" in event:
                     current, started = int(event["group"]), time.monotonic()
-                    if deadline and started > deadline:
-                        _kill(proc)
-                        return "deadline", current, seen
                     writer.events.on_group(groups[current])
                 elif "case" in event:
                     case = CaseResult.from_dict(event["case"])
@@ -424,6 +426,9 @@ def _follow(
                     writer.record(case)
             if exited:
                 return "exited", current, seen
+            if deadline and time.monotonic() > deadline:  # the group in flight stops too
+                _kill(proc)
+                return "deadline", current, seen
             if time.monotonic() - started > timeout:
                 _kill(proc)
                 return "timeout", current, seen
@@ -431,6 +436,19 @@ def _follow(
     except BaseException:  # Ctrl-C: never leave a worker running behind us
         _kill(proc)
         raise
+
+
+def _deadline(budget_seconds: float | None) -> float | None:
+    """The monotonic deadline: ``budget_seconds`` from now and/or ``CCNBENCH_DEADLINE`` (Unix
+    time), whichever comes first. The variable lets one deadline span several sweeps (stages)."""
+    ends = [time.monotonic() + budget_seconds] if budget_seconds else []
+    env = os.environ.get("CCNBENCH_DEADLINE")
+    if env:
+        try:
+            ends.append(time.monotonic() + float(env) - time.time())
+        except ValueError as exc:
+            raise UsageError(f"CCNBENCH_DEADLINE must be a Unix time in seconds, got {env!r}") from exc
+    return min(ends) if ends else None
 
 
 def _read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
