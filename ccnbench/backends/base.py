@@ -133,6 +133,9 @@ class Backend(abc.ABC):
     devices: tuple[str, ...] = ()
     # Whether the runner is built from an ONNX artifact (else from the nn.Module).
     needs_onnx: bool = False
+    # Whether its runner may be timed in one process beside other formats of the same model (a
+    # contest, see ccnbench/contest.py). False for a crash-prone backend: it then gets its own worker.
+    shares_process: bool = True
     description: str = ""
 
     def precisions(self, device: str) -> tuple[str, ...]:
