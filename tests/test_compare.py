@@ -119,7 +119,7 @@ def test_incompatible_schema_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert (
         result.output.strip()
-        == f"error: {tmp_path / 'future' / 'results.json'} has results schema version 99; this ccnbench reads version 1"
+        == f"error: {tmp_path / 'future' / 'results.json'} has results schema version 99; this ccnbench reads versions 1, 2"
     )
 
 
