@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 sweep=${1:-ci-quick}
 out=${2:-$(mktemp -d)}
 py=${PYTHON:-python}
+mkdir -p "$out"
 ccn() { "$py" -m ccnbench "$@"; }
 for run in a b; do
     start=$(date +%s)
