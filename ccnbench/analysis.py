@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ccnbench.results import CaseKey, CaseResult, RunResult
-from ccnbench.stats import Interval, paired_ratio
+from ccnbench.stats import NOISY_CV, Interval, paired_ratio
 
 
 def reference_target(target: str) -> str:
@@ -119,3 +119,28 @@ def all_cases(runs: Iterable[RunResult]) -> list[CaseResult]:
     for run in runs:
         merged.update(index(run.cases))
     return list(merged.values())
+
+
+def noise_warnings(cases: Iterable[CaseResult], resolve: float = 0.10) -> list[str]:
+    """Cases whose run was too noisy to resolve what the report says about them: round medians
+    varying by more than NOISY_CV, or a speed-up whose interval is wider than +-``resolve``."""
+    cases = list(cases)
+    by_key = index(cases)
+    lines = []
+    for case in cases:
+        if case.status != "ok" or case.latency is None:
+            continue
+        wide = [
+            f"{name} {i.format()}"
+            for name, i in (
+                ("vs eager", speedup_interval(by_key, case)),
+                ("merged vs kept", merged_interval(by_key, case)),
+            )
+            if i is not None and i.relative_half_width > resolve
+        ]
+        noise = case.latency.noise
+        if noise is not None and noise > NOISY_CV:
+            wide.insert(0, f"round medians vary by {noise:.0%} (CV)")
+        if wide:
+            lines.append(f"{case.key}: " + "; ".join(wide))
+    return lines

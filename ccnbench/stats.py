@@ -65,6 +65,11 @@ class Interval:
         return dict(self.__dict__)
 
 
+def describe(interval: Interval) -> str:
+    """How every view prints a ratio: ``1.84× [1.79, 1.90]``, plus ``tie`` when parity is inside."""
+    return interval.format() + (" tie" if interval.tie else "")
+
+
 def median_interval(latency: LatencyStats | None) -> Interval | None:
     """The median latency (ms) with its interval; None without blocks (a schema-1 case)."""
     if latency is None or len(latency.blocks) < 2:
