@@ -72,13 +72,13 @@ class Recommendation:
             return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
         text = f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} ({self.best.median:.3f} ms median)"
         ratio = self.runner_up_ratio
+        if self.tie_note:
+            return f"{text}; {self.tie_note}"
         if self.runner_up is not None and ratio is not None:
             verdict = "a tie" if ratio.tie else "slower"
-            text += f"; runner-up {self.runner_up.label} is {ratio.format()} ({verdict})"
+            text += f"; runner-up {self.runner_up.label} takes {ratio.format()} its time ({verdict})"
         elif self.runner_up is not None and self.margin is not None:
             text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower (no interval)"
-        if self.tie_note:
-            text += f"; {self.tie_note}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,8 +165,8 @@ def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
     assert ratio is not None
     f = fastest.key
     note = (
-        f"tie with the fastest, {f.target} {f.layout} {f.precision} ({ratio.format()} its latency): "
-        "shipping the simpler format"
+        f"a tie with the fastest, {f.target} {f.layout} {f.precision} (this one takes {ratio.format()} "
+        "its time): shipping the simpler format"
     )
     return [pick, *(c for c in passing if c is not pick)], note
 

@@ -131,7 +131,11 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         if r.best is None:
             rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", ""))
             continue
-        runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
+        ratio = r.runner_up_ratio
+        if r.runner_up and ratio is not None:
+            runner = f"{r.runner_up.label} ({ratio.format()}{', tie: simpler shipped' if r.tie_note else ''})"
+        else:
+            runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
         rows.append(
             (
                 r.model,

@@ -54,7 +54,7 @@ def test_a_tie_ships_the_simpler_format_and_says_so():
     (rec,) = recommend(cases)
     assert rec.best.label == "torch:cpu kept fp32"
     assert rec.runner_up.label == "ort:cpu merged fp32" and rec.runner_up_ratio.tie
-    assert "tie with the fastest, ort:cpu merged fp32" in rec.line() and "simpler format" in rec.line()
+    assert "a tie with the fastest, ort:cpu merged fp32" in rec.line() and "simpler format" in rec.line()
 
 
 def test_a_resolved_difference_ships_the_faster_format_with_its_interval():
@@ -65,4 +65,4 @@ def test_a_resolved_difference_ships_the_faster_format_with_its_interval():
     assert rec.best.label == "ort:cpu merged fp32" and rec.tie_note == ""
     ratio = rec.runner_up_ratio
     assert not ratio.tie and ratio.contains(2.0)
-    assert f"is {ratio.format()} (slower)" in rec.line()
+    assert f"takes {ratio.format()} its time (slower)" in rec.line()
