@@ -1,10 +1,16 @@
-"""Derived numbers every view shares: speed-ups against the reference target and merged vs kept."""
+"""Derived numbers every view shares: speed-ups against the reference target and merged vs kept.
+
+Cases timed in one contest (schema 2) give paired speed-ups with 95 % intervals
+(``ccnbench.stats``); the point value is then the paired one, so every view shows the same
+number. Other cases fall back to the ratio of medians, without an interval.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from ccnbench.results import CaseKey, CaseResult, RunResult
+from ccnbench.stats import NOISY_CV, Interval, paired_ratio
 
 
 def reference_target(target: str) -> str:
@@ -24,8 +30,24 @@ def median_ms(case: CaseResult | None) -> float | None:
     return case.latency.median
 
 
+def speedup_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
+    """Reference latency / this latency, paired within their contest, with its interval."""
+    ref = cases.get(CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)}))
+    return _paired(ref, case)
+
+
+def merged_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
+    """For a merged case: kept latency / merged latency on the same target, with its interval."""
+    if case.key.layout != "merged":
+        return None
+    return _paired(cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"})), case)
+
+
 def speedup_vs_reference(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
     """Reference median / this median, same model, layout, precision and batch; >1 is faster."""
+    paired = speedup_interval(cases, case)
+    if paired is not None:
+        return paired.value
     ref_key = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
     ref, own = median_ms(cases.get(ref_key)), median_ms(case)
     return ref / own if ref and own else None
@@ -35,9 +57,60 @@ def merged_speedup(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float 
     """For a merged case: kept median / merged median on the same target; >1 means merging pays."""
     if case.key.layout != "merged":
         return None
+    paired = merged_interval(cases, case)
+    if paired is not None:
+        return paired.value
     kept = cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"}))
     k, m = median_ms(kept), median_ms(case)
     return k / m if k and m else None
+
+
+def _paired(slow: CaseResult | None, fast: CaseResult | None) -> Interval | None:
+    """slow's latency over fast's; None unless both ran in the same contest."""
+    if slow is None or fast is None or slow is fast or slow.contest is None or slow.contest != fast.contest:
+        return None
+    if slow.status != "ok" or fast.status != "ok":
+        return None
+    return paired_ratio(slow.latency, fast.latency)
+
+
+def reproducibility(first: RunResult, second: RunResult) -> dict[str, float | int]:
+    """How well two runs of one sweep agree: the A-A figures the regression gate is sized from.
+
+    ``reference_within_10``: share of cases whose speed-up vs the reference agrees within
+    +-10 %; ``merged_within_5``: share of merged cases whose merged/kept speed-up agrees within
+    +-5 %; ``median_within_10``: share of raw medians within +-10 %; plus the worst ratios.
+    """
+    a, b = index(first.cases), index(second.cases)
+    ref, merged, raw = [], [], []
+    for key, case in a.items():
+        other = b.get(key)
+        if other is None:
+            continue
+        pairs = (
+            (speedup_vs_reference(a, case), speedup_vs_reference(b, other), ref),
+            (merged_speedup(a, case), merged_speedup(b, other), merged),
+            (median_ms(case), median_ms(other), raw),
+        )
+        for x, y, into in pairs:
+            if x and y and not (into is ref and key.target == reference_target(key.target)):
+                into.append(y / x)
+
+    def share(values: list[float], within: float) -> float:
+        return sum(abs(v - 1) <= within for v in values) / len(values) if values else float("nan")
+
+    def worst(values: list[float]) -> float:
+        return max((max(v, 1 / v) for v in values), default=float("nan"))
+
+    return {
+        "reference_cases": len(ref),
+        "reference_within_10": share(ref, 0.10),
+        "reference_worst": worst(ref),
+        "merged_cases": len(merged),
+        "merged_within_5": share(merged, 0.05),
+        "merged_worst": worst(merged),
+        "median_within_10": share(raw, 0.10),
+    }
 
 
 def all_cases(runs: Iterable[RunResult]) -> list[CaseResult]:
@@ -46,3 +119,28 @@ def all_cases(runs: Iterable[RunResult]) -> list[CaseResult]:
     for run in runs:
         merged.update(index(run.cases))
     return list(merged.values())
+
+
+def noise_warnings(cases: Iterable[CaseResult], resolve: float = 0.10) -> list[str]:
+    """Cases whose run was too noisy to resolve what the report says about them: round medians
+    varying by more than NOISY_CV, or a speed-up whose interval is wider than +-``resolve``."""
+    cases = list(cases)
+    by_key = index(cases)
+    lines = []
+    for case in cases:
+        if case.status != "ok" or case.latency is None:
+            continue
+        wide = [
+            f"{name} {i.format()}"
+            for name, i in (
+                ("vs eager", speedup_interval(by_key, case)),
+                ("merged vs kept", merged_interval(by_key, case)),
+            )
+            if i is not None and i.relative_half_width > resolve
+        ]
+        noise = case.latency.noise
+        if noise is not None and noise > NOISY_CV:
+            wide.insert(0, f"round medians vary by {noise:.0%} (CV)")
+        if wide:
+            lines.append(f"{case.key}: " + "; ".join(wide))
+    return lines

@@ -6,7 +6,12 @@ reference target* by default (eager PyTorch on the same device, same model, layo
 and batch), so a CI machine that is uniformly faster or slower than the one that recorded the
 baseline does not move the gate; ``absolute=True`` compares raw times. pytest-benchmark JSON
 files are read too. With ``by="target"`` the gate judges each target by the geometric mean of
-its cases, which is what a noisy shared runner can resolve.
+its cases.
+
+When both runs come from contests (schema 2), a case's ratio to its reference is the *paired*
+ratio (same process, same round) with its 95 % interval, and a change only counts when it is
+beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
+A schema-1 run has no intervals; its point value is then compared with the other's interval.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccnbench import results
+from ccnbench import results, stats
 from ccnbench.analysis import reference_target
 from ccnbench.errors import UsageError
 from ccnbench.results import CaseKey, RunResult
@@ -36,6 +41,7 @@ class Row:
     passed: bool | None
     metrics: Mapping[str, float]
     reference_key: str | None = None
+    ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def load_rows(path: Path | str) -> tuple[str, dict[str, Row]]:
 
 def rows_from_run(run: RunResult) -> dict[str, Row]:
     rows = {}
+    cases = {c.key: c for c in run.cases}
     for case in run.cases:
         metrics = {}
         if case.status == "ok" and case.latency is not None:
@@ -166,6 +173,12 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
                 "throughput": case.latency.throughput,
             }
         ref = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
+        ref_case = cases.get(ref)
+        ratio = (
+            stats.paired_ratio(case.latency, ref_case.latency)
+            if ref != case.key and ref_case is not None and ref_case.status == "ok"
+            else None
+        )
         rows[str(case.key)] = Row(
             str(case.key),
             case.key.target,
@@ -173,6 +186,7 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
             case.agreement.passed if case.agreement else None,
             metrics,
             None if ref == case.key else str(ref),
+            ratio,
         )
     return rows
 
@@ -237,7 +251,10 @@ def compare(
         slowdown = (bv / nv - 1) if metric == "throughput" else (nv / bv - 1)
         ratios.setdefault(n.target, []).append(1 + slowdown)
         if by == "case":
-            changes.append(Change(key, _kind(slowdown, threshold), n.target, bv, nv, slowdown))
+            paired = relative and metric == "p50"
+            intervals = (b.ratio, n.ratio) if paired else (None, None)
+            kind, detail = _judge(slowdown, threshold, (bv, nv), *intervals)
+            changes.append(Change(key, kind, n.target, bv, nv, slowdown, detail))
     if by == "target":
         for target, values in sorted(ratios.items()):
             gm = math.exp(sum(math.log(v) for v in values) / len(values)) - 1
@@ -264,9 +281,31 @@ def _value(row: Row, rows: Mapping[str, Row], metric: str, relative: bool) -> fl
     own = row.metrics.get(metric)
     if own is None or not relative:
         return own
+    if metric == "p50" and row.ratio is not None:
+        return row.ratio.value
     ref = rows.get(row.reference_key or "")
     base = ref.metrics.get(metric) if ref and ref.status == "ok" else None
     return own / base if base else None
+
+
+def _judge(
+    slowdown: float,
+    threshold: float,
+    values: tuple[float, float],
+    base: stats.Interval | None,
+    new: stats.Interval | None,
+) -> tuple[str, str]:
+    """A change beyond the threshold counts only if it is also outside both runs' noise: the
+    two intervals do not overlap (a run without one contributes its point value)."""
+    kind = _kind(slowdown, threshold)
+    if base is None and new is None:
+        return kind, ""
+    detail = " -> ".join(i.format(3) if i else f"{v:.3f}" for i, v in zip((base, new), values))
+    b_low, b_high = (base.low, base.high) if base else (values[0], values[0])
+    n_low, n_high = (new.low, new.high) if new else (values[1], values[1])
+    if (kind == "regression" and n_low <= b_high) or (kind == "improvement" and n_high >= b_low):
+        return "unchanged", f"{detail} (beyond the threshold, within the noise)"
+    return kind, detail
 
 
 def _kind(slowdown: float, threshold: float) -> str:

@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccnbench.analysis import index, merged_speedup, reference_target
+from ccnbench.analysis import index, merged_interval, merged_speedup, reference_target
 from ccnbench.results import CaseResult
+from ccnbench.stats import median_interval
 
 _DPI = 110
 
@@ -56,8 +57,10 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
         for (target, precision, layout), points in sorted(lines.items()):
             points.sort(key=lambda c: c.key.batch)
             marker = "o" if all(p.passed for p in points) else "x"
-            ax.plot([p.key.batch for p in points], [p.latency.median for p in points],
-                    "-" if layout == "kept" else "--", marker=marker, color=colors[target, precision])  # fmt: skip
+            medians = [p.latency.median for p in points]
+            ax.errorbar([p.key.batch for p in points], medians, yerr=_yerr(points, medians),
+                        linestyle="-" if layout == "kept" else "--", marker=marker,
+                        color=colors[target, precision], capsize=2)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         _plain_log_axis(ax, "y")
@@ -74,7 +77,7 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
     handles += [Line2D([], [], color="black", linestyle="-", label="kept"),
                 Line2D([], [], color="black", linestyle="--", label="merged")]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    fig.suptitle("Latency vs batch size (x marks a format that failed agreement)")
+    fig.suptitle("Latency vs batch size, 95 % intervals (x marks a format that failed agreement)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(plt, fig, path, layout=False)
 
@@ -84,6 +87,7 @@ def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
     by_key = index(cases)
     points = [(c, merged_speedup(by_key, c)) for c in _ok(cases) if c.key.layout == "merged"]
     points = [(c, s) for c, s in points if s is not None]
+    intervals = {c.key: merged_interval(by_key, c) for c, _ in points}
     if not points:
         return None
     plt = _pyplot()
@@ -99,14 +103,23 @@ def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
                 c.key.model: s for c, s in here if (c.key.target, c.key.precision) == (target, precision)
             }
             xs = [m + i * width for m in range(len(models))]
-            ax.bar(xs, [values.get(m, 0) for m in models], width, label=f"{target} {precision}")
+            found = {
+                c.key.model: intervals[c.key]
+                for c, _ in here
+                if (c.key.target, c.key.precision) == (target, precision)
+            }
+            heights = [values.get(m, 0) for m in models]
+            spans = [found.get(m) for m in models]
+            yerr = [[h - sp.low if sp else 0 for h, sp in zip(heights, spans)],
+                    [sp.high - h if sp else 0 for h, sp in zip(heights, spans)]]  # fmt: skip
+            ax.bar(xs, heights, width, yerr=yerr, capsize=2, label=f"{target} {precision}")
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))])
         ax.set_xticklabels(models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("kept / merged latency")
         ax.set_title(f"batch {batch}", fontsize=10)
         ax.legend(fontsize=6)
-    fig.suptitle("Merged vs kept speed-up (> 1: one op per layer is faster)")
+    fig.suptitle("Merged vs kept speed-up, 95 % intervals (> 1: one op per layer is faster)")
     return _save(plt, fig, path)
 
 
@@ -135,6 +148,10 @@ def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
                     continue
                 p50, p99 = case.latency.median, case.latency.p99
                 ax.bar(i + offset, p50, 0.4, color=color, yerr=[[0], [p99 - p50]], capsize=3)
+                interval = median_interval(case.latency)
+                if interval is not None:  # the median's 95 % interval, inside the bar's top
+                    ax.errorbar(i + offset, p50, yerr=[[p50 - interval.low], [interval.high - p50]],
+                                color="black", capsize=2, linewidth=0.8)  # fmt: skip
             ax.annotate(r.best.label, (i + 0.2, r.best.p99), textcoords="offset points", xytext=(0, 3),
                         ha="center", va="bottom", fontsize=6, rotation=90)  # fmt: skip
         ax.set_xticks(range(len(here)))
@@ -174,6 +191,15 @@ def error_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
     ax.set_title("Numeric error per target (green: pass, red: fail, dashed: atol)", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     return _save(plt, fig, path)
+
+
+def _yerr(points: Sequence[CaseResult], medians: Sequence[float]) -> list[list[float]] | None:
+    """Error bars from each median's 95 % interval; None when no case has one (schema 1)."""
+    spans = [median_interval(p.latency) for p in points]
+    if not any(spans):
+        return None
+    return [[m - i.low if i else 0.0 for m, i in zip(medians, spans)],
+            [i.high - m if i else 0.0 for m, i in zip(medians, spans)]]  # fmt: skip
 
 
 def _plain_log_axis(ax, axis: str = "y") -> None:

@@ -4,6 +4,11 @@ A format is a target (backend and device) with a layout and a precision. The ans
 fastest one whose outputs agree with the float64 oracle; a faster format that failed agreement
 or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
 
+When formats were timed in one contest, "fastest" is judged by paired ratios with 95 %
+intervals: a format whose interval against the fastest includes parity is a *tie*, and among
+tied formats the simpler one is shipped (eager before compiled or exported, kept before
+merged), and the line says so.
+
 Each answer says what would be shipped: a file (ONNX, a ``.pt2`` package, a TensorRT engine,
 ONNX run by OpenVINO) or the model's own Python code (eager, ``torch.compile``), as the target's
 backend declares (``Backend.shipped``); ``shippable=True`` keeps only the file formats.
@@ -17,6 +22,7 @@ from typing import Any
 
 from ccnbench.backends import BACKENDS, Target
 from ccnbench.results import CaseResult
+from ccnbench.stats import Interval, paired_ratio
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,22 @@ class Recommendation:
     runner_up: Choice | None
     rejected: tuple[str, ...] = ()  # faster formats that were not chosen, with the reason
     not_measured: tuple[str, ...] = field(default_factory=tuple)
+    tie_note: str = ""  # why a format that was not the fastest is shipped
+
+    @property
+    def runner_up_ratio(self) -> Interval | None:
+        """The runner-up's latency over the best's, paired within their contest, with its interval."""
+        if self.best is None or self.runner_up is None:
+            return None
+        return paired_ratio(self.runner_up.case.latency, self.best.case.latency)
 
     @property
     def margin(self) -> float | None:
         """How much slower the runner-up is (0.25 = 25 %)."""
         if self.best is None or self.runner_up is None:
             return None
-        return self.runner_up.median / self.best.median - 1
+        ratio = self.runner_up_ratio
+        return (ratio.value if ratio else self.runner_up.median / self.best.median) - 1
 
     def line(self) -> str:
         if self.best is None:
@@ -68,8 +83,14 @@ class Recommendation:
             f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} "
             f"({deliverable(self.best.ships)}, {self.best.median:.3f} ms median)"
         )
-        if self.runner_up is not None and self.margin is not None:
-            text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower"
+        ratio = self.runner_up_ratio
+        if self.tie_note:
+            return f"{text}; {self.tie_note}"
+        if self.runner_up is not None and ratio is not None:
+            verdict = "a tie" if ratio.tie else "slower"
+            text += f"; runner-up {self.runner_up.label} takes {ratio.format()} its time ({verdict})"
+        elif self.runner_up is not None and self.margin is not None:
+            text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower (no interval)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +111,8 @@ class Recommendation:
             "margin": self.margin,
             "rejected": list(self.rejected),
             "not_measured": list(self.not_measured),
+            "runner_up_ratio": self.runner_up_ratio.to_dict() if self.runner_up_ratio else None,
+            "tie_note": self.tie_note,
             "summary": self.line(),
         }
 
@@ -100,7 +123,7 @@ def recommend(
     """One recommendation per (model, batch, device kind), fastest passing format first.
 
     ``precisions`` keeps only those precisions; ``shippable`` keeps only formats that ship as a
-    file (no model code at run time).
+    file (no model code at run time). The filters run before the ranking and the tie-break.
     """
     groups: dict[tuple[str, int, str], list[CaseResult]] = {}
     for case in cases:
@@ -111,7 +134,7 @@ def recommend(
     out = []
     for (model, batch, device), members in sorted(groups.items()):
         timed = sorted((c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.median)
-        passing = [c for c in timed if c.passed]
+        passing, note = break_ties([c for c in timed if c.passed])
         best = Choice(passing[0]) if passing else None
         runner_up = Choice(passing[1]) if len(passing) > 1 else None
         rejected = []
@@ -128,7 +151,7 @@ def recommend(
             }
         )
         out.append(
-            Recommendation(model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured))
+            Recommendation(model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured), note)
         )
     return out
 
@@ -149,6 +172,40 @@ def considered(case: CaseResult, precisions: Sequence[str] | None, shippable: bo
 
 def deliverable(ships: str | None) -> str:
     return ships or "needs the model's Python code at run time"
+
+
+def simplicity(case: CaseResult) -> tuple[int, int]:
+    """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before merged."""
+    backend = Target.parse(case.key.target).backend
+    return (0 if backend == "torch" else 1, 0 if case.key.layout == "kept" else 1)
+
+
+def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
+    """Formats sorted fastest first -> the same list with the simplest of those tied with the fastest
+    moved to the front, and a note saying so ("" when the fastest stays first).
+
+    Tied means: the paired ratio against the fastest has a 95 % interval that includes parity.
+    Formats not timed in the fastest one's contest have no paired ratio and never tie.
+    """
+    if len(passing) < 2:
+        return list(passing), ""
+    fastest = passing[0]
+    tied = [fastest]
+    for c in passing[1:]:
+        ratio = paired_ratio(c.latency, fastest.latency)
+        if ratio is not None and ratio.tie:
+            tied.append(c)
+    pick = min(tied, key=simplicity)
+    if pick is fastest:
+        return list(passing), ""
+    ratio = paired_ratio(pick.latency, fastest.latency)
+    assert ratio is not None
+    f = fastest.key
+    note = (
+        f"a tie with the fastest, {f.target} {f.layout} {f.precision} (this one takes {ratio.format()} "
+        "its time): shipping the simpler format"
+    )
+    return [pick, *(c for c in passing if c is not pick)], note
 
 
 def _why_rejected(case: CaseResult, best: Choice | None) -> str:

@@ -131,7 +131,11 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         if r.best is None:
             rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", ""))
             continue
-        runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
+        ratio = r.runner_up_ratio
+        if r.runner_up and ratio is not None:
+            runner = f"{r.runner_up.label} ({ratio.format()}{', tie: simpler shipped' if r.tie_note else ''})"
+        else:
+            runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
         rows.append(
             (
                 r.model,
@@ -167,7 +171,7 @@ def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
 
 
 REPORT_COLUMNS = ("p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB", "build s", "max abs err", "tolerance",
-                  "verdict", "vs eager", "merged vs kept")  # fmt: skip
+                  "verdict", "vs eager", "merged vs kept", "noise")  # fmt: skip
 
 
 def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
@@ -177,7 +181,9 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
     blocks: list[Block] = [Heading("Every case")]
     headers = ("layout", "target", "prec", "batch", *REPORT_COLUMNS)
     numeric = {
-        i for i, h in enumerate(headers) if h not in ("layout", "target", "prec", "tolerance", "verdict")
+        i
+        for i, h in enumerate(headers)
+        if h not in ("layout", "target", "prec", "tolerance", "verdict", "vs eager", "merged vs kept")
     }
     for model in sorted({c.key.model for c in cases}):
         here = sorted(
@@ -203,11 +209,15 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
 
 
 def _problems(cases: Sequence[CaseResult]) -> list[Block]:
+    from ccnbench.analysis import noise_warnings
     from ccnbench.tables import failure_lines, unavailable_lines
 
     failures = failure_lines(cases)
     unavailable = unavailable_lines(cases)
     blocks: list[Block] = []
+    noisy = noise_warnings(cases)
+    if noisy:
+        blocks += [Heading("Too noisy to resolve"), Bullets(tuple(noisy))]
     if failures:
         blocks += [Heading("Failures"), Bullets(tuple(failures))]
     if unavailable:

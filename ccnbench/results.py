@@ -21,7 +21,9 @@ from ccnbench.memory import MemoryStats
 from ccnbench.timing import LatencyStats
 
 SCHEMA = "ccnbench.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 files (before contests) load as they are: their cases have no blocks, hence no intervals.
+READABLE_VERSIONS = (1, 2)
 RESULTS_FILE = "results.json"
 STATUSES = ("ok", "failed", "timeout", "unavailable")
 
@@ -59,6 +61,7 @@ class CaseResult:
     artifact: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    contest: str | None = None  # the contest it was timed in: its latency pairs with its members'
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -91,6 +94,7 @@ class CaseResult:
             "artifact": self.artifact,
             "spec": self.spec,
             "details": self.details,
+            "contest": self.contest,
         }
 
     @classmethod
@@ -107,6 +111,7 @@ class CaseResult:
             artifact=data.get("artifact"),
             spec=data.get("spec"),
             details=data.get("details") or {},
+            contest=data.get("contest"),
         )
 
 
@@ -143,9 +148,10 @@ class RunResult:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ResultsError(f"{source} is not a ccnbench results file (no '{SCHEMA}' schema marker)")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ResultsError(
-                f"{source} has results schema version {version}; this ccnbench reads version {SCHEMA_VERSION}"
+                f"{source} has results schema version {version}; this ccnbench reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             return cls(

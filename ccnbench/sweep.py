@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ccnbench import check, environment, results, selection
+from ccnbench import check, contest, environment, results, selection
 from ccnbench.agreement import Tolerance
 from ccnbench.backends import parse_targets
 from ccnbench.errors import CcnbenchError, UsageError
@@ -299,7 +299,13 @@ def execute(
                     writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
         else:
             runnable.append(_without(group, done))
-    for batch in _worker_batches(runnable, config.isolation):
+    contests, alone = contest.plan(runnable)
+    for match in contests:
+        if deadline and time.monotonic() > deadline:
+            break
+        left = _run_contest(match, config.timeout, logs, writer, deadline)
+        alone += left  # members a crashed contest never reported: each gets its own worker
+    for batch in _worker_batches(alone, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
         _run_isolated(batch, config.timeout, logs, writer, deadline)
@@ -364,6 +370,64 @@ def _worker_batches(groups: Sequence[CaseGroup], isolation: str) -> list[list[Ca
     return list(batches.values())
 
 
+def _run_contest(
+    match: contest.Contest, timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
+) -> list[CaseGroup]:
+    """Run a contest in ``repeats`` fresh workers, one after another, merging each case's blocks.
+
+    Returns the members to run alone: those the first process never reported because it died.
+    Its timeout covers all members (each gets ``timeout``), as a worker per group would.
+    """
+    protocol = match.groups[0].protocol
+    repeats = max(1, protocol.repeats if protocol else 1)
+    merged: dict[CaseKey, CaseResult] = {}
+    for process in range(repeats):
+        if deadline and time.monotonic() > deadline:
+            break
+        payload = {"contest": match.to_dict(), "process": process}
+        log_path = logs / f"{_safe(match.id)}-p{process}.log"
+        outcome, code, _, seen = _spawn(
+            payload, [match.groups[0]], timeout * len(match.groups), log_path, writer, deadline, merged
+        )
+        if outcome == "exited" and code == 0:
+            continue
+        if outcome == "deadline":
+            break
+        writer.events.on_note(
+            f"{match.label}: process {process} {_ending(outcome, code, timeout, log_path)[1]}"
+        )
+        if process == 0:
+            return [g for g in match.groups if not set(g.case_keys()) <= seen]
+        break  # later processes only add rounds: keep what the earlier ones measured
+    return []
+
+
+def _spawn(
+    payload: Any,
+    groups: list[CaseGroup],
+    timeout: float,
+    log_path: Path,
+    writer: _RunWriter,
+    deadline: float | None,
+    merged: dict[CaseKey, CaseResult] | None = None,
+) -> tuple[str, int | None, int | None, set[CaseKey]]:
+    """One worker on ``payload``: (outcome, exit code, the group it was running, cases it reported)."""
+    with tempfile.TemporaryDirectory(prefix="ccnbench-worker-") as tmp:
+        task, out = Path(tmp) / "task.json", Path(tmp) / "results.jsonl"
+        task.write_text(json.dumps(payload))
+        out.touch()
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ccnbench.worker", str(task), str(out)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout kills its children too
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            outcome, current, seen = _follow(proc, out, groups, timeout, writer, deadline, merged)
+    return outcome, proc.returncode, current, seen
+
+
 def _run_isolated(
     groups: list[CaseGroup], timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
 ) -> None:
@@ -375,25 +439,14 @@ def _run_isolated(
     remaining = list(groups)
     while remaining:
         log_path = logs / f"{_safe(remaining[0].label)}.log"
-        with tempfile.TemporaryDirectory(prefix="ccnbench-worker-") as tmp:
-            task, out = Path(tmp) / "task.json", Path(tmp) / "results.jsonl"
-            task.write_text(json.dumps([g.to_dict() for g in remaining]))
-            out.touch()
-            with log_path.open("w") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "ccnbench.worker", str(task), str(out)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: a timeout kills its children too
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-                outcome, current, seen = _follow(proc, out, remaining, timeout, writer, deadline)
-        if outcome == "exited" and proc.returncode == 0:
+        payload = [g.to_dict() for g in remaining]
+        outcome, code, current, seen = _spawn(payload, remaining, timeout, log_path, writer, deadline)
+        if outcome == "exited" and code == 0:
             return
         if outcome == "deadline":
             return  # the rest stays unrecorded: `resume` runs it
         index = current if current is not None else 0
-        status, message = _ending(outcome, proc.returncode, timeout, log_path)
+        status, message = _ending(outcome, code, timeout, log_path)
         group = remaining[index]
         for key in group.case_keys():
             if key not in seen:
@@ -408,8 +461,13 @@ def _follow(
     timeout: float,
     writer: _RunWriter,
     deadline: float | None,
+    merged: dict[CaseKey, CaseResult] | None = None,
 ) -> tuple[str, int | None, set[CaseKey]]:
-    """Relay the worker's events until it exits, overruns a group's timeout, or the budget ends."""
+    """Relay the worker's events until it exits, overruns a group's timeout, or the budget ends.
+
+    With ``merged`` (a contest's later processes) each case is merged with what the earlier
+    processes recorded for it before it is saved.
+    """
     offset, current, started = 0, None, time.monotonic()
     seen: set[CaseKey] = set()
     try:
@@ -423,6 +481,8 @@ def _follow(
                 elif "case" in event:
                     case = CaseResult.from_dict(event["case"])
                     seen.add(case.key)
+                    if merged is not None:
+                        case = merged[case.key] = contest.merge_processes(merged.get(case.key), case)
                     writer.record(case)
             if exited:
                 return "exited", current, seen

@@ -34,6 +34,17 @@ class Protocol:
     min_seconds: float = 1.0
     max_iterations: int = 100_000
     max_seconds: float = 20.0
+    # Contests (formats of one model timed side by side, see contest.py). A round times each
+    # member for one block of ``block_seconds`` (its first call discarded); rounds go on until
+    # every ratio to its reference has a 95 % interval within +-``target_width`` or
+    # ``contest_seconds`` (per batch size, per process) is spent. The contest runs in
+    # ``repeats`` fresh processes so the intervals carry the between-process variance.
+    contest: bool = True
+    block_seconds: float = 0.05
+    min_rounds: int = 6
+    contest_seconds: float = 3.0
+    target_width: float = 0.03
+    repeats: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -42,8 +53,26 @@ class Protocol:
 DEFAULT = Protocol()
 # CI and smoke runs: enough samples for a median, not for tails.
 QUICK = Protocol(
-    warmup_iterations=3, warmup_seconds=0.05, min_iterations=10, min_seconds=0.1, max_seconds=5.0
+    warmup_iterations=3,
+    warmup_seconds=0.05,
+    min_iterations=10,
+    min_seconds=0.1,
+    max_seconds=5.0,
+    contest_seconds=1.0,
 )
+
+
+@dataclass(frozen=True)
+class Block:
+    """One member's block of consecutive iterations in one round of one contest process."""
+
+    process: int
+    round: int
+    samples_ms: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples_ms))
 
 
 @dataclass(frozen=True)
@@ -56,10 +85,30 @@ class LatencyStats:
     flops_per_sample: int | None = None
     host_samples_ms: tuple[float, ...] = ()  # CUDA: host time to enqueue each iteration
     warmup_iterations: int = 0
+    # Contest cases: the same samples, grouped by (process, round) so that two members of one
+    # contest can be paired after the fact; ``samples_ms`` is then their concatenation.
+    blocks: tuple[Block, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.samples_ms:
             raise ValueError("no latency samples")
+
+    @classmethod
+    def from_blocks(cls, blocks: Sequence[Block], batch: int, clock: str, **kwargs: Any) -> LatencyStats:
+        samples = tuple(s for b in blocks for s in b.samples_ms)
+        return cls(samples, batch, clock, blocks=tuple(blocks), **kwargs)
+
+    @property
+    def processes(self) -> int:
+        return len({b.process for b in self.blocks})
+
+    @property
+    def noise(self) -> float | None:
+        """Within-run noise: the coefficient of variation of the block (round) medians."""
+        if len(self.blocks) < 2:
+            return None
+        medians = np.array([b.median for b in self.blocks])
+        return float(np.std(medians, ddof=1) / np.mean(medians))
 
     @classmethod
     def from_ns(cls, samples_ns: Sequence[int], batch: int, **kwargs: Any) -> LatencyStats:
@@ -133,29 +182,38 @@ class LatencyStats:
             "iterations",
             "throughput",
             "gflops",
+            "noise",
         )
         return {k: getattr(self, k) for k in keys} | {"host_median": self.host_median}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "batch": self.batch,
             "clock": self.clock,
             "flops_per_sample": self.flops_per_sample,
             "warmup_iterations": self.warmup_iterations,
             "summary": self.summary(),
-            "samples_ms": [round(s, 6) for s in self.samples_ms],
+            "samples_ms": [] if self.blocks else [round(s, 6) for s in self.samples_ms],
             "host_samples_ms": [round(s, 6) for s in self.host_samples_ms],
         }
+        if self.blocks:  # [process, round, samples]; samples_ms is their concatenation, not stored twice.
+            # 0.1 us resolution: below the timer's own overhead, and it keeps the file small.
+            data["blocks"] = [[b.process, b.round, [round(s, 4) for s in b.samples_ms]] for b in self.blocks]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        blocks = tuple(Block(int(p), int(r), tuple(s)) for p, r, s in data.get("blocks") or ())
         return cls(
-            samples_ms=tuple(data["samples_ms"]),
+            samples_ms=tuple(s for b in blocks for s in b.samples_ms)
+            if blocks
+            else tuple(data["samples_ms"]),
             batch=int(data["batch"]),
             clock=data["clock"],
             flops_per_sample=data.get("flops_per_sample"),
             host_samples_ms=tuple(data.get("host_samples_ms", ())),
             warmup_iterations=int(data.get("warmup_iterations", 0)),
+            blocks=blocks,
         )
 
 
@@ -210,6 +268,38 @@ def timer_overhead_ns(protocol: Protocol = QUICK, device: str = "cpu") -> float:
     runner = _NoopRunner(Target("noop", device), ("x",))
     stats = measure(runner, [torch.zeros(1)], protocol).latency
     return stats.median * 1e6
+
+
+def time_block(call: Callable[[], object], runner: Runner, seconds: float) -> tuple[float, ...]:
+    """One contest block: consecutive iterations for about ``seconds``, ms each.
+
+    The first call is run but not kept: it pays for whatever the member before it evicted from
+    the caches, which a model serving requests back to back does not see.
+    """
+    call()
+    if runner.is_cuda:
+        torch.cuda.synchronize()
+        block = Protocol(min_iterations=2, min_seconds=seconds, max_seconds=max(4 * seconds, 1.0))
+        return _cuda_loop(call, runner, block)[0]
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    append = samples.append
+    limit, total = seconds * 1e9, 0
+    while len(samples) < 2 or total < limit:
+        t0 = clock()
+        call()
+        t1 = clock()
+        append(t1 - t0)
+        total += t1 - t0
+    return tuple(s / 1e6 for s in samples)
+
+
+def warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
+    return _warm_up(call, runner, protocol)
+
+
+def bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
+    return _bound_call(runner, staged)
 
 
 # --- loops ----------------------------------------------------------------------------------------

@@ -38,3 +38,28 @@ def run(*cases: CaseResult, run_id: str = "r") -> RunResult:
     for c in cases:
         result = result.with_case(c)
     return result
+
+
+def contest_cases(levels: dict[tuple[str, str], float], *, noise: float = 0.02, processes: int = 3,
+                  rounds: int = 10, batch: int = 1, seed: int = 0, model: str = "model-n3") -> list[CaseResult]:  # fmt: skip
+    """Cases timed in one contest: ``levels`` maps (target, layout) to a median in ms. Every round
+    shares a drift (which pairing cancels); each block has its own noise (CV ``noise``)."""
+    import numpy as np
+
+    from ccnbench.timing import Block
+
+    rng = np.random.default_rng(seed)
+    blocks: dict[tuple[str, str], list[Block]] = {k: [] for k in levels}
+    for p in range(processes):
+        for r in range(rounds):
+            drift = rng.normal(0, 0.1)
+            for k, level in levels.items():
+                samples = level * np.exp(drift + rng.normal(0, noise) + rng.normal(0, 0.01, 8))
+                blocks[k].append(Block(p, r, tuple(float(x) for x in samples)))
+    out = []
+    for (target, layout), bs in blocks.items():
+        key = CaseKey(model, "d1g3st00", layout, target, "fp32", batch)
+        plain = case(target, 1.0, model=model, layout=layout, batch=batch)
+        latency = LatencyStats.from_blocks(bs, batch, "perf_counter")
+        out.append(CaseResult(key, "ok", agreement=plain.agreement, latency=latency, contest="c1"))
+    return out

@@ -119,7 +119,7 @@ def test_incompatible_schema_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert (
         result.output.strip()
-        == f"error: {tmp_path / 'future' / 'results.json'} has results schema version 99; this ccnbench reads version 1"
+        == f"error: {tmp_path / 'future' / 'results.json'} has results schema version 99; this ccnbench reads versions 1, 2"
     )
 
 
@@ -140,3 +140,28 @@ def test_pytest_benchmark_files_are_read_and_keyed_by_their_extra_info(tmp_path)
     assert result.failed and _kinds(result)["early-n3/kept/ort:cpu/fp32/b8"] == "regression"
     mixed = cli.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "x")])
     assert mixed.exit_code == 1 and "no results at" in mixed.output
+
+
+def _contest_run(ort_level, seed, noise=0.02):
+    from helpers import contest_cases
+
+    return rows_from_run(run(*contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "kept"): ort_level},
+                                             noise=noise, seed=seed)))  # fmt: skip
+
+
+def test_contest_runs_compare_paired_ratios_with_intervals():
+    base, same, slow = _contest_run(1.0, seed=1), _contest_run(1.0, seed=2), _contest_run(1.3, seed=3)
+    assert base[KEY].ratio.contains(0.5)
+    assert not compare(base, same, threshold=0.15).failed
+    result = compare(base, slow, threshold=0.15)
+    assert _kinds(result)[KEY] == "regression" and result.failed
+    change = next(c for c in result.changes if c.key == KEY)
+    assert change.slowdown == pytest.approx(0.3, abs=0.05) and "[" in change.detail
+
+
+def test_a_change_beyond_the_threshold_but_inside_the_noise_is_not_a_regression():
+    noisy_base, noisy_new = _contest_run(1.0, seed=4, noise=0.6), _contest_run(1.25, seed=5, noise=0.6)
+    result = compare(noisy_base, noisy_new, threshold=0.15)
+    change = next(c for c in result.changes if c.key == KEY)
+    assert change.slowdown > 0.15  # beyond the threshold ...
+    assert change.kind == "unchanged" and "within the noise" in change.detail  # ... but not resolved

@@ -43,3 +43,26 @@ def test_nothing_passing_says_so(tmp_path):
     results.save(run(case("torch:cpu", 5.0, passed=False)), tmp_path)
     out = CliRunner().invoke(app, ["recommend", str(tmp_path)])
     assert out.exit_code == 0 and "nothing both ran and agreed" in out.output
+
+
+def test_a_tie_ships_the_simpler_format_and_says_so():
+    from helpers import contest_cases
+
+    # ORT merged is 1 % faster than eager kept: inside the noise, so eager kept is shipped.
+    cases = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 1.98, ("ort:cpu", "kept"): 3.0},
+                          noise=0.05, rounds=4)  # fmt: skip
+    (rec,) = recommend(cases)
+    assert rec.best.label == "torch:cpu kept fp32"
+    assert rec.runner_up.label == "ort:cpu merged fp32" and rec.runner_up_ratio.tie
+    assert "a tie with the fastest, ort:cpu merged fp32" in rec.line() and "simpler format" in rec.line()
+
+
+def test_a_resolved_difference_ships_the_faster_format_with_its_interval():
+    from helpers import contest_cases
+
+    cases = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 1.0})
+    (rec,) = recommend(cases)
+    assert rec.best.label == "ort:cpu merged fp32" and rec.tie_note == ""
+    ratio = rec.runner_up_ratio
+    assert not ratio.tie and ratio.contains(2.0)
+    assert f"takes {ratio.format()} its time (slower)" in rec.line()

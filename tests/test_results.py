@@ -74,3 +74,26 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
 def test_bad_status_is_rejected():
     with pytest.raises(ValueError):
         CaseResult(CaseKey("m", "d", "kept", "torch:cpu", "fp32", 1), "exploded")
+
+
+def test_schema_1_files_load_without_intervals_and_contest_cases_round_trip(tmp_path):
+    from ccnbench import stats
+    from ccnbench.timing import Block
+
+    run = results.new_run("r1", collect(threads=2), {"name": "t"}).with_case(_case(1))
+    data = run.to_dict()
+    data["schema_version"] = 1
+    for c in data["cases"]:
+        c.pop("contest")
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    old = results.load(tmp_path)
+    assert old.cases[0].contest is None and stats.median_interval(old.cases[0].latency) is None
+
+    blocks = tuple(Block(p, r, (1.0 + r / 100, 1.1)) for p in range(2) for r in range(3))
+    timed = CaseResult(
+        _case(1).key, "ok", latency=LatencyStats.from_blocks(blocks, 1, "perf_counter"), contest="c"
+    )
+    again = CaseResult.from_dict(json.loads(json.dumps(timed.to_dict())))
+    assert again.contest == "c" and again.latency.blocks == blocks
+    assert again.latency.samples_ms == timed.latency.samples_ms
+    assert timed.to_dict()["latency"]["samples_ms"] == []  # stored once, inside the blocks

@@ -1,0 +1,268 @@
+"""Contests: every format of one model timed side by side in one process, in interleaved rounds.
+
+A comparison made between two processes at two moments inherits the machine's drift, and on a
+shared machine that drift is larger than the effects ccnbench reports. A contest takes the
+case groups of one model (same label and digest: kept and merged alike) at one precision on
+one kind of device, prepares every member once in one worker, and then:
+
+1. **memory and agreement pass**, member by member, before any timing: the memory probe
+   starts before the member's preparation and is read after its first inference, so each
+   member's memory is its own (the timing rounds cannot disturb it);
+2. **timing**, per batch size: rounds in which each member runs one block of about
+   ``block_seconds`` (first call discarded), in a seeded order that changes every round, until
+   every ratio to its reference (eager PyTorch on that device, same layout; merged vs kept on
+   the same target) has a 95 % interval within +-``target_width`` or ``contest_seconds`` is
+   spent.
+
+The sweep repeats a contest in ``repeats`` fresh processes (``process`` numbers them) and
+merges their blocks; ``ccnbench.stats`` turns the blocks into intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ccnbench.agreement import TolerancePolicy, compare
+from ccnbench.backends import backend_of
+from ccnbench.execute import CaseGroup, _artifact_summary, _describe, _jsonable, unavailable_reason
+from ccnbench.memory import MemoryProbe
+from ccnbench.oracle import reference
+from ccnbench.results import CaseResult
+from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
+
+_T95 = 2.0  # the in-process stopping rule only needs a rough t quantile; the final intervals are bootstrapped
+
+
+@dataclass(frozen=True)
+class Contest:
+    id: str
+    groups: tuple[CaseGroup, ...]
+
+    @property
+    def label(self) -> str:
+        g = self.groups[0]
+        return f"{g.source.label} {g.precision} {g.target.device_kind} contest ({len(self.groups)} formats)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "groups": [g.to_dict() for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Contest:
+        return cls(data["id"], tuple(CaseGroup.from_dict(g) for g in data["groups"]))
+
+
+def contest_key(group: CaseGroup) -> tuple[str, str, str, str]:
+    return (group.source.label, group.source.digest, group.precision, group.target.device_kind)
+
+
+def plan(groups: Sequence[CaseGroup]) -> tuple[list[Contest], list[CaseGroup]]:
+    """Contests of two or more timed members that may share a process, and the groups left alone."""
+    buckets: dict[tuple[str, ...], list[CaseGroup]] = {}
+    alone: list[CaseGroup] = []
+    for g in groups:
+        protocol = g.protocol
+        if protocol is None or not protocol.contest or not backend_of(g.target).shares_process:
+            alone.append(g)
+        else:
+            buckets.setdefault((*contest_key(g), str(g.batches)), []).append(g)
+    contests = []
+    for key, members in buckets.items():
+        if len(members) < 2:
+            alone += members
+        else:
+            label, digest, precision, device = key[:4]
+            contests.append(Contest(f"{label}/{digest[:8]}/{precision}/{device}", tuple(members)))
+    return contests, alone
+
+
+def merge_processes(old: CaseResult | None, new: CaseResult) -> CaseResult:
+    """One case from several processes of a contest: their blocks together; memory, build cost and
+    agreement from the first process (they do not change between processes)."""
+    if old is None or old.latency is None or new.latency is None or old.status != "ok":
+        return new if old is None or old.status != "ok" else old
+    blocks = old.latency.blocks + new.latency.blocks
+    latency = LatencyStats.from_blocks(
+        blocks,
+        old.latency.batch,
+        old.latency.clock,
+        flops_per_sample=old.latency.flops_per_sample,
+        warmup_iterations=old.latency.warmup_iterations,
+    )
+    return replace(old, latency=latency)
+
+
+@dataclass(eq=False)  # members are dict keys by identity
+class _Member:
+    group: CaseGroup
+    runner: Any
+    inputs: dict[int, Any]
+    flops: int | None
+    results: dict[int, CaseResult]
+
+
+def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
+    """Yield a CaseResult per member and batch size (failures included), timing last."""
+    with contextlib.ExitStack() as stack:
+        members: list[_Member] = []
+        for group in contest.groups:
+            member, early = _prepare(group, contest.id, stack)
+            yield from early
+            if member is not None:
+                members.append(member)
+        batches = contest.groups[0].batches
+        for batch in batches:
+            alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
+            timed = _rounds(alive, batch, process) if len(alive) else {}
+            for m in members:
+                result = m.results.get(batch)
+                if result is None:
+                    continue
+                if m in timed:
+                    result = replace(result, latency=timed[m])
+                yield result
+
+
+def _prepare(
+    group: CaseGroup, contest_id: str, stack: contextlib.ExitStack
+) -> tuple[_Member | None, list[CaseResult]]:
+    """Build one member and run its memory + agreement pass; failures become results."""
+    keys = group.case_keys()
+    spec = group.source.spec.to_dict() if group.source.spec else None
+    reason = unavailable_reason(group)
+    if reason:
+        return None, [CaseResult(k, "unavailable", reason, spec=spec, contest=contest_id) for k in keys]
+    backend = backend_of(group.target)
+    probe = MemoryProbe(group.target.device_kind)
+    artifact = None
+    try:
+        inputs = {b: group.source.make_inputs(b, group.seed) for b in group.batches}
+        expected = {
+            b: reference(group.source, x, b, group.seed, group.options.artifacts_dir)
+            for b, x in inputs.items()
+        }
+        flops = group.source.flops_per_sample()
+        if backend.needs_onnx:
+            artifact = group.source.artifact(
+                group.precision, group.options.io, group.options.opset, group.options.artifacts_dir
+            )
+        probe.start()
+        runner = stack.enter_context(backend.prepare(group.source, group.target, group.options))
+    except Exception as exc:
+        message = f"prepare: {_describe(exc)}"
+        return None, [CaseResult(k, "failed", message, spec=spec, contest=contest_id) for k in keys]
+    import torch
+
+    info = _artifact_summary(artifact)
+    policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
+    results: dict[int, CaseResult] = {}
+    early: list[CaseResult] = []
+    for key, batch in zip(keys, group.batches):
+        try:
+            outputs = runner.infer(stage(inputs[batch], runner))
+            if runner.is_cuda:
+                torch.cuda.synchronize()
+            agreement = compare(outputs, expected[batch], group.source.output_names, policy)
+            memory = probe.read(
+                runner.uses_torch_allocator,
+                runner.details.get("engine_device_memory_bytes"),
+                artifact.size_bytes if artifact else None,
+            )
+            results[batch] = CaseResult(
+                key,
+                "ok",
+                agreement=agreement,
+                memory=memory,
+                build_seconds=round(runner.build_seconds, 4),
+                artifact=info,
+                spec=spec,
+                details=_jsonable(runner.details),
+                contest=contest_id,
+            )
+        except Exception as exc:
+            message = f"batch {batch}: {_describe(exc)}"
+            early.append(CaseResult(key, "failed", message, spec=spec, artifact=info, contest=contest_id))
+    return _Member(group, runner, inputs, flops, results), early
+
+
+def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
+    """(member, reference) index pairs a contest must resolve: each format against eager PyTorch on
+    the same device and layout, and merged against kept on the same target."""
+    from ccnbench.analysis import reference_target
+
+    index = {(str(m.group.target), m.group.source.layout): i for i, m in enumerate(members)}
+    pairs = []
+    for i, m in enumerate(members):
+        target, layout = str(m.group.target), m.group.source.layout
+        ref = index.get((reference_target(target), layout))
+        if ref is not None and ref != i:
+            pairs.append((i, ref))
+        if layout == "merged" and (target, "kept") in index:
+            pairs.append((i, index[(target, "kept")]))
+    return pairs
+
+
+def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:
+    """Every pair's mean log ratio over rounds has a rough 95 % interval within +-width."""
+    for a, b in pairs:
+        logs = np.log(np.asarray(medians[a]) / np.asarray(medians[b]))
+        if len(logs) < 3:
+            return False
+        half = _T95 * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
+        if math.expm1(half) > width:
+            return False
+    return True
+
+
+def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, LatencyStats]:
+    protocol = members[0].group.protocol
+    assert protocol is not None
+    calls = []
+    for m in members:
+        call = bound_call(m.runner, stage(m.inputs[batch], m.runner))
+        warm_up(call, m.runner, protocol)
+        calls.append(call)
+    pairs = partners(members)
+    order = list(range(len(members)))
+    rng = random.Random(process * 100_003 + batch)  # seeded: a rerun shuffles the same way
+    blocks: list[list[Block]] = [[] for _ in members]
+    medians: list[list[float]] = [[] for _ in members]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a block is the harness's pause, not the model's
+    start = time.perf_counter()
+    try:
+        round_ = 0
+        while True:
+            rng.shuffle(order)  # no member always follows the same one
+            for i in order:
+                samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
+                blocks[i].append(Block(process, round_, samples))
+                medians[i].append(float(np.median(samples)))
+            round_ += 1
+            if round_ >= protocol.min_rounds and (
+                time.perf_counter() - start >= protocol.contest_seconds
+                or converged(medians, pairs, protocol.target_width)
+            ):
+                break
+            gc.collect()  # between rounds, outside every block
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        m: LatencyStats.from_blocks(
+            blocks[i],
+            batch,
+            "cuda_events" if m.runner.is_cuda else "perf_counter",
+            flops_per_sample=m.flops,
+            warmup_iterations=protocol.warmup_iterations,
+        )
+        for i, m in enumerate(members)
+    }

@@ -1,0 +1,94 @@
+"""Contest bookkeeping: who competes with whom, pairing, stopping, merging processes, one real contest."""
+
+from dataclasses import replace
+
+from ccnbench import check, contest, selection, stats
+from ccnbench.backends import parse_targets
+from ccnbench.results import CaseKey, CaseResult
+from ccnbench.timing import QUICK, Block, LatencyStats
+
+PROTOCOL = replace(QUICK, block_seconds=0.005, min_rounds=4, contest_seconds=0.2, warmup_seconds=0.01)
+
+
+def _groups(artifacts, variants="early,decision", targets="torch:cpu,ort:cpu", protocol=PROTOCOL):
+    sources = selection.sources(preset="tiny", variants=variants, layouts_="all")
+    return check.plan(
+        sources, parse_targets(targets.split(",")), ["fp32"], [1, 2], artifacts, protocol=protocol
+    )
+
+
+def test_plan_groups_every_format_of_one_model(tmp_path):
+    contests, alone = contest.plan(_groups(tmp_path))
+    assert alone == []
+    assert len(contests) == 2  # early and decision
+    for match in contests:
+        assert len(match.groups) == 4  # kept/merged x torch/ort
+        assert len({(g.source.label, g.source.digest) for g in match.groups}) == 1
+    again = contest.Contest.from_dict(contests[0].to_dict())
+    assert again.id == contests[0].id and len(again.groups) == 4
+
+
+def test_untimed_lone_and_non_sharing_groups_run_alone(tmp_path, monkeypatch):
+    assert contest.plan(_groups(tmp_path, protocol=None)) == ([], _groups(tmp_path, protocol=None))
+    lone = _groups(tmp_path, variants="early", targets="torch:cpu")
+    lone = [g for g in lone if g.source.layout == "kept"]
+    assert contest.plan(lone) == ([], lone)
+    from ccnbench.backends.onnxruntime import OrtBackend
+
+    monkeypatch.setattr(OrtBackend, "shares_process", False)
+    contests, alone = contest.plan(_groups(tmp_path, variants="early"))
+    assert {str(g.target) for g in alone} == {"ort:cpu"} and len(contests[0].groups) == 2
+
+
+def test_partners_are_reference_and_kept(tmp_path):
+    class M:
+        def __init__(self, g):
+            self.group = g
+
+    members = [M(g) for g in _groups(tmp_path, variants="early")]
+    names = [(str(m.group.target), m.group.source.layout) for m in members]
+    pairs = {(names[a], names[b]) for a, b in contest.partners(members)}
+    assert pairs == {
+        (("ort:cpu", "kept"), ("torch:cpu", "kept")),
+        (("ort:cpu", "merged"), ("torch:cpu", "merged")),
+        (("torch:cpu", "merged"), ("torch:cpu", "kept")),
+        (("ort:cpu", "merged"), ("ort:cpu", "kept")),
+    }
+
+
+def test_convergence_needs_every_pair_inside_the_width():
+    steady = [[1.0, 1.01, 0.99, 1.0, 1.0], [2.0, 2.0, 2.01, 1.99, 2.0]]
+    assert contest.converged(steady, [(1, 0)], 0.03)
+    shaky = [[1.0, 1.3, 0.8, 1.0, 1.2], [2.0, 2.0, 2.01, 1.99, 2.0]]
+    assert not contest.converged(shaky, [(1, 0)], 0.03)
+    assert not contest.converged([[1.0, 1.0], [2.0, 2.0]], [(1, 0)], 0.03)  # too few rounds
+
+
+def test_processes_merge_their_blocks():
+    key = CaseKey("m", "d", "kept", "torch:cpu", "fp32", 1)
+
+    def case(process):
+        blocks = [Block(process, r, (1.0 + r / 10, 1.1)) for r in range(3)]
+        return CaseResult(key, "ok", latency=LatencyStats.from_blocks(blocks, 1, "perf_counter"), contest="c")
+
+    merged = contest.merge_processes(contest.merge_processes(None, case(0)), case(1))
+    assert merged.latency.processes == 2 and len(merged.latency.blocks) == 6
+    assert merged.latency.iterations == 12 and merged.contest == "c"
+    again = LatencyStats.from_dict(merged.latency.to_dict())
+    assert again.blocks == merged.latency.blocks
+
+
+def test_a_real_contest_times_every_member_in_the_same_rounds(artifacts_dir):
+    groups = [g for g in _groups(artifacts_dir, variants="early") if g.batches]
+    match = contest.plan(groups)[0][0]
+    cases = list(contest.run_contest(match, process=2))
+    assert len(cases) == 8 and all(c.passed for c in cases), [c.message for c in cases]
+    by_key = {c.key: c for c in cases}
+    for c in cases:
+        assert c.contest == match.id and c.memory is not None and c.build_seconds is not None
+        assert {b.process for b in c.latency.blocks} == {2}
+        assert len(c.latency.blocks) >= PROTOCOL.min_rounds
+    kept = by_key[CaseKey("early-n3@tiny", cases[0].key.digest, "kept", "torch:cpu", "fp32", 1)]
+    merged = by_key[CaseKey("early-n3@tiny", cases[0].key.digest, "merged", "torch:cpu", "fp32", 1)]
+    assert [b.round for b in kept.latency.blocks] == [b.round for b in merged.latency.blocks]
+    assert stats.paired_ratio(merged.latency, kept.latency) is not None
