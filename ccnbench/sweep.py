@@ -1,8 +1,8 @@
 """Sweeps: expand a configuration into case groups and run each group in a fresh worker process.
 
 A worker that crashes, hangs past its timeout or runs out of memory becomes results with a
-status and a message; the sweep goes on. Results are saved atomically after every case, an
-existing run is never overwritten, and ``resume`` finishes a run without redoing its cases.
+status and a message; the sweep goes on. Every finished case is appended to the run's journal
+(compacted into results.json at the end), an existing run is never overwritten, and ``resume`` finishes a run without redoing its cases.
 """
 
 from __future__ import annotations
@@ -310,14 +310,14 @@ def execute(
 
 
 class _RunWriter:
-    """Holds the run and saves it after every case, atomically."""
+    """Holds the run and appends every finished case to its journal (compacted by ``results.save``)."""
 
     def __init__(self, run: RunResult, run_dir: Path, events: SweepEvents) -> None:
         self.run, self.run_dir, self.events = run, run_dir, events
 
     def record(self, case: CaseResult) -> None:
         self.run = self.run.with_case(case)
-        results.save(self.run, self.run_dir)
+        results.append_case(self.run_dir, case)
         self.events.on_case(case)
 
 

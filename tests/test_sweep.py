@@ -1,6 +1,5 @@
 """Sweeps: isolation of crashes and hangs, atomic saving, resume, and the bench command."""
 
-import json
 import os
 import signal
 import subprocess
@@ -87,10 +86,10 @@ def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, 
             "--no-report"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "ccnbench", *args], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    path = run_dir / "results.json"
+    journal = run_dir / results.JOURNAL_FILE  # finished cases land here until the run compacts it
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if path.exists() and 2 <= len(json.loads(path.read_text())["cases"]) < 12:
+        if journal.exists() and 2 <= len(journal.read_text().splitlines()) < 12:
             break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, with no chance to clean up
@@ -103,6 +102,7 @@ def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, 
     assert result.exit_code == 0, result.output
     full = results.load(run_dir)
     assert full.complete and len(full.cases) == 12
+    assert not journal.exists()  # compacted into results.json
     for case in full.cases:
         if case.key in before:  # finished cases were kept, not redone
             assert case.latency.samples_ms == before[case.key]
