@@ -145,6 +145,14 @@ InputShape = Annotated[
     str | None,
     typer.Option("--input-shape", help="With --model: one input's shape without batch, e.g. 1x24x24x24."),
 ]
+LoadInputs = Annotated[
+    Path | None,
+    typer.Option("--load-inputs", help="With --onnx: saved reference inputs (Polygraphy JSON or .npz)."),
+]
+LoadOutputs = Annotated[
+    Path | None,
+    typer.Option("--load-outputs", help="With --onnx: saved reference outputs (Polygraphy JSON or .npz)."),
+]
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts", help="Where ONNX files, engines and caches go.")]
 Threads = Annotated[
     int | None, typer.Option("--threads", help="CPU threads for every target (default: physical cores).")
@@ -312,6 +320,8 @@ def check(
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    load_inputs: LoadInputs = None,
+    load_outputs: LoadOutputs = None,
     opset: Annotated[int, typer.Option("--opset")] = 18,
     seed: Seed = 0,
     threads: Threads = None,
@@ -324,9 +334,11 @@ def check(
     from ccnbench.agreement import TolerancePolicy
     from ccnbench.backends import parse_targets
 
+    saved = _saved_reference(load_inputs, load_outputs)
     sources = selection.sources(
-        preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []]
-    )
+        preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []],
+        saved,
+    )  # fmt: skip
     precisions = selection.choices(precision, ("fp32", "fp16", "bf16"), "precision")
     groups = checking.plan(
         sources,
@@ -354,12 +366,7 @@ def check(
     else:
         console.print(tables.check_table(results))
         _print_problems(results)
-        ran = [r for r in results if r.status != "unavailable"]
-        console.print(
-            f"{sum(r.passed for r in ran)}/{len(ran)} cases agree with the oracle"
-            if ran
-            else "nothing could run"
-        )
+        _print_summary(results)
     if code:
         raise typer.Exit(code)
 
@@ -608,6 +615,28 @@ def recommend(
             console.print(f"    rejected: {reason}", style="yellow", markup=False, highlight=False)
         for reason in r.not_measured:
             console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
+
+
+def _saved_reference(inputs: Path | None, outputs: Path | None) -> tuple[str, str] | None:
+    from ccnbench.errors import UsageError
+
+    if (inputs is None) != (outputs is None):
+        raise UsageError("--load-inputs and --load-outputs go together (the outputs of those inputs)")
+    return (str(inputs), str(outputs)) if inputs and outputs else None
+
+
+def _print_summary(results: Any) -> None:
+    """How many cases agree with an independent oracle, and a warning when some had none."""
+    from ccnbench.check import unchecked_note
+
+    graded = [r for r in results if r.status != "unavailable" and not r.is_reference]
+    if graded:
+        console.print(f"{sum(r.passed for r in graded)}/{len(graded)} cases agree with the oracle")
+    elif not any(r.is_reference for r in results):
+        console.print("nothing could run")
+    note = unchecked_note(results)
+    if note:
+        err_console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
 
 def _print_problems(cases: Any) -> None:

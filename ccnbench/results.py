@@ -70,9 +70,19 @@ class CaseResult:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
 
     @property
+    def is_reference(self) -> bool:
+        """This target computed the oracle itself (a user's ONNX file with no reference given)."""
+        return bool(self.details.get("is_reference"))
+
+    @property
     def passed(self) -> bool:
-        """Ran, and agreed with the oracle."""
-        return self.status == "ok" and self.agreement is not None and self.agreement.passed
+        """Ran, and agreed with an independent oracle (agreeing with itself is not a pass)."""
+        return (
+            self.status == "ok"
+            and self.agreement is not None
+            and self.agreement.passed
+            and not self.is_reference
+        )
 
     @property
     def verdict(self) -> str:
@@ -80,6 +90,8 @@ class CaseResult:
             return self.status
         if self.agreement is None:
             return "ok"
+        if self.is_reference:
+            return "reference"
         return "pass" if self.agreement.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
