@@ -13,6 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from ccnbench import __version__
+from ccnbench.config import DEFAULTS
 from ccnbench.errors import CcnbenchError
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
@@ -371,6 +372,11 @@ def check(
         raise typer.Exit(code)
 
 
+def _unset(option: Any, kind: Any = str | None) -> Any:
+    """The same option with "not given" (None) as its default: the configuration route fills it in."""
+    return Annotated[kind, option.__metadata__[0]]
+
+
 @app.command()
 def bench(
     config: Annotated[
@@ -381,17 +387,19 @@ def bench(
             help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.",
         ),
     ] = None,
-    variant: Variants = "all",
-    layout: Layout = "all",
+    variant: _unset(Variants) = None,
+    layout: _unset(Layout) = None,
     branches: BranchList = None,
-    preset: Preset = "small",
-    input_mode: InputMode = "separate",
-    targets: Targets = "torch:cpu,ort:cpu",
-    precision: Precisions = "fp32",
-    batch: Batches = "1,8",
+    preset: _unset(Preset) = None,
+    input_mode: _unset(InputMode) = None,
+    targets: _unset(Targets) = None,
+    precision: _unset(Precisions) = None,
+    batch: _unset(Batches) = None,
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    load_inputs: LoadInputs = None,
+    load_outputs: LoadOutputs = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")
     ] = False,
@@ -399,8 +407,11 @@ def bench(
         bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds a worker may take for one case group.")
-    ] = 600.0,
+        float | None,
+        typer.Option(
+            "--timeout", help=f"Seconds a worker may take for one case group (default {DEFAULTS.timeout:g})."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
     ] = None,
@@ -408,17 +419,25 @@ def bench(
         Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")
     ] = None,
     name: Annotated[
-        str, typer.Option("--name", help="Run name, used in the default run directory.")
-    ] = "bench",
-    seed: Seed = 0,
-    threads: Threads = None,
-    artifacts: ArtifactsDir = Path("artifacts"),
-    isolation: Annotated[
-        str,
+        str | None,
+        typer.Option("--name", help="Run name, used in the default run directory (default bench)."),
+    ] = None,
+    shard: Annotated[
+        str | None,
         typer.Option(
-            "--isolation", help="group: a fresh worker per case group; model: one per model (faster)."
+            "--shard", help="K/N: run the K-th of N parts of the sweep (one per CI runner or machine)."
         ),
-    ] = "group",
+    ] = None,
+    seed: _unset(Seed, int | None) = None,
+    threads: Threads = None,
+    artifacts: _unset(ArtifactsDir, Path | None) = None,
+    isolation: Annotated[
+        str | None,
+        typer.Option(
+            "--isolation",
+            help="group: a fresh worker per case group; model: one per model (faster) (default group).",
+        ),
+    ] = None,
     dynamic_batch: Annotated[
         bool,
         typer.Option(
@@ -434,61 +453,36 @@ def bench(
     ] = True,
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
-    from ccnbench import sweep, tables
-    from ccnbench.errors import UsageError
+    flags = {
+        "--variant": variant, "--layout": layout, "--branches": branches, "--preset": preset,
+        "--input-mode": input_mode, "--targets": targets, "--precision": precision, "--batch": batch,
+        "--onnx": onnx, "--model": model, "--input-shape": input_shape, "--load-inputs": load_inputs,
+        "--load-outputs": load_outputs, "--quick": quick, "--transfers": transfers, "--timeout": timeout,
+        "--name": name, "--shard": shard, "--seed": seed, "--threads": threads, "--artifacts": artifacts,
+        "--isolation": isolation, "--dynamic-batch": dynamic_batch,
+    }  # fmt: skip
+    run, sweep_config, run_dir = _bench_start(flags, config, resume, out)
+    run = _bench_execute(run, sweep_config, run_dir, budget_minutes)
+    _bench_finish(run, run_dir, report)
 
-    flags = {"--variant": (variant, "all"), "--layout": (layout, "all"), "--branches": (branches, None),
-             "--preset": (preset, "small"), "--input-mode": (input_mode, "separate"),
-             "--targets": (targets, "torch:cpu,ort:cpu"), "--precision": (precision, "fp32"), "--batch": (batch, "1,8"),
-             "--onnx": (onnx, None), "--model": (model, None), "--input-shape": (input_shape, None),
-             "--transfers": (transfers, False), "--timeout": (timeout, 600.0), "--isolation": (isolation, "group"),
-             "--dynamic-batch": (dynamic_batch, False), "--seed": (seed, 0), "--threads": (threads, None)}  # fmt: skip
-    given = [name for name, (value, default) in flags.items() if value not in (default, [])]
-    if (config is not None or resume is not None) and given:
-        where = "the stored run" if resume is not None else "the sweep file"
-        raise UsageError(
-            f"{', '.join(given)} cannot be combined with {'--resume' if resume else '--config'}: {where} decides"
-        )
-    if resume is not None and config is not None:
-        raise UsageError("--resume reruns the stored sweep; it cannot take --config")
+
+def _bench_start(flags: dict[str, Any], config: str | None, resume: Path | None, out: Path | None) -> Any:
+    """The run to execute: a stored one to finish, or a new one from a sweep file or the flags."""
+    from ccnbench import config as configuration
+    from ccnbench import sweep
+
     if resume is not None:
+        configuration.check_resume(flags, config, out)
         run, sweep_config = sweep.resume(resume)
-        run_dir = resume
-    else:
-        if config is not None:
-            sweep_config = sweep.load_config(config)
-            if quick:
-                sweep_config = sweep.SweepConfig.from_dict(
-                    {**sweep_config.to_dict(), "quick": True, "protocol": {}}
-                )
-        else:
-            sweep_config = sweep.SweepConfig.from_dict(
-                {
-                    "name": name,
-                    "preset": preset,
-                    "variants": variant,
-                    "layouts": layout,
-                    "branches": branches,
-                    "input_modes": input_mode,
-                    "model": model,
-                    "input_shape": input_shape,
-                    "onnx": [str(p) for p in onnx or []] or None,
-                    "targets": targets,
-                    "precisions": precision,
-                    "batches": batch,
-                    "quick": quick,
-                    "timeout": timeout,
-                    "transfers": transfers,
-                    "threads": threads,
-                    "artifacts": str(artifacts),
-                    "seed": seed,
-                    "isolation": isolation,
-                    "dynamic_batch": dynamic_batch,
-                },
-                source="command line",
-            )
-        run_dir = out or sweep.new_run_dir(Path("results"), sweep_config.name)
-        run = sweep.start(sweep_config, run_dir)
+        return run, sweep_config, resume
+    sweep_config = configuration.from_command_line(flags, config)
+    run_dir = out or sweep.new_run_dir(Path("results"), sweep_config.name)
+    return sweep.start(sweep_config, run_dir), sweep_config, run_dir
+
+
+def _bench_execute(run: Any, sweep_config: Any, run_dir: Path, budget_minutes: float | None) -> Any:
+    from ccnbench import sweep
+
     err_console.print(f"run directory: {run_dir}", markup=False, highlight=False)
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
@@ -500,25 +494,38 @@ def bench(
         )
         try:
             budget = budget_minutes * 60 if budget_minutes else None
-            run = sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
+            return sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
         except KeyboardInterrupt:
             raise CcnbenchError(
                 f"interrupted; finished cases are saved: resume with --resume {run_dir}"
             ) from None
+
+
+def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
+    from ccnbench import tables
+    from ccnbench.check import exit_code, unchecked_note
+
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
     _print_problems(run.cases)
+    note = unchecked_note(run.cases)
+    if note:
+        err_console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     if report:
         from ccnbench.report import write_report
 
         written = write_report([run_dir], run_dir)
         console.print(f"report: {written}", highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)
+    if run.config.get("shard"):
+        err_console.print(
+            f"this is shard {run.config['shard']} of the sweep: report/compare/recommend take all its run "
+            "directories together",
+            highlight=False,
+        )
     if not run.complete:
         err_console.print(
             f"budget spent: the run is incomplete; finish it with --resume {run_dir}", highlight=False
         )
-    from ccnbench.check import exit_code
-
     code = exit_code(run.cases)
     if code:
         raise typer.Exit(code)
@@ -605,7 +612,7 @@ def recommend(
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(results.load_many(runs)), precisions)
+    recs = recommending(all_cases(results.load_runs(runs)), precisions)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return
