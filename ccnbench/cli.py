@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from ccnbench import __version__
-from ccnbench.config import DEFAULTS
+from ccnbench.config import DEFAULTS, MODEL_DEFAULTS, PRECISIONS
 from ccnbench.errors import CcnbenchError
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
@@ -160,6 +160,85 @@ Threads = Annotated[
 ]
 
 
+ExportVariants = Annotated[
+    str,
+    typer.Option(
+        "--variant", "-v", help="Variant(s): early, feature, model, decision, multitask, a comma list or all."
+    ),
+]
+ExportPrecisions = Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")]
+IoType = Annotated[str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")]
+Opset = Annotated[
+    int, typer.Option("--opset", help="ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11).")
+]
+ExportOut = Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")]
+Force = Annotated[bool, typer.Option("--force", help="Export again even if an identical artifact exists.")]
+EngineFlag = Annotated[
+    bool,
+    typer.Option("--engine", help="Also build a TensorRT engine and its layer listing beside each file."),
+]
+EngineBatch = Annotated[
+    str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
+]
+Atol = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")]
+Rtol = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")]
+PerOutputTol = Annotated[
+    list[str] | None,
+    typer.Option("--tol", help="Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
+]
+# bench: every option defaults to "not given" (None, or False for a switch); ccnbench.config
+# holds the defaults and decides what a flag may combine with.
+SweepFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.",
+    ),
+]
+Quick = Annotated[bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")]
+Transfers = Annotated[bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", help=f"Seconds a worker may take for one case group (default {DEFAULTS.timeout:g})."
+    ),
+]
+RunOut = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
+]
+Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")]
+RunName = Annotated[
+    str | None, typer.Option("--name", help="Run name, used in the default run directory (default bench).")
+]
+Shard = Annotated[
+    str | None,
+    typer.Option("--shard", help="K/N: run the K-th of N parts of the sweep (one per CI runner or machine)."),
+]
+Isolation = Annotated[
+    str | None,
+    typer.Option(
+        "--isolation",
+        help="group: a fresh worker per case group; model: one per model (faster); default group.",
+    ),
+]
+DynamicBatch = Annotated[
+    bool,
+    typer.Option("--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."),
+]
+Budget = Annotated[
+    float | None, typer.Option("--budget-minutes", help="Start no new group after this long; resume later.")
+]
+WriteReport = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")
+]
+
+
+def _unset(option: Any, kind: Any = str | None) -> Any:
+    """The same option with "not given" (None) as its default: the configuration route fills it in."""
+    return Annotated[kind, option.__metadata__[0]]
+
+
 @app.command()
 def variants(
     preset: Preset = "small",
@@ -209,39 +288,19 @@ def env(json_output: JsonFlag = False) -> None:
 
 @app.command("export")
 def export_cmd(
-    variant: Annotated[
-        str,
-        typer.Option(
-            "--variant",
-            "-v",
-            help="Variant(s): early, feature, model, decision, multitask, a comma list or all.",
-        ),
-    ] = "all",
+    variant: ExportVariants = "all",
     layout: Layout = "kept",
     branches: BranchList = None,
     preset: Preset = "small",
     input_mode: InputMode = "separate",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")] = "fp32",
-    io: Annotated[
-        str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")
-    ] = "fp32",
-    opset: Annotated[
-        int, typer.Option("--opset", help="ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11).")
-    ] = 18,
+    precision: ExportPrecisions = "fp32",
+    io: IoType = "fp32",
+    opset: Opset = 18,
     seed: Seed = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")] = Path(
-        "artifacts"
-    ),
-    force: Annotated[
-        bool, typer.Option("--force", help="Export again even if an identical artifact exists.")
-    ] = False,
-    engine: Annotated[
-        bool,
-        typer.Option("--engine", help="Also build a TensorRT engine and its layer listing beside each file."),
-    ] = False,
-    engine_batch: Annotated[
-        str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
-    ] = "1,8,32",
+    out: ExportOut = Path("artifacts"),
+    force: Force = False,
+    engine: EngineFlag = False,
+    engine_batch: EngineBatch = "1,8,32",
     json_output: JsonFlag = False,
 ) -> None:
     """Export variants to validated ONNX files (branches kept or merged, fp32 or fp16)."""
@@ -284,49 +343,31 @@ def export_cmd(
             [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
         )
         return
-    table = Table(title=f"ONNX artifacts in {out}")
-    table.add_column("file", overflow="fold")
-    for col in ("size", "Conv", "params", "seconds"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for a in artifacts:
-        seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
-        table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
-    console.print(table)
-    for built in engines.values():
-        cached = " (from the engine cache)" if built["cache_hit"] else ""
-        console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
-                      markup=False, highlight=False)  # fmt: skip
+    _print_exports(artifacts, engines, out)
 
 
 @app.command()
 def check(
-    variant: Variants = "all",
-    layout: Layout = "all",
+    variant: Variants = MODEL_DEFAULTS["variants"],
+    layout: Layout = MODEL_DEFAULTS["layouts"],
     branches: BranchList = None,
-    preset: Preset = "small",
-    input_mode: InputMode = "separate",
-    targets: Targets = "torch:cpu,ort:cpu",
-    precision: Precisions = "fp32",
-    batch: Batches = "1,8",
-    atol: Annotated[
-        float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")
-    ] = None,
-    rtol: Annotated[
-        float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")
-    ] = None,
-    tol: Annotated[
-        list[str] | None,
-        typer.Option("--tol", help="Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
-    ] = None,
+    preset: Preset = MODEL_DEFAULTS["preset"],
+    input_mode: InputMode = MODEL_DEFAULTS["input_modes"],
+    targets: Targets = ",".join(DEFAULTS.targets),
+    precision: Precisions = ",".join(DEFAULTS.precisions),
+    batch: Batches = ",".join(map(str, DEFAULTS.batches)),
+    atol: Atol = None,
+    rtol: Rtol = None,
+    tol: PerOutputTol = None,
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
     load_inputs: LoadInputs = None,
     load_outputs: LoadOutputs = None,
-    opset: Annotated[int, typer.Option("--opset")] = 18,
-    seed: Seed = 0,
+    opset: Opset = DEFAULTS.opset,
+    seed: Seed = DEFAULTS.seed,
     threads: Threads = None,
-    artifacts: ArtifactsDir = Path("artifacts"),
+    artifacts: ArtifactsDir = Path(DEFAULTS.artifacts),
     json_output: JsonFlag = False,
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
@@ -340,27 +381,11 @@ def check(
         preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []],
         saved,
     )  # fmt: skip
-    precisions = selection.choices(precision, ("fp32", "fp16", "bf16"), "precision")
-    groups = checking.plan(
-        sources,
-        parse_targets(targets),
-        precisions,
-        selection.integers(batch, "batch sizes"),
-        artifacts,
-        opset=opset,
-        threads=threads,
-        atol=atol,
-        rtol=rtol,
-        per_output=TolerancePolicy.parse_overrides(tol or []),
-        seed=seed,
-    )
-    with _progress() as progress:
-        task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
-
-        def advance(group: Any, result: Any) -> None:
-            progress.update(task, description=group.label, advance=1)
-
-        results = checking.run(groups, advance)
+    precisions = selection.choices(precision, PRECISIONS, "precision")
+    batches, overrides = selection.integers(batch, "batch sizes"), TolerancePolicy.parse_overrides(tol or [])
+    groups = checking.plan(sources, parse_targets(targets), precisions, batches, artifacts, opset=opset,
+                           threads=threads, atol=atol, rtol=rtol, per_output=overrides, seed=seed)  # fmt: skip
+    results = _run_checks(groups)
     code = checking.exit_code(results)
     if json_output:
         _print_json({"passed": code == 0, "cases": [r.to_dict() for r in results]})
@@ -372,21 +397,9 @@ def check(
         raise typer.Exit(code)
 
 
-def _unset(option: Any, kind: Any = str | None) -> Any:
-    """The same option with "not given" (None) as its default: the configuration route fills it in."""
-    return Annotated[kind, option.__metadata__[0]]
-
-
 @app.command()
 def bench(
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.",
-        ),
-    ] = None,
+    config: SweepFile = None,
     variant: _unset(Variants) = None,
     layout: _unset(Layout) = None,
     branches: BranchList = None,
@@ -400,57 +413,20 @@ def bench(
     input_shape: InputShape = None,
     load_inputs: LoadInputs = None,
     load_outputs: LoadOutputs = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")
-    ] = False,
-    transfers: Annotated[
-        bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")
-    ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout", help=f"Seconds a worker may take for one case group (default {DEFAULTS.timeout:g})."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option("--name", help="Run name, used in the default run directory (default bench)."),
-    ] = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard", help="K/N: run the K-th of N parts of the sweep (one per CI runner or machine)."
-        ),
-    ] = None,
+    quick: Quick = False,
+    transfers: Transfers = False,
+    timeout: Timeout = None,
+    out: RunOut = None,
+    resume: Resume = None,
+    name: RunName = None,
+    shard: Shard = None,
     seed: _unset(Seed, int | None) = None,
     threads: Threads = None,
     artifacts: _unset(ArtifactsDir, Path | None) = None,
-    isolation: Annotated[
-        str | None,
-        typer.Option(
-            "--isolation",
-            help="group: a fresh worker per case group; model: one per model (faster) (default group).",
-        ),
-    ] = None,
-    dynamic_batch: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."
-        ),
-    ] = False,
-    budget_minutes: Annotated[
-        float | None,
-        typer.Option("--budget-minutes", help="Start no new group after this long; resume later."),
-    ] = None,
-    report: Annotated[
-        bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")
-    ] = True,
+    isolation: Isolation = None,
+    dynamic_batch: DynamicBatch = False,
+    budget_minutes: Budget = None,
+    report: WriteReport = True,
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
     flags = {
@@ -622,6 +598,33 @@ def recommend(
             console.print(f"    rejected: {reason}", style="yellow", markup=False, highlight=False)
         for reason in r.not_measured:
             console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
+
+
+def _print_exports(artifacts: Any, engines: dict[Any, Any], out: Path) -> None:
+    table = Table(title=f"ONNX artifacts in {out}")
+    table.add_column("file", overflow="fold")
+    for col in ("size", "Conv", "params", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for a in artifacts:
+        seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
+        table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
+    console.print(table)
+    for built in engines.values():
+        cached = " (from the engine cache)" if built["cache_hit"] else ""
+        console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
+                      markup=False, highlight=False)  # fmt: skip
+
+
+def _run_checks(groups: Any) -> Any:
+    from ccnbench import check as checking
+
+    with _progress() as progress:
+        task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
+
+        def advance(group: Any, result: Any) -> None:
+            progress.update(task, description=group.label, advance=1)
+
+        return checking.run(groups, advance)
 
 
 def _saved_reference(inputs: Path | None, outputs: Path | None) -> tuple[str, str] | None:
