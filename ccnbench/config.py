@@ -135,6 +135,10 @@ class SweepConfig:
             m = {k: v for k, v in m.items() if v is not None}
             _check_keys(m, _MODEL_KEYS, source, " in [[models]]")
             _check_types(m, source)
+            if ("load_inputs" in {**data, **m}) != ("load_outputs" in {**data, **m}):
+                raise UsageError(
+                    f"{source}: load_inputs and load_outputs go together (the outputs of those inputs)"
+                )
         # The top-level seed is the sweep's own (models without one use it), not copied into each.
         defaults = {k: data[k] for k in _MODEL_KEYS - {"seed"} if k in data}
         tolerance = data.get("tolerance") or {}

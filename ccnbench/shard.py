@@ -118,7 +118,9 @@ def _shard_of(run: RunResult) -> tuple[int, int]:
     try:
         return parse_shard(run.config["shard"])
     except Exception as exc:
-        raise ResultsError(f"{run.run_id}: its stored shard {run.config.get('shard')!r} is unreadable") from exc
+        raise ResultsError(
+            f"{run.run_id}: its stored shard {run.config.get('shard')!r} is unreadable"
+        ) from exc
 
 
 def _without_shard(config: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def start(config: SweepConfig, run_dir: Path) -> RunResult:
     except OSError as exc:
         raise CcnbenchError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
     groups = config.expand()  # fail on a bad config before anything is written
-    if not groups:
+    if not groups and not config.shard:  # an empty shard (more parts than models) is a valid, empty part
         raise UsageError("the sweep expands to no cases")
     from ccnbench.backends.torch_eager import cuda_unavailable_reason
     from ccnbench.timing import timer_overhead_ns

@@ -35,7 +35,9 @@ def test_parts_are_balanced_by_expected_cost():
     loads = [sum(map(shard.expected_cost, shard.select(groups, k, 2))) for k in (1, 2)]
     heaviest = max(sum(shard.expected_cost(g) for g in groups if shard.contest_key(g) == key)
                    for key in {shard.contest_key(g) for g in groups})  # fmt: skip
-    assert abs(loads[0] - loads[1]) <= heaviest * (1 + 1e-9)  # greedy largest-first: off by one contest at most
+    assert abs(loads[0] - loads[1]) <= heaviest * (
+        1 + 1e-9
+    )  # greedy largest-first: off by one contest at most
 
 
 def _part(k, n, *cases, name="s", commit="abc"):

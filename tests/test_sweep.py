@@ -35,13 +35,13 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
     by_model = {}
     for case in run.cases:
         by_model.setdefault(case.key.model, []).append(case)
-    crash = by_model[f"user:user_models.py:crashes"]
+    crash = by_model["user:user_models.py:crashes"]
     assert [c.status for c in crash] == ["failed", "failed"]
     assert "worker exited with code 3" in crash[0].message
-    hang = by_model[f"user:user_models.py:hangs"]
+    hang = by_model["user:user_models.py:hangs"]
     assert [c.status for c in hang] == ["timeout", "timeout"]
     assert "10 s timeout" in hang[0].message
-    raised = by_model[f"user:user_models.py:raises"]
+    raised = by_model["user:user_models.py:raises"]
     assert [c.status for c in raised] == ["failed", "failed"]
     assert "RuntimeError: the user's factory is broken" in raised[0].message
     healthy = by_model["early-n3@tiny"]
