@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import config, results, shard
+from ccnbench import config, results, shard, sweep
 from ccnbench.cli import app
 from ccnbench.errors import ResultsError
 
@@ -28,6 +28,15 @@ def test_parts_are_disjoint_cover_the_sweep_and_keep_contests_whole(parts):
         others = [g for p in chosen if p is not part for g in p]
         assert not {shard.contest_key(g) for g in part} & {shard.contest_key(g) for g in others}
     assert chosen == [shard.select(_groups(), k, parts) for k in range(1, parts + 1)]  # deterministic
+
+
+def test_more_parts_than_contests_leaves_valid_empty_parts(tmp_path):
+    c = config.SweepConfig.from_dict({"preset": "tiny", "variants": "early", "targets": "ort:cpu", "shard": "2/2",
+                                      "artifacts": str(tmp_path)})  # fmt: skip
+    assert (
+        c.expand() == [] and len({shard.contest_key(g) for g in c.expand_all()}) == 1
+    )  # kept + merged: one contest
+    assert sweep.start(c, tmp_path / "run").config["shard"] == "2/2"  # an empty part is still a part
 
 
 def test_parts_are_balanced_by_expected_cost():
