@@ -180,6 +180,16 @@ EngineFlag = Annotated[
 EngineBatch = Annotated[
     str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
 ]
+FileFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).",
+    ),
+]
+Pt2Device = Annotated[
+    str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")
+]
 Atol = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")]
 Rtol = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")]
 PerOutputTol = Annotated[
@@ -301,14 +311,20 @@ def export_cmd(
     force: Force = False,
     engine: EngineFlag = False,
     engine_batch: EngineBatch = "1,8,32",
+    file_format: FileFormat = "onnx",
+    device: Pt2Device = "cpu",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export variants to validated ONNX files (branches kept or merged, fp32 or fp16)."""
+    """Export variants to validated ONNX files (kept or merged, fp32 or fp16) or to .pt2 packages."""
     from ccnbench import selection
     from ccnbench.backends import BuildOptions
     from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
+    if _wants_packages(file_format, engine):
+        _export_packages(variant, layout, branches, preset, input_mode, precision, seed, out, force, device,
+                         json_output)  # fmt: skip
+        return
     if engine:  # before any export: asking for an engine that cannot be built is an error, not a note
         reason = TensorRTBackend().availability("cuda")
         if reason:
@@ -338,12 +354,44 @@ def export_cmd(
                 )
                 engines[a.path] = export_engine(a, options)
                 progress.advance(task)
+    _print_exports(artifacts, engines, out, json_output)
+
+
+def _export_packages(
+    variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
+    out: Path, force: bool, device: str, json_output: bool,
+) -> None:  # fmt: skip
+    """``export --format pt2``: AOTInductor packages, built once and reused like ONNX files."""
+    from ccnbench import pt2, selection
+    from ccnbench.backends.aoti import AotiBackend
+    from ccnbench.source import ModelSource
+
+    if device not in pt2.DEVICES:
+        raise UsageError(f"--device {device!r}: a .pt2 package is built for {' or '.join(pt2.DEVICES)}")
+    reason = AotiBackend().availability(device)
+    if reason:
+        raise CcnbenchError(f"--format pt2: {reason}")
+    specs = selection.specs(preset, variant, branches, input_mode, seed)
+    precisions = selection.choices(precision, pt2.PRECISIONS[device], "precision")
+    jobs = [(s, lay, p) for s in specs for lay in selection.layouts(layout) for p in precisions]
+    packages = []
+    with _progress() as progress:
+        task = progress.add_task("building .pt2 packages", total=len(jobs))
+        for spec, lay, prec in jobs:
+            progress.update(task, description=f"{spec.label} {lay} {prec} (.pt2, {device})")
+            packages.append(pt2.package(ModelSource.from_spec(spec, lay), device, prec, out, force=force))
+            progress.advance(task)
     if json_output:
-        _print_json(
-            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
-        )
+        _print_json([p.to_dict() for p in packages])
         return
-    _print_exports(artifacts, engines, out)
+    table = Table(title=f".pt2 packages in {out}")
+    table.add_column("file", overflow="fold")
+    for col in ("size", "machine", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in packages:
+        seconds = "reused" if p.reused else f"{p.build_seconds:.1f}"
+        table.add_row(p.path.name, _mib(p.size_bytes), p.machine, seconds)
+    console.print(table)
 
 
 @app.command()
@@ -580,6 +628,13 @@ def recommend(
     precision: Annotated[
         str | None, typer.Option("--precision", help="Only consider these precisions (comma list).")
     ] = None,
+    shippable: Annotated[
+        bool,
+        typer.Option(
+            "--shippable",
+            help="Only formats that ship as a file (ONNX, .pt2, engine): no model code at run time.",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
@@ -588,7 +643,7 @@ def recommend(
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(results.load_runs(runs)), precisions)
+    recs = recommending(all_cases(results.load_runs(runs)), precisions, shippable=shippable)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return
@@ -600,7 +655,21 @@ def recommend(
             console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
 
 
-def _print_exports(artifacts: Any, engines: dict[Any, Any], out: Path) -> None:
+def _wants_packages(file_format: str, engine: bool) -> bool:
+    """True for --format pt2; a format that does not exist, or pt2 with --engine, is a usage error."""
+    if file_format not in ("onnx", "pt2"):
+        raise UsageError(f"--format {file_format!r}: choose onnx or pt2")
+    if file_format == "pt2" and engine:
+        raise UsageError("--engine builds a TensorRT engine from an ONNX file: use it with --format onnx")
+    return file_format == "pt2"
+
+
+def _print_exports(artifacts: Any, engines: dict[Any, Any], out: Path, json_output: bool) -> None:
+    if json_output:
+        _print_json(
+            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
+        )
+        return
     table = Table(title=f"ONNX artifacts in {out}")
     table.add_column("file", overflow="fold")
     for col in ("size", "Conv", "params", "seconds"):

@@ -124,10 +124,8 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
             for b, x in inputs.items()
         }
         flops = group.source.flops_per_sample()
-        if backend.needs_onnx:
-            artifact = group.source.artifact(
-                group.precision, group.options.io, group.options.opset, group.options.artifacts_dir
-            )
+        # The file the target loads (ONNX, .pt2), built in the sweep's parent and reused here.
+        artifact = backend.artifact(group.source, group.target, group.options)
         probe.start()
         runner = backend.prepare(group.source, group.target, group.options)
     except Exception as exc:

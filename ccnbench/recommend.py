@@ -3,6 +3,10 @@
 A format is a target (backend and device) with a layout and a precision. The answer is the
 fastest one whose outputs agree with the float64 oracle; a faster format that failed agreement
 or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
+
+Each answer says what would be shipped: a file (ONNX, a ``.pt2`` package, a TensorRT engine,
+ONNX run by OpenVINO) or the model's own Python code (eager, ``torch.compile``), as the target's
+backend declares (``Backend.shipped``); ``shippable=True`` keeps only the file formats.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccnbench.backends import Target
+from ccnbench.backends import BACKENDS, Target
 from ccnbench.results import CaseResult
 
 
@@ -23,6 +27,11 @@ class Choice:
     def label(self) -> str:
         k = self.case.key
         return f"{k.target} {k.layout} {k.precision}"
+
+    @property
+    def ships(self) -> str | None:
+        """The file a user ships for this format, or None when it needs the model's code."""
+        return shipped_as(self.case.key.target)
 
     @property
     def median(self) -> float:
@@ -55,7 +64,10 @@ class Recommendation:
     def line(self) -> str:
         if self.best is None:
             return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
-        text = f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} ({self.best.median:.3f} ms median)"
+        text = (
+            f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} "
+            f"({deliverable(self.best.ships)}, {self.best.median:.3f} ms median)"
+        )
         if self.runner_up is not None and self.margin is not None:
             text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower"
         return text
@@ -65,7 +77,8 @@ class Recommendation:
             if c is None:
                 return None
             return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
-                    "precision": c.case.key.precision, "median_ms": c.median, "p99_ms": c.p99,
+                    "precision": c.case.key.precision, "ships": c.ships, "shippable": c.ships is not None,
+                    "median_ms": c.median, "p99_ms": c.p99,
                     "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
 
         return {
@@ -81,11 +94,17 @@ class Recommendation:
         }
 
 
-def recommend(cases: Iterable[CaseResult], precisions: Sequence[str] | None = None) -> list[Recommendation]:
-    """One recommendation per (model, batch, device kind), fastest passing format first."""
+def recommend(
+    cases: Iterable[CaseResult], precisions: Sequence[str] | None = None, shippable: bool = False
+) -> list[Recommendation]:
+    """One recommendation per (model, batch, device kind), fastest passing format first.
+
+    ``precisions`` keeps only those precisions; ``shippable`` keeps only formats that ship as a
+    file (no model code at run time).
+    """
     groups: dict[tuple[str, int, str], list[CaseResult]] = {}
     for case in cases:
-        if precisions and case.key.precision not in precisions:
+        if not considered(case, precisions, shippable):
             continue
         device = Target.parse(case.key.target).device_kind
         groups.setdefault((case.key.model, case.key.batch, device), []).append(case)
@@ -112,6 +131,24 @@ def recommend(cases: Iterable[CaseResult], precisions: Sequence[str] | None = No
             Recommendation(model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured))
         )
     return out
+
+
+def shipped_as(target: str) -> str | None:
+    """What ships for ``target`` (``"ONNX file"``, ``".pt2 package"``, ...), or None when it needs
+    the model's Python code at run time, or is a backend this version does not know."""
+    backend = BACKENDS.get(Target.parse(target).backend)
+    return backend.shipped if backend is not None else None
+
+
+def considered(case: CaseResult, precisions: Sequence[str] | None, shippable: bool) -> bool:
+    """Whether ``recommend`` weighs this case at all (the filters, before any ranking)."""
+    if precisions and case.key.precision not in precisions:
+        return False
+    return not shippable or shipped_as(case.key.target) is not None
+
+
+def deliverable(ships: str | None) -> str:
+    return ships or "needs the model's Python code at run time"
 
 
 def _why_rejected(case: CaseResult, best: Choice | None) -> str:

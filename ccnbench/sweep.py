@@ -97,8 +97,9 @@ def execute(
 ) -> RunResult:
     """Run every case group not yet in ``run`` in worker processes; save after every case.
 
-    With ``budget_seconds`` no new group starts once the budget is spent: the run is saved as
-    incomplete and ``resume`` finishes it later.
+    With ``budget_seconds`` (or ``CCNBENCH_DEADLINE``) the clock starts before the exports, and
+    once it runs out the group in flight is killed and no new one starts: the run is saved as
+    incomplete (the killed group's unfinished cases unrecorded) and ``resume`` finishes it later.
     """
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
@@ -108,7 +109,8 @@ def execute(
     events.on_total(sum(len(g.batches) for g in groups))
     for case in run.cases:
         events.on_case(case)
-    _export_artifacts(pending, events)
+    deadline = _deadline(budget_seconds)  # before the exports: they are part of the budget
+    _export_artifacts(pending, events, deadline)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     runnable = []
@@ -121,7 +123,6 @@ def execute(
                     writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
         else:
             runnable.append(_without(group, done))
-    deadline = time.monotonic() + budget_seconds if budget_seconds else None
     for batch in _worker_batches(runnable, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
@@ -145,23 +146,30 @@ class _RunWriter:
         self.events.on_case(case)
 
 
-def _export_artifacts(groups: Sequence[CaseGroup], events: SweepEvents) -> None:
-    """Export every ONNX artifact once, in this process, before any worker starts.
+def _export_artifacts(
+    groups: Sequence[CaseGroup], events: SweepEvents, deadline: float | None = None
+) -> None:
+    """Build every artifact (ONNX file, .pt2 package) once, in this process, before any worker starts.
 
-    Workers then only read them, so no two processes write one file and export time is not
-    charged to any worker's timeout. A user's factory is exported inside its worker instead,
-    so a broken one cannot take the sweep down. Failures are left for the worker to report.
+    Workers then only read them, so no two processes write one file and export or build time
+    (half a minute for a .pt2 package) is not charged to any worker's timeout. A user's factory
+    is exported inside its worker instead, so a broken one cannot take the sweep down. Failures
+    are left for the worker to report.
     """
     from ccnbench.backends import backend_of
 
     wanted = {}
     for g in groups:
-        if backend_of(g.target).needs_onnx and g.source.kind == "spec" and unavailable_reason(g) is None:
-            wanted.setdefault((g.source.digest, g.source.layout, g.precision), g)
-    for g in wanted.values():
-        events.on_note(f"exporting {g.source.label} {g.source.layout} {g.precision}")
+        fmt = backend_of(g.target).file_format
+        if fmt and g.source.kind == "spec" and unavailable_reason(g) is None:
+            key = (fmt, g.source.digest, g.source.layout, g.precision, g.target.device_kind)
+            wanted.setdefault(key, g)
+    for (fmt, *_), g in wanted.items():
+        if deadline and time.monotonic() > deadline:
+            return
+        events.on_note(f"building {fmt} for {g.source.label} {g.source.layout} {g.precision}")
         with contextlib.suppress(CcnbenchError):
-            g.source.artifact(g.precision, g.options.io, g.options.opset, g.options.artifacts_dir)
+            backend_of(g.target).artifact(g.source, g.target, g.options)
 
 
 def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
@@ -235,9 +243,6 @@ def _follow(
             for event in events:
                 if "group" in event:
                     current, started = int(event["group"]), time.monotonic()
-                    if deadline and started > deadline:
-                        _kill(proc)
-                        return "deadline", current, seen
                     writer.events.on_group(groups[current])
                 elif "case" in event:
                     case = CaseResult.from_dict(event["case"])
@@ -245,6 +250,9 @@ def _follow(
                     writer.record(case)
             if exited:
                 return "exited", current, seen
+            if deadline and time.monotonic() > deadline:  # the group in flight stops too
+                _kill(proc)
+                return "deadline", current, seen
             if time.monotonic() - started > timeout:
                 _kill(proc)
                 return "timeout", current, seen
@@ -252,6 +260,19 @@ def _follow(
     except BaseException:  # Ctrl-C: never leave a worker running behind us
         _kill(proc)
         raise
+
+
+def _deadline(budget_seconds: float | None) -> float | None:
+    """The monotonic deadline: ``budget_seconds`` from now and/or ``CCNBENCH_DEADLINE`` (Unix
+    time), whichever comes first. The variable lets one deadline span several sweeps (stages)."""
+    ends = [time.monotonic() + budget_seconds] if budget_seconds else []
+    env = os.environ.get("CCNBENCH_DEADLINE")
+    if env:
+        try:
+            ends.append(time.monotonic() + float(env) - time.time())
+        except ValueError as exc:
+            raise UsageError(f"CCNBENCH_DEADLINE must be a Unix time in seconds, got {env!r}") from exc
+    return min(ends) if ends else None
 
 
 def _read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:

@@ -14,7 +14,7 @@ from ccnbench.timing import QUICK
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("name", ["ci-quick", "cpu-default", "gpu-h100"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in config.SWEEPS_DIR.glob("*.toml")))
 def test_bundled_sweeps_round_trip(name):
     c = config.load_config(name)
     assert config.SweepConfig.from_dict(c.to_dict()) == c

@@ -14,6 +14,7 @@ ROOT = Path(__file__).parent.parent
 # Commands the unit tests do not run, and why. Everything else in the README runs here.
 NOT_RUN = {
     "--config cpu-default": "the full default sweep takes minutes; CI's gate runs ci-quick",
+    "--config cpu-baseline": "the baseline sweep takes minutes (ten .pt2 builds)",
     "--resume results/2026": "a placeholder run directory",
     "mypackage": "a placeholder for the reader's own package",
     "my_model.onnx": "a placeholder for the reader's own file",

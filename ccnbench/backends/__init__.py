@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ccnbench.backends.aoti import AotiBackend
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Target
 from ccnbench.backends.compiled import CompileBackend, CompileGraphsBackend
 from ccnbench.backends.onnxruntime import OrtBackend
+from ccnbench.backends.openvino import OpenVinoBackend
 from ccnbench.backends.tensorrt import TensorRTBackend
 from ccnbench.backends.torch_eager import TorchBackend
 from ccnbench.errors import UsageError
@@ -15,6 +17,8 @@ _BACKENDS: tuple[Backend, ...] = (
     CompileGraphsBackend(),
     OrtBackend(),
     TensorRTBackend(),
+    AotiBackend(),
+    OpenVinoBackend(),
 )
 BACKENDS: dict[str, Backend] = {b.name: b for b in _BACKENDS}
 

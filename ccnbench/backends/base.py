@@ -133,7 +133,30 @@ class Backend(abc.ABC):
     devices: tuple[str, ...] = ()
     # Whether the runner is built from an ONNX artifact (else from the nn.Module).
     needs_onnx: bool = False
+    # The file the runner loads, built once in the sweep's parent: "onnx", "pt2", or None when the
+    # runner is built from the nn.Module. None here with ``needs_onnx`` set means "onnx".
+    artifact_format: str | None = None
+    # What a user deploys when it is not the artifact itself (TensorRT: the engine built from it).
+    ships_as: str | None = None
     description: str = ""
+
+    @property
+    def file_format(self) -> str | None:
+        return self.artifact_format or ("onnx" if self.needs_onnx else None)
+
+    @property
+    def shipped(self) -> str | None:
+        """What a user ships for this target, or None when it needs the model's Python code at
+        run time (eager, torch.compile). ``recommend`` labels and filters its answers by this."""
+        return self.ships_as or {"onnx": "ONNX file", "pt2": ".pt2 package"}.get(self.file_format or "")
+
+    def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> Any:
+        """Build or reuse the file this target loads (None: it runs the module). The sweep calls
+        this in its parent before workers start, so each file is built once and workers only read
+        it; ``prepare`` calls it again and finds it cached."""
+        if self.file_format == "onnx":
+            return source.artifact(options.precision, options.io, options.opset, options.artifacts_dir)
+        return None
 
     def precisions(self, device: str) -> tuple[str, ...]:
         return ("fp32", "fp16")

@@ -62,6 +62,7 @@ class CompileBackend(Backend):
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         # Every requested batch size gets its own graph; leave room so none falls back to eager.
         setattr(torch._dynamo.config, limit, max(8, 2 * len(options.batch_sizes)))
+        skips_before = cudagraph_skips()
         with Stopwatch() as sw:
             module, details = module_for_target(source, target, options.precision)
             # Static: one specialised graph per batch size. Dynamic batch: one graph for all sizes
@@ -96,7 +97,28 @@ class CompileBackend(Backend):
                 "compiled_batch_sizes": list(options.batch_sizes),
             }
         )
+        if runner.cudagraphs:
+            runner.details.update(graph_details(cudagraph_skips() - skips_before))
         return runner
+
+
+def cudagraph_skips() -> int:
+    """Inductor's count of graphs it compiled without CUDA graphs in this process (its
+    ``counters["inductor"]["cudagraph_skips"]``, bumped with the reason logged as a warning)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def graph_details(skips: int) -> dict[str, object]:
+    """What a compile-graphs case records: a case whose graphs inductor skipped ran its kernels
+    without CUDA graphs, so it is marked rather than reported as a CUDA-graph figure."""
+    details: dict[str, object] = {"cudagraph_skips": skips, "cudagraphs": skips == 0}
+    if skips:
+        details["warning"] = (
+            f"inductor skipped CUDA graphs {skips} time(s): this case ran without them (see the worker log)"
+        )
+    return details
 
 
 class CompileGraphsBackend(CompileBackend):

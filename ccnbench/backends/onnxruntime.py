@@ -7,6 +7,7 @@ inside the timed call on any device. On CUDA the session runs on the runner's ow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ def provider_unavailable_reason(device: str) -> str | None:
 
 
 def session_providers(
-    target: Target, options: BuildOptions, stream: Any, shapes: dict[str, str]
+    target: Target, options: BuildOptions, stream: Any, shapes: dict[str, str], batch: int | None = None
 ) -> list[Any]:
     """The provider list for a target. Pure, so it is testable without a GPU."""
     if target.device == "cpu":
@@ -64,7 +65,7 @@ def session_providers(
         cuda["user_compute_stream"] = stream_ptr
     if target.device == "cuda":
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-    cache = str(Path(options.artifacts_dir) / "ort-tensorrt")
+    cache = str(tensorrt_cache_dir(options, batch))
     trt: dict[str, Any] = {
         "device_id": cuda["device_id"],
         # Precision comes from the artifact (an fp16 graph for fp16), as for native TensorRT.
@@ -82,10 +83,21 @@ def session_providers(
     return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
+def tensorrt_cache_dir(options: BuildOptions, batch: int | None) -> Path:
+    """Engine and timing caches of the TensorRT provider; one folder per batch, since each batch
+    has its own session and profile and a shared cache file would be rebuilt over and over."""
+    base = Path(options.artifacts_dir) / "ort-tensorrt"
+    return base / f"batch-{batch}" if batch is not None else base
+
+
 def profile_shapes(
     input_names: Sequence[str], input_shape: Sequence[int], batch_sizes: Sequence[int]
 ) -> dict[str, str]:
-    """TensorRT provider profile options: all three or none, ``name:BxCxDxHxW`` comma lists."""
+    """TensorRT provider profile options: all three or none, ``name:BxCxDxHxW`` comma lists.
+
+    ccnbench passes one batch size at a time (min = opt = max), one session per batch, so the
+    provider tunes for each measured shape as native TensorRT does with a profile per batch.
+    """
 
     def shapes(batch: int) -> str:
         return ",".join(f"{n}:{'x'.join(map(str, (batch, *input_shape)))}" for n in input_names)
@@ -97,6 +109,49 @@ def profile_shapes(
     }
 
 
+# ORT's run-options key (onnxruntime_run_options_config_keys.h): skip the CUDA provider's stream
+# synchronisation at the end of every run (its OnRunEnd), so ORT is timed with the same pipelining
+# as the torch and TensorRT runners; the session already runs on the runner's stream.
+NO_SYNC_KEY = "disable_synchronize_execution_providers"
+# ORT's session-options key (onnxruntime_session_options_config_keys.h): creating the session fails
+# when a node would land on the CPU provider, instead of silently running it there.
+NO_CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"
+_CPU_FALLBACK_ERROR = "fallback to CPU EP has been explicitly disabled"
+
+
+def run_options(ort: Any, target: Target) -> Any:
+    """The RunOptions of every run: on CUDA, no synchronisation at the end of a run (the caller
+    synchronises the runner's stream before reading outputs, as for every other runner)."""
+    options = ort.RunOptions()
+    if target.is_cuda:
+        options.add_run_config_entry(NO_SYNC_KEY, "1")
+    return options
+
+
+def uses_tf32(target: Target, precision: str) -> bool:
+    """Whether fp32 convolutions may run as TF32. The CUDA provider has a switch (``use_tf32``,
+    off for fp32); the TensorRT provider has none and TensorRT enables TF32 by default, so only
+    ``NVIDIA_TF32_OVERRIDE=0`` in the worker's environment from its start (scripts/gpu_check.sh
+    sets it) turns it off there."""
+    if precision != "fp32":
+        return True
+    if target.device == "tensorrt":
+        return os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+    return False
+
+
+def session_options(ort: Any, target: Target, threads: int | None, cpu_fallback: bool = False) -> Any:
+    so = ort.SessionOptions()
+    # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if target.is_cuda and not cpu_fallback:
+        so.add_session_config_entry(NO_CPU_FALLBACK_KEY, "1")
+    return so
+
+
 @dataclass
 class OrtRunner(Runner):
     session: Any = None
@@ -104,6 +159,9 @@ class OrtRunner(Runner):
     io_dtype: torch.dtype = torch.float32
     _stream: Any = None
     _binding: Any = None
+    _run_options: Any = None
+    # TensorRT provider: one session per batch size, each with its own profile (see prepare).
+    sessions: dict[int, Any] = field(default_factory=dict)
     _bound_inputs: tuple[Any, ...] = ()
     _outputs: dict[tuple[int, ...], tuple[Tensor, ...]] = field(default_factory=dict)
 
@@ -120,13 +178,18 @@ class OrtRunner(Runner):
             raise CcnbenchError("runner is closed")
         if self._stream is not None:
             self._stream.wait_stream(torch.cuda.current_stream())
+        if self.sessions:
+            batch = int(inputs[0].shape[0])
+            if batch not in self.sessions:
+                raise CcnbenchError(f"no TensorRT provider session for batch {batch}; prepare with it")
+            self.session = self.sessions[batch]  # a new batch is a new shape: it is rebound below
         # Rebinding is skipped when the same tensors come back (the timing loop), so the timed
         # call is the session run alone.
         identity = tuple((x.data_ptr(), tuple(x.shape)) for x in inputs)
         if identity != self._bound_inputs:
             self._bind(inputs)
             self._bound_inputs = identity
-        self.session.run_with_iobinding(self._binding)
+        self.session.run_with_iobinding(self._binding, self._run_options)
         return self._outputs[identity[0][1]]
 
     def _bind(self, inputs: Sequence[Tensor]) -> None:
@@ -163,6 +226,7 @@ class OrtRunner(Runner):
     def close(self) -> None:
         self._binding = None
         self.session = None
+        self.sessions.clear()
         self._outputs.clear()
 
 
@@ -184,22 +248,19 @@ class OrtBackend(Backend):
         artifact = source.artifact(options.precision, options.io, options.opset, options.artifacts_dir)
         with Stopwatch() as sw:
             stream = torch.cuda.Stream() if target.is_cuda else None
-            so = ort.SessionOptions()
-            # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
-            so.intra_op_num_threads = options.threads
-            so.inter_op_num_threads = 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.log_severity_level = 3
-            shapes = profile_shapes(artifact.input_names, source.input_shape, options.batch_sizes)
-            providers = session_providers(target, options, stream, shapes)
+            sessions: dict[int, Any] = {}
             if target.device == "tensorrt":
-                (Path(options.artifacts_dir) / "ort-tensorrt").mkdir(parents=True, exist_ok=True)
-            try:
-                session = ort.InferenceSession(str(artifact.path), sess_options=so, providers=providers)
-            except Exception as exc:
-                raise CcnbenchError(
-                    f"onnxruntime could not load {artifact.path.name}: {_one_line(exc)}"
-                ) from exc
+                for batch in sorted(set(options.batch_sizes)):
+                    shapes = profile_shapes(artifact.input_names, source.input_shape, [batch])
+                    tensorrt_cache_dir(options, batch).mkdir(parents=True, exist_ok=True)
+                    providers = session_providers(target, options, stream, shapes, batch)
+                    sessions[batch], cpu_nodes = _create_session(
+                        ort, artifact.path, target, options.threads, providers
+                    )
+                session = sessions[min(sessions)]
+            else:
+                providers = session_providers(target, options, stream, {})
+                session, cpu_nodes = _create_session(ort, artifact.path, target, options.threads, providers)
             wanted = PROVIDERS[target.device]
             if session.get_providers()[0] != wanted:
                 # ORT silently falls back to the CPU when a provider fails to load: never report that as GPU.
@@ -209,8 +270,19 @@ class OrtBackend(Backend):
             runner = OrtRunner(
                 target,
                 artifact.output_names,
-                details={"artifact": artifact.path.name, "providers": session.get_providers()},
+                details={
+                    "artifact": artifact.path.name,
+                    "providers": session.get_providers(),
+                    # True: some nodes run on the CPU provider inside the timed call (see _create_session).
+                    **(
+                        {"cpu_nodes": cpu_nodes, "tf32": uses_tf32(target, options.precision)}
+                        if target.is_cuda
+                        else {}
+                    ),
+                },
                 session=session,
+                sessions=sessions,
+                _run_options=run_options(ort, target),
                 input_names=artifact.input_names,
                 io_dtype=torch.float16 if artifact.io == "fp16" else torch.float32,
                 _stream=stream,
@@ -223,6 +295,27 @@ class OrtBackend(Backend):
                 torch.cuda.synchronize()
         runner.build_seconds = sw.seconds
         return runner
+
+
+def _create_session(
+    ort: Any, path: Path, target: Target, threads: int | None, providers: list[Any]
+) -> tuple[Any, bool]:
+    """The session, and whether some of its nodes run on the CPU provider.
+
+    On CUDA the session is first created with CPU fallback disabled. ORT may still place small
+    shape computations on the CPU on purpose; then it is created again with fallback allowed and
+    the case says so (``cpu_nodes``) rather than failing.
+    """
+    attempts = (False, True) if target.is_cuda else (True,)
+    for cpu_fallback in attempts:
+        so = session_options(ort, target, threads, cpu_fallback)
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=providers), cpu_fallback
+        except Exception as exc:
+            if not cpu_fallback and _CPU_FALLBACK_ERROR in str(exc):
+                continue
+            raise CcnbenchError(f"onnxruntime could not load {path.name}: {_one_line(exc)}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _one_line(exc: BaseException) -> str:

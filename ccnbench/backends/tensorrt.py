@@ -1,16 +1,15 @@
 """Native TensorRT: an engine built from the ONNX artifact, cached on disk, run on torch CUDA tensors.
 
-Written against NVIDIA's documented Python API for TensorRT 10.1+ and 11.x (see
-``shared/TENSORRT.md``). Precision comes from the ONNX graph: TensorRT 11 is always strongly
+Written against NVIDIA's documented Python API for TensorRT 10.1+ and 11.x. Precision comes from the ONNX graph: TensorRT 11 is always strongly
 typed and has no ``BuilderFlag.FP16``, so ccnbench passes ``STRONGLY_TYPED`` on 10.x too and
 fp16 means the fp16 ONNX artifact on both. Only the names-based I/O API is used
 (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); the
 bindings API was removed in 10.0.
 
-The engine has one optimization profile over the requested batch sizes: min = the smallest,
-opt = max = the largest. opt is the largest batch because that is where throughput matters
-and it is what the ONNX Runtime TensorRT provider is given (``onnxruntime.profile_shapes``),
-so the two TensorRT routes are built alike. Engines are cached under
+The engine has one optimization profile per requested batch size (min = opt = max = that
+batch), and the runner selects a batch's profile before setting its input shape: TensorRT then
+tunes its tactics for every measured shape, as cuDNN and ONNX Runtime do, instead of running
+batch 1 on tactics chosen for the largest batch. Engines are cached under
 ``<artifacts>/tensorrt/`` keyed by everything that changes the plan; a timing cache per
 TensorRT version and GPU makes rebuilds of other profiles cheaper.
 
@@ -48,7 +47,7 @@ MIN_VERSION = (10, 1)
 _INSTALL = "pip install 'ccnbench[tensorrt]'"
 _CACHE_DIR = "tensorrt"
 # Bumped when anything ccnbench sets on the builder changes, so old cached engines are not reused.
-_KEY_SCHEMA = 1
+_KEY_SCHEMA = 2  # 2: one profile per batch size
 _log = logging.getLogger(__name__)
 
 
@@ -154,18 +153,31 @@ def _broken_install(exc: BaseException) -> TensorRTError:
 # --- build ---------------------------------------------------------------------------------------
 
 
-def batch_profile(batch_sizes: Sequence[int]) -> tuple[int, int, int]:
-    """(min, opt, max) batch of the optimization profile; opt = max (see the module docstring)."""
+Profile = tuple[int, int, int]  # (min, opt, max) batch
+
+
+def batch_profiles(batch_sizes: Sequence[int]) -> tuple[Profile, ...]:
+    """One (min, opt, max) = (b, b, b) profile per distinct batch size, smallest first; the
+    profile's index in this tuple is its index in the engine."""
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise UsageError(f"TensorRT needs positive batch sizes for its profile, got {tuple(batch_sizes)}")
-    return min(batch_sizes), max(batch_sizes), max(batch_sizes)
+        raise UsageError(f"TensorRT needs positive batch sizes for its profiles, got {tuple(batch_sizes)}")
+    return tuple((b, b, b) for b in sorted({int(b) for b in batch_sizes}))
+
+
+def profile_index(profiles: Sequence[Profile], batch: int) -> int:
+    """The index of the profile that covers ``batch`` (the first, as profiles do not overlap)."""
+    for i, (lo, _, hi) in enumerate(profiles):
+        if lo <= batch <= hi:
+            return i
+    batches = ", ".join(str(p[1]) for p in profiles)
+    raise TensorRTError(f"batch {batch} has no optimization profile (built for {batches}); prepare with it")
 
 
 def engine_key(
     onnx_sha256: str,
     trt_version: str,
     gpu: str,
-    profile: tuple[int, int, int],
+    profiles: Sequence[Profile],
     options: BuildOptions,
 ) -> str:
     """Hex key of everything that changes the plan; an engine is reused only under the same key."""
@@ -174,7 +186,7 @@ def engine_key(
         "onnx_sha256": onnx_sha256,
         "tensorrt": trt_version,
         "gpu": gpu,
-        "profile": list(profile),
+        "profiles": [list(p) for p in profiles],
         "precision": options.precision,
         "builder_optimization_level": options.builder_optimization_level,
         "workspace_mib": options.workspace_mib,
@@ -201,16 +213,15 @@ def format_parser_errors(parser: Any, onnx_path: Path) -> str:
     return f"TensorRT's ONNX parser rejected {onnx_path.name} ({count} error(s)): {detail}"
 
 
-def add_batch_profile(builder: Any, network: Any, config: Any, profile: tuple[int, int, int]) -> list[str]:
-    """Give every input with a dynamic dimension the batch range; return those inputs' names.
+def add_batch_profiles(builder: Any, network: Any, config: Any, profiles: Sequence[Profile]) -> list[str]:
+    """Add one optimization profile per entry of ``profiles``, each giving every input with a
+    dynamic dimension its batch range; return those inputs' names.
 
     Only the batch (first) dimension may be dynamic: a convolution's channel count and
     ccnbench's spatial sizes are fixed, so any other dynamic dimension is an error here rather
     than a confusing build failure. With no dynamic input no profile is added.
     """
-    lo, opt, hi = profile
-    optimization_profile = builder.create_optimization_profile()
-    dynamic = []
+    dynamic: dict[str, tuple[int, ...]] = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         shape = tuple(tensor.shape)
@@ -220,12 +231,15 @@ def add_batch_profile(builder: Any, network: Any, config: Any, profile: tuple[in
             raise TensorRTError(
                 f"input {tensor.name} has shape {shape}: only the batch (first) dimension may be dynamic"
             )
-        rest = shape[1:]
-        optimization_profile.set_shape(tensor.name, (lo, *rest), (opt, *rest), (hi, *rest))
-        dynamic.append(tensor.name)
-    if dynamic:
+        dynamic[tensor.name] = shape[1:]
+    if not dynamic:
+        return []
+    for lo, opt, hi in profiles:
+        optimization_profile = builder.create_optimization_profile()
+        for name, rest in dynamic.items():
+            optimization_profile.set_shape(name, (lo, *rest), (opt, *rest), (hi, *rest))
         config.add_optimization_profile(optimization_profile)
-    return dynamic
+    return list(dynamic)
 
 
 def build_serialized_engine(
@@ -249,7 +263,7 @@ def build_serialized_engine(
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # full layer information
     if options.precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
-    add_batch_profile(builder, network, config, batch_profile(options.batch_sizes))
+    add_batch_profiles(builder, network, config, batch_profiles(options.batch_sizes))
 
     previous = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
     cache = config.create_timing_cache(previous)
@@ -267,11 +281,25 @@ def build_serialized_engine(
     return bytes(plan)
 
 
+_PROCESS_LOGGER: Any = None
+
+
+def process_logger(trt: Any) -> Any:
+    """This process's one TensorRT logger: TensorRT keeps the first logger it is given for the
+    whole process, so a second one (a second engine in a ``model``-isolated worker) would never
+    receive messages and its error list would stay empty."""
+    global _PROCESS_LOGGER
+    if _PROCESS_LOGGER is None:
+        _PROCESS_LOGGER = make_logger(trt)
+    return _PROCESS_LOGGER
+
+
 def make_logger(trt: Any) -> Any:
     """A ``trt.ILogger`` that forwards warnings to Python logging and keeps errors for messages.
 
     ``build_serialized_network`` only returns None on failure; the reason is in the log, so the
     errors are kept to put in the exception a user sees (the worker's stderr may be gone).
+    Use ``process_logger``; this builds a new one.
     """
 
     class _Logger(trt.ILogger):
@@ -300,7 +328,7 @@ class LoadedEngine:
     cache_hit: bool
     seconds: float
     gpu: str
-    profile: tuple[int, int, int]
+    profiles: tuple[Profile, ...]
 
 
 def gpu_identity() -> str:
@@ -317,15 +345,16 @@ def load_or_build(trt: Any, artifact: Artifact, options: BuildOptions) -> Loaded
     building, saving and deserialising a new one). The layer information is written beside the
     engine as JSON; it is complete because the build used DETAILED profiling verbosity.
     """
-    profile = batch_profile(options.batch_sizes)
+    profiles = batch_profiles(options.batch_sizes)
     gpu = gpu_identity()
     version = str(trt.__version__)
-    key = engine_key(artifact.sha256, version, gpu, profile, options)
+    key = engine_key(artifact.sha256, version, gpu, profiles, options)
     cache_dir = Path(options.artifacts_dir) / _CACHE_DIR
     path = cache_dir / f"{artifact.path.stem}-{key[:16]}.engine"
     layers_path = path.with_suffix(".layers.json")
     timing_cache = cache_dir / f"timing-{version}-{_slug(gpu)}.cache"
-    logger = make_logger(trt)
+    logger = process_logger(trt)
+    logger.errors.clear()
     runtime = trt.Runtime(logger)
     with Stopwatch() as sw:
         engine = runtime.deserialize_cuda_engine(path.read_bytes()) if path.is_file() else None
@@ -341,7 +370,7 @@ def load_or_build(trt: Any, artifact: Artifact, options: BuildOptions) -> Loaded
     if not cache_hit or not layers_path.is_file():
         inspector = engine.create_engine_inspector()
         _write(layers_path, inspector.get_engine_information(trt.LayerInformationFormat.JSON).encode())
-    return LoadedEngine(engine, runtime, logger, path, layers_path, cache_hit, sw.seconds, gpu, profile)
+    return LoadedEngine(engine, runtime, logger, path, layers_path, cache_hit, sw.seconds, gpu, profiles)
 
 
 def describe_io(trt: Any, engine: Any) -> list[str]:
@@ -352,9 +381,10 @@ def describe_io(trt: Any, engine: Any) -> list[str]:
         mode = engine.get_tensor_mode(name)
         shape = tuple(engine.get_tensor_shape(name))
         text = f"{name} {_enum_name(mode)} {_enum_name(engine.get_tensor_dtype(name))} {shape}"
-        if mode == trt.TensorIOMode.INPUT and -1 in shape:  # only dynamic inputs are in the profile
-            lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
-            text += f" profile min={lo} opt={opt} max={hi}"
+        if mode == trt.TensorIOMode.INPUT and -1 in shape:  # only dynamic inputs are in the profiles
+            for index in range(engine.num_optimization_profiles):
+                lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, index))
+                text += f" profile {index} min={lo} opt={opt} max={hi}"
         described.append(text)
     return described
 
@@ -392,6 +422,8 @@ class TensorRTRunner(Runner):
     tensor_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     _loaded: LoadedEngine | None = None
     _stream: Any = None
+    profiles: tuple[Profile, ...] = ()
+    _profile: int | None = None  # the profile selected on the context
     _bound: tuple[tuple[int, tuple[int, ...]], ...] = ()
     _staged: tuple[Tensor, ...] = ()
     _outputs: dict[tuple[tuple[int, ...], ...], tuple[Tensor, ...]] = field(default_factory=dict)
@@ -438,12 +470,19 @@ class TensorRTRunner(Runner):
 
     def _bind(self, staged: tuple[Tensor, ...]) -> None:
         context = self.context
+        if self.profiles:  # an engine with dynamic inputs: select the batch's profile first
+            index = profile_index(self.profiles, int(staged[0].shape[0]))
+            if index != self._profile:
+                # Documented order: select the profile (on the stream that runs it), then set shapes.
+                if not context.set_optimization_profile_async(index, self._stream.cuda_stream):
+                    raise TensorRTError(f"TensorRT could not select optimization profile {index}")
+                self._profile = index
         for name, x in zip(self.input_names, staged):
             shape = tuple(int(d) for d in x.shape)
             if not context.set_input_shape(name, shape):
                 raise TensorRTError(
                     f"input {name} of shape {shape} is outside the engine's profile "
-                    f"(batch {self.details.get('profile')}); prepare with that batch size"
+                    f"(batches {self.details.get('profiles')}); prepare with that batch size"
                 )
             if not context.set_tensor_address(name, x.data_ptr()):
                 raise TensorRTError(f"TensorRT rejected the address of input {name}")
@@ -469,6 +508,7 @@ class TensorRTRunner(Runner):
         self._outputs.clear()
         self._staged = ()
         self._bound = ()
+        self._profile = None
         self.context = None  # before the engine, as TensorRT requires
         self.engine = None
         self._loaded = None
@@ -495,7 +535,7 @@ def create_runner(trt: Any, target: Target, artifact: Artifact, loaded: LoadedEn
         "engine_cache_hit": loaded.cache_hit,
         "tensorrt": str(trt.__version__),
         "gpu": loaded.gpu,
-        "profile": "/".join(map(str, loaded.profile)),
+        "profiles": ",".join(str(p[1]) for p in loaded.profiles),
         "engine_device_memory_bytes": engine_device_memory_bytes(engine),
         "io_tensors": describe_io(trt, engine),
         "layers": str(loaded.layers_path),
@@ -510,6 +550,8 @@ def create_runner(trt: Any, target: Target, artifact: Artifact, loaded: LoadedEn
         context=context,
         input_names=artifact.input_names,
         tensor_dtypes=dtypes,
+        # Engines without dynamic inputs have only the implicit profile 0: nothing to select.
+        profiles=loaded.profiles if engine.num_optimization_profiles > 1 else (),
         _loaded=loaded,
         _stream=torch.cuda.Stream(),
     )
@@ -519,6 +561,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     devices = ("cuda",)
     needs_onnx = True
+    ships_as = "TensorRT engine"
     description = "TensorRT engine built from the ONNX artifact (strongly typed), run with execute_async_v3"
 
     def precisions(self, device: str) -> tuple[str, ...]:
@@ -573,6 +616,6 @@ def export_engine(artifact: Artifact, options: BuildOptions) -> dict[str, Any]:
         "cache_hit": loaded.cache_hit,
         "tensorrt": str(trt.__version__),
         "gpu": loaded.gpu,
-        "profile": "/".join(map(str, loaded.profile)),
+        "profiles": ",".join(str(p[1]) for p in loaded.profiles),
         "engine_device_memory_bytes": engine_device_memory_bytes(loaded.engine),
     }

@@ -2,10 +2,22 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from ccnbench.backends import BuildOptions, Target
-from ccnbench.backends.onnxruntime import OrtBackend, profile_shapes, session_providers
+from ccnbench.backends.onnxruntime import (
+    NO_CPU_FALLBACK_KEY,
+    NO_SYNC_KEY,
+    OrtBackend,
+    OrtRunner,
+    _create_session,
+    profile_shapes,
+    run_options,
+    session_options,
+    session_providers,
+)
+from ccnbench.errors import CcnbenchError
 from ccnbench.models import spec_from_preset
 from ccnbench.source import ModelSource
 
@@ -58,3 +70,141 @@ def test_cpu_runner_binds_io_once_and_handles_new_batch_sizes(artifacts_dir):
             expected.setdefault(batch, logits.clone())
             torch.testing.assert_close(logits, expected[batch])
     assert runner.session is None  # closed by the context manager
+
+
+def test_cuda_runs_skip_the_providers_end_of_run_synchronisation():
+    import onnxruntime as ort
+
+    cuda = run_options(ort, Target("ort", "cuda"))
+    assert cuda.get_run_config_entry(NO_SYNC_KEY) == "1"
+    assert run_options(ort, Target("ort", "tensorrt")).get_run_config_entry(NO_SYNC_KEY) == "1"
+    with pytest.raises(Exception, match=NO_SYNC_KEY):  # the CPU keeps ORT's default
+        run_options(ort, Target("ort", "cpu")).get_run_config_entry(NO_SYNC_KEY)
+
+
+def test_gpu_sessions_forbid_silent_cpu_fallback():
+    import onnxruntime as ort
+
+    so = session_options(ort, Target("ort", "cuda"), threads=2)
+    assert so.get_session_config_entry(NO_CPU_FALLBACK_KEY) == "1"
+    assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
+    allowed = session_options(ort, Target("ort", "cuda"), threads=2, cpu_fallback=True)
+    with pytest.raises(Exception, match=r"session\.disable_cpu_ep_fallback"):
+        allowed.get_session_config_entry(NO_CPU_FALLBACK_KEY)
+
+
+def test_cpu_nodes_are_recorded_not_hidden(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    calls = []
+
+    def fake_session(path, sess_options, providers):
+        fallback_off = "1" if _has_entry(sess_options, NO_CPU_FALLBACK_KEY) else "0"
+        calls.append(fallback_off)
+        if fallback_off == "1":
+            raise RuntimeError(
+                "This session contains graph nodes that are assigned to the default CPU EP, but "
+                "fallback to CPU EP has been explicitly disabled by the user."
+            )
+        return "session"
+
+    monkeypatch.setattr(ort, "InferenceSession", fake_session)
+    path = tmp_path / "m.onnx"
+    assert _create_session(ort, path, Target("ort", "cuda"), 2, []) == ("session", True)
+    assert calls == ["1", "0"]
+    calls.clear()
+    assert _create_session(ort, path, Target("ort", "cpu"), 2, []) == ("session", True)
+    assert calls == ["0"]
+
+    def broken(path, sess_options, providers):
+        raise RuntimeError("bad\nmodel")
+
+    monkeypatch.setattr(ort, "InferenceSession", broken)
+    with pytest.raises(CcnbenchError, match=r"could not load m\.onnx: bad model"):
+        _create_session(ort, path, Target("ort", "cuda"), 2, [])
+
+
+def test_runner_passes_its_run_options_to_every_timed_run(artifacts_dir):
+    import onnxruntime as ort
+
+    source = ModelSource.from_spec(spec_from_preset("tiny", "early", branches=2), "kept")
+    options = BuildOptions(batch_sizes=(1,), threads=2, artifacts_dir=artifacts_dir)
+    with OrtBackend().prepare(source, Target("ort", "cpu"), options) as runner:
+        seen = []
+        session = runner.session
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+            def run_with_iobinding(self, binding, run_options=None):
+                seen.append(run_options)
+                return session.run_with_iobinding(binding, run_options)
+
+        # The CUDA runner's options, on the CPU session: the key is harmless there.
+        runner._run_options = run_options(ort, Target("ort", "cuda"))
+        runner.session = Spy()
+        inputs = list(source.make_inputs(1))
+        runner.infer(inputs)  # first call: binds, one synchronous run for the output shapes
+        runner.infer(inputs)
+        timed = [o for o in seen if o is not None]
+        assert len(timed) == 2 and all(o.get_run_config_entry(NO_SYNC_KEY) == "1" for o in timed)
+        assert seen.count(None) == 1  # the output-shape run stays synchronous
+
+
+def _has_entry(so, key):
+    try:
+        return so.get_session_config_entry(key) == "1"
+    except Exception:
+        return False
+
+
+def test_tensorrt_provider_gets_one_profile_and_one_cache_per_batch(tmp_path):
+    shapes = profile_shapes(["input_0"], (1, 12, 12, 12), [4])
+    assert set(shapes.values()) == {"input_0:4x1x12x12x12"}  # min = opt = max
+    options = BuildOptions(artifacts_dir=tmp_path)
+    trt = session_providers(Target("ort", "tensorrt"), options, None, shapes, batch=4)[0][1]
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt" / "batch-4")
+    assert trt["trt_timing_cache_path"] == trt["trt_engine_cache_path"]
+    assert trt["trt_profile_opt_shapes"] == "input_0:4x1x12x12x12"
+
+
+def test_runner_with_a_session_per_batch_runs_each_batch_on_its_own(artifacts_dir):
+    import onnxruntime as ort
+
+    source = ModelSource.from_spec(spec_from_preset("tiny", "early", branches=2), "merged")
+    artifact = source.artifact("fp32", "fp32", 18, artifacts_dir)
+    ran: list[int] = []
+
+    class Tagged:
+        def __init__(self, batch):
+            self.batch = batch
+            self.session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run_with_iobinding(self, binding, run_options=None):
+            ran.append(self.batch)
+            return self.session.run_with_iobinding(binding, run_options)
+
+    sessions = {1: Tagged(1), 4: Tagged(4)}
+    runner = OrtRunner(
+        Target("ort", "cpu"),
+        artifact.output_names,
+        session=sessions[1],
+        sessions=sessions,
+        input_names=artifact.input_names,
+        _run_options=ort.RunOptions(),
+    )
+    for batch in (4, 1, 4):
+        inputs = list(source.make_inputs(batch))
+        (logits,) = runner.infer(inputs)
+        with torch.no_grad():
+            want = source.module()(*inputs)  # a single-output model returns the tensor itself
+        torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-5)
+    assert set(ran) == {1, 4} and ran[0] == 4 and ran[-1] == 4
+    with pytest.raises(CcnbenchError, match="no TensorRT provider session for batch 2"):
+        runner.infer(list(source.make_inputs(2)))
+    runner.close()
+    assert runner.sessions == {}

@@ -27,8 +27,9 @@ from ccnbench.backends import tensorrt as trt_backend
 from ccnbench.backends.tensorrt import (
     TensorRTBackend,
     TensorRTError,
-    add_batch_profile,
-    batch_profile,
+    TensorRTRunner,
+    add_batch_profiles,
+    batch_profiles,
     build_serialized_engine,
     check_supported_version,
     create_runner,
@@ -37,9 +38,10 @@ from ccnbench.backends.tensorrt import (
     engine_key,
     export_engine,
     format_parser_errors,
-    load_or_build,
     make_logger,
     network_creation_flags,
+    process_logger,
+    profile_index,
     torch_dtype,
     trt_version_tuple,
 )
@@ -397,59 +399,7 @@ def test_dtype_mapping_tolerates_a_build_without_some_members():
     assert torch_dtype(trt, trt.DataType.BOOL) == torch.bool
 
 
-# --- build sequence against fakes ----------------------------------------------------------------
-
-
-def test_tensorrt_10_fp16_build_takes_precision_from_the_graph(tmp_path):
-    fakes = build_fakes("10.13.3.9")
-    onnx = tmp_path / "m.onnx"
-    cache = tmp_path / "tensorrt" / "timing.cache"
-    cache.parent.mkdir()
-    cache.write_bytes(b"previous-timing-cache")
-    options = BuildOptions(
-        precision="fp16", batch_sizes=(4, 1, 2), workspace_mib=512, builder_optimization_level=5
-    )
-    plan = build_serialized_engine(fakes.trt, object(), onnx, options, cache)
-
-    assert plan == b"PLAN"
-    assert fakes.parser.parsed == [str(onnx)]
-    assert fakes.builder.network_flags == [1 << 1]
-    config, trt = fakes.config, fakes.trt
-    assert config.pools == {trt.MemoryPoolType.WORKSPACE: 512 * 2**20}
-    assert config.builder_optimization_level == 5
-    assert config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
-    # Precision never comes from a builder flag: FP16/BF16/INT8 are not even read.
-    assert config.set_flags == [] and config.cleared == []
-    assert not {"FP16", "BF16", "INT8"} & set(trt.BuilderFlag.read)
-    assert "EXPLICIT_BATCH" not in trt.NetworkDefinitionCreationFlag.read
-    # One profile, min = smallest batch, opt = max = largest, for every dynamic input only.
-    (profile,) = config.profiles
-    rest = (1, 12, 12, 12)
-    expected = ((1, *rest), (4, *rest), (4, *rest))
-    assert profile.shapes == {"input_0": expected, "input_1": expected}
-    # The previous timing cache is loaded strictly and the tuned one saved over it.
-    assert config.created_caches == [b"previous-timing-cache"]
-    assert config.set_caches == [(b"previous-timing-cache", False)]
-    assert cache.read_bytes() == b"tuned-timing-cache"
-
-
-def test_tensorrt_11_fp32_build_clears_tf32_and_touches_no_precision_flag(tmp_path):
-    fakes = build_fakes("11.1.0.106")  # BuilderFlag.FP16 does not exist: touching it would raise
-    cache = tmp_path / "timing.cache"
-    build_serialized_engine(fakes.trt, object(), tmp_path / "m.onnx", BuildOptions(precision="fp32"), cache)
-    assert fakes.builder.network_flags == [0]
-    assert set(fakes.trt.BuilderFlag.read) == {"TF32"}
-    assert fakes.config.cleared == [fakes.trt.BuilderFlag.TF32] and fakes.config.set_flags == []
-    assert fakes.config.created_caches == [b""]  # no previous cache: a new one
-    assert cache.read_bytes() == b"tuned-timing-cache"
-
-
-def test_a_rejected_timing_cache_is_replaced_by_an_empty_one(tmp_path):
-    fakes = build_fakes("10.13.3.9", accept_cache=False)
-    cache = tmp_path / "timing.cache"
-    cache.write_bytes(b"from-another-gpu")
-    build_serialized_engine(fakes.trt, object(), tmp_path / "m.onnx", BuildOptions(), cache)
-    assert fakes.config.set_caches == [(b"from-another-gpu", False), (b"", False)]
+# --- parser error text, profiles per batch, engine key, logger (pure parts) -----------------------
 
 
 def test_parser_failure_lists_every_error(tmp_path):
@@ -483,45 +433,79 @@ def test_build_failure_carries_the_loggers_errors(tmp_path):
 def test_only_the_batch_dimension_may_be_dynamic():
     fakes = build_fakes("11.1.0.106", inputs={"input": (-1, 1, -1, 12, 12)})
     with pytest.raises(TensorRTError, match="only the batch"):
-        add_batch_profile(fakes.builder, fakes.network, fakes.config, (1, 4, 4))
+        add_batch_profiles(fakes.builder, fakes.network, fakes.config, [(1, 1, 1)])
 
 
 def test_static_networks_get_no_profile():
     fakes = build_fakes("11.1.0.106", inputs={"input": (2, 1, 12, 12, 12)})
-    assert add_batch_profile(fakes.builder, fakes.network, fakes.config, (1, 4, 4)) == []
+    assert add_batch_profiles(fakes.builder, fakes.network, fakes.config, [(1, 1, 1), (4, 4, 4)]) == []
     assert fakes.config.profiles == []
 
 
-def test_batch_profile():
-    assert batch_profile([8, 1, 32]) == (1, 32, 32)
-    assert batch_profile((1,)) == (1, 1, 1)
+def test_every_batch_size_gets_its_own_profile_for_every_dynamic_input():
+    fakes = build_fakes("11.1.0.106")  # two dynamic inputs of shape (-1, 1, 12, 12, 12)
+    profiles = batch_profiles([32, 1, 8])
+    assert add_batch_profiles(fakes.builder, fakes.network, fakes.config, profiles) == ["input_0", "input_1"]
+    rest = (1, 12, 12, 12)
+    assert [p.shapes for p in fakes.config.profiles] == [
+        {name: ((b, *rest),) * 3 for name in ("input_0", "input_1")} for b in (1, 8, 32)
+    ]
+
+
+def test_batch_profiles_and_the_profile_of_a_batch():
+    assert batch_profiles([8, 1, 32, 8]) == ((1, 1, 1), (8, 8, 8), (32, 32, 32))
+    assert batch_profiles((1,)) == ((1, 1, 1),)
     for bad in ((), (0, 4), (-1,)):
         with pytest.raises(UsageError):
-            batch_profile(bad)
+            batch_profiles(bad)
+    profiles = batch_profiles([1, 8, 32])
+    assert [profile_index(profiles, b) for b in (1, 8, 32)] == [0, 1, 2]
+    with pytest.raises(TensorRTError, match=r"batch 4 has no optimization profile \(built for 1, 8, 32\)"):
+        profile_index(profiles, 4)
 
 
 def test_engine_key_changes_with_everything_that_changes_the_plan():
     options = BuildOptions()
-    base = engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 4, 4), options)
+    base = engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", ((1, 1, 1), (4, 4, 4)), options)
     assert base == engine_key(
-        "a" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 4, 4), replace(options, threads=8)
+        "a" * 64, "10.13.3.9", "NVIDIA H100 sm90", ((1, 1, 1), (4, 4, 4)), replace(options, threads=8)
     )
     variants = [
-        engine_key("b" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 4, 4), options),
-        engine_key("a" * 64, "11.1.0.106", "NVIDIA H100 sm90", (1, 4, 4), options),
-        engine_key("a" * 64, "10.13.3.9", "NVIDIA H200 sm90", (1, 4, 4), options),
-        engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 1, 4), options),
-        engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 4, 4), replace(options, precision="fp16")),
-        engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", (1, 4, 4), replace(options, workspace_mib=1)),
+        engine_key("b" * 64, "10.13.3.9", "NVIDIA H100 sm90", ((1, 1, 1), (4, 4, 4)), options),
+        engine_key("a" * 64, "11.1.0.106", "NVIDIA H100 sm90", ((1, 1, 1), (4, 4, 4)), options),
+        engine_key("a" * 64, "10.13.3.9", "NVIDIA H200 sm90", ((1, 1, 1), (4, 4, 4)), options),
+        engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", ((1, 1, 1),), options),
+        engine_key("a" * 64, "10.13.3.9", "NVIDIA H100 sm90", ((1, 4, 4),), options),  # one range
         engine_key(
             "a" * 64,
             "10.13.3.9",
             "NVIDIA H100 sm90",
-            (1, 4, 4),
+            ((1, 1, 1), (4, 4, 4)),
+            replace(options, precision="fp16"),
+        ),
+        engine_key(
+            "a" * 64,
+            "10.13.3.9",
+            "NVIDIA H100 sm90",
+            ((1, 1, 1), (4, 4, 4)),
+            replace(options, workspace_mib=1),
+        ),
+        engine_key(
+            "a" * 64,
+            "10.13.3.9",
+            "NVIDIA H100 sm90",
+            ((1, 1, 1), (4, 4, 4)),
             replace(options, builder_optimization_level=5),
         ),
     ]
     assert len({base, *variants}) == len(variants) + 1
+
+
+def test_one_logger_per_process(monkeypatch):
+    monkeypatch.setattr(trt_backend, "_PROCESS_LOGGER", None)
+    trt = fake_trt("11.1.0.106")
+    first = process_logger(trt)
+    assert process_logger(trt) is first and process_logger(fake_trt("10.13.3.9")) is first
 
 
 def test_logger_keeps_errors_and_forwards_warnings(caplog):
@@ -547,6 +531,7 @@ class FakeEngine:
         self.num_io_tensors = len(names)
         self.num_layers = 5
         self.device_memory_size_v2 = 1 << 20
+        self.num_optimization_profiles = 2
         self.context: Any = object()
 
     def get_tensor_name(self, index: int) -> str:
@@ -562,7 +547,7 @@ class FakeEngine:
         return (-1, 1, 12, 12, 12) if name.startswith("input") else (-1, 30)
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
-        return [(1, 1, 12, 12, 12), (4, 1, 12, 12, 12), (4, 1, 12, 12, 12)]
+        return [((1, 4)[profile_index], 1, 12, 12, 12)] * 3
 
     def create_engine_inspector(self) -> Any:
         return SimpleNamespace(
@@ -590,60 +575,13 @@ def fake_runtime_trt(fakes: SimpleNamespace) -> Any:
     return trt
 
 
-def test_engines_are_cached_by_key_and_unreadable_ones_rebuilt(monkeypatch, tmp_path):
-    monkeypatch.setattr(trt_backend, "gpu_identity", lambda: "Fake GPU sm90")
-    onnx = tmp_path / "tiny-model-n3-merged-fp32.onnx"
-    artifact = SimpleNamespace(path=onnx, sha256="c" * 64, input_names=("input_0", "input_1"))
-    options = BuildOptions(batch_sizes=(1, 4), artifacts_dir=tmp_path / "artifacts")
-
-    fakes = build_fakes("10.13.3.9")
-    trt = fake_runtime_trt(fakes)
-    first = load_or_build(trt, artifact, options)
-    assert not first.cache_hit and first.path.read_bytes() == b"PLAN"
-    assert first.path.parent == tmp_path / "artifacts" / "tensorrt"
-    assert first.path.name.startswith(onnx.stem) and first.path.suffix == ".engine"
-    assert first.layers_path == first.path.with_suffix(".layers.json")
-    assert json.loads(first.layers_path.read_text())["format"] == trt.LayerInformationFormat.JSON
-    assert (tmp_path / "artifacts" / "tensorrt" / "timing-10.13.3.9-fake-gpu-sm90.cache").is_file()
-
-    fakes_again = build_fakes("10.13.3.9", plan=None)  # a build would fail: the cache must serve
-    second = load_or_build(fake_runtime_trt(fakes_again), artifact, options)
-    assert second.cache_hit and second.path == first.path and fakes_again.parser.parsed == []
-
-    other = load_or_build(
-        fake_runtime_trt(build_fakes("10.13.3.9")), artifact, replace(options, batch_sizes=(2,))
-    )
-    assert not other.cache_hit and other.path != first.path and other.profile == (2, 2, 2)
-
-    first.path.write_bytes(b"truncated")
-    rebuilt_fakes = build_fakes("10.13.3.9")
-    rebuilt = load_or_build(fake_runtime_trt(rebuilt_fakes), artifact, options)
-    assert not rebuilt.cache_hit and rebuilt.path.read_bytes() == b"PLAN" and rebuilt_fakes.parser.parsed
-
-
-def test_export_engine_writes_beside_the_onnx_file(monkeypatch, tmp_path):
-    fakes = build_fakes("11.1.0.106")
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_runtime_trt(fakes))
-    monkeypatch.setattr(trt_backend, "cuda_unavailable_reason", lambda: None)
-    monkeypatch.setattr(trt_backend, "gpu_identity", lambda: "Fake GPU sm90")
-    onnx = tmp_path / "onnx" / "tiny.onnx"
-    artifact = SimpleNamespace(path=onnx, sha256="d" * 64)
-    info = export_engine(artifact, BuildOptions(batch_sizes=(1, 4), artifacts_dir=tmp_path / "artifacts"))
-    assert info["engine"] == str(onnx.with_suffix(".engine")) and info["layers"] == str(
-        onnx.with_suffix(".layers.json")
-    )
-    assert onnx.with_suffix(".engine").read_bytes() == b"PLAN" and info["size_bytes"] == 4
-    assert json.loads(onnx.with_suffix(".layers.json").read_text())["Layers"] == ["conv"]
-    assert info["cache_hit"] is False and info["tensorrt"] == "11.1.0.106" and info["profile"] == "1/4/4"
-    assert info["engine_device_memory_bytes"] == 1 << 20
-
-
 def test_describe_io_records_types_shapes_and_profiles():
     trt = fake_trt("11.1.0.106")
     described = describe_io(trt, FakeEngine(trt))
     assert described[0] == (
         "input_0 INPUT FLOAT (-1, 1, 12, 12, 12) "
-        "profile min=(1, 1, 12, 12, 12) opt=(4, 1, 12, 12, 12) max=(4, 1, 12, 12, 12)"
+        "profile 0 min=(1, 1, 12, 12, 12) opt=(1, 1, 12, 12, 12) max=(1, 1, 12, 12, 12) "
+        "profile 1 min=(4, 1, 12, 12, 12) opt=(4, 1, 12, 12, 12) max=(4, 1, 12, 12, 12)"
     )
     assert described[2] == "logits OUTPUT FLOAT (-1, 30)"
 
@@ -663,6 +601,44 @@ def test_runner_reports_a_context_that_cannot_be_created():
     artifact = SimpleNamespace(input_names=("input_0", "input_1"), output_names=("logits",))
     with pytest.raises(TensorRTError, match="execution context"):
         create_runner(trt, Target("tensorrt", "cuda"), artifact, SimpleNamespace(engine=engine))
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        self.calls.append(("profile", index, stream))
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.calls.append(("shape", name, shape[0]))
+        return True
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        return True
+
+
+def test_runner_selects_the_batch_profile_before_setting_input_shapes():
+    context = RecordingContext()
+    runner = TensorRTRunner(
+        Target("tensorrt", "cuda"),
+        ("logits",),
+        context=context,
+        input_names=("input_0",),
+        profiles=batch_profiles([1, 4]),
+        _stream=SimpleNamespace(cuda_stream=7),
+    )
+    runner._outputs = {((b, 1, 2, 2, 2),): (torch.empty(b, 3),) for b in (1, 4)}  # no CUDA allocation
+    for batch in (4, 4, 1):
+        runner._bind((torch.zeros(batch, 1, 2, 2, 2),))
+    assert context.calls == [
+        ("profile", 1, 7), ("shape", "input_0", 4),
+        ("shape", "input_0", 4),  # same profile: not selected again
+        ("profile", 0, 7), ("shape", "input_0", 1),
+    ]  # fmt: skip
+    with pytest.raises(TensorRTError, match="batch 2 has no optimization profile"):
+        runner._bind((torch.zeros(2, 1, 2, 2, 2),))
 
 
 # --- real TensorRT on a GPU ------------------------------------------------------------------------
@@ -692,6 +668,7 @@ def test_engine_agrees_with_the_oracle(layout, precision, artifacts_dir):
         assert runner.build_seconds > 0 and runner.output_names == source.output_names
         for batch in (1, 4, 1):
             _check_against_oracle(runner, source, precision, batch)
+            assert runner._profile == (0 if batch == 1 else 1)  # each batch on its own profile
         staged = [x.to("cuda", runner.input_dtype) for x in source.make_inputs(4)]
         first = runner.infer(staged)
         assert runner.infer(staged)[0].data_ptr() == first[0].data_ptr()  # buffers reused, no allocation
@@ -699,7 +676,7 @@ def test_engine_agrees_with_the_oracle(layout, precision, artifacts_dir):
         assert (
             details["engine_device_memory_bytes"] is not None and details["engine_device_memory_bytes"] >= 0
         )
-        assert details["num_layers"] > 0 and details["profile"] == "1/4/4"
+        assert details["num_layers"] > 0 and details["profiles"] == "1,4"
         assert json.loads(Path(details["layers"]).read_text())
         assert any(d.startswith("input_0 INPUT FLOAT") for d in details["io_tensors"])
     assert runner.context is None and runner.engine is None
@@ -732,7 +709,7 @@ def test_second_prepare_loads_the_cached_engine(tmp_path):
         assert second.details["engine_cache_hit"] is True
         assert second.details["engine"] == first.details["engine"]
         _check_against_oracle(second, source, "fp32", 4)
-        with pytest.raises(TensorRTError, match="outside the engine's profile"):
+        with pytest.raises(TensorRTError, match="batch 8 has no optimization profile"):
             second.infer([x.to("cuda") for x in source.make_inputs(8)])
     with TensorRTBackend().prepare(source, target, replace(options, batch_sizes=(2,))) as other:
         assert other.details["engine_cache_hit"] is False

@@ -1,0 +1,105 @@
+"""AOTInductor: a ``.pt2`` package compiled ahead of time, run without the model's Python code.
+
+The package is built (or reused) by ``ccnbench.pt2``; the runner only loads it with
+``torch._inductor.aoti_load_package`` and calls it, so what is timed is what a user ships:
+no Python model, no JIT compile in the process that runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ccnbench import pt2
+from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.compiled import compiler_unavailable_reason
+from ccnbench.backends.torch_eager import as_tuple, configure_cuda_numerics
+from ccnbench.errors import CcnbenchError
+from ccnbench.source import ModelSource
+
+
+@dataclass
+class AotiRunner(Runner):
+    """A loaded package; on CUDA it runs on the runner's own stream (the package takes the
+    current stream when called)."""
+
+    model: Any = None
+    _stream: Any = None
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        return self._stream
+
+    def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        if self.model is None:
+            raise CcnbenchError("runner is closed")
+        with torch.inference_mode():
+            if self._stream is None:
+                return as_tuple(self.model(*inputs))
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream):
+                return as_tuple(self.model(*inputs))
+
+    def close(self) -> None:
+        self.model = None
+        if self._stream is not None:
+            self._stream = None
+            torch.cuda.empty_cache()
+
+
+class AotiBackend(Backend):
+    name = "aoti"
+    devices = ("cpu", "cuda")
+    artifact_format = "pt2"
+    description = (
+        "AOTInductor .pt2 package (torch.export + inductor ahead of time), no model code at run time"
+    )
+
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return pt2.PRECISIONS[device]
+
+    def availability(self, device: str) -> str | None:
+        # Building needs what torch.compile needs (a C++ compiler; triton on CUDA).
+        reason = compiler_unavailable_reason(device)
+        return reason.replace("torch.compile", "AOTInductor") if reason else None
+
+    def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> pt2.Package:
+        return pt2.package(source, target.device, options.precision, options.artifacts_dir)
+
+    def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
+        torch.set_num_threads(options.threads)  # the package's OpenMP loops use torch's thread count
+        details: dict[str, Any] = {}
+        if target.is_cuda:
+            details.update(configure_cuda_numerics(options.precision))
+        # Building the package is the artifact's cost (recorded with it, once per model), like an
+        # ONNX export; the runner's build cost is loading it and its first call.
+        package = self.artifact(source, target, options)
+        with Stopwatch() as sw:
+            model = torch._inductor.aoti_load_package(str(package.path))
+            stream = torch.cuda.Stream() if target.is_cuda else None
+            runner = AotiRunner(
+                target,
+                package.output_names,
+                details=details,
+                uses_torch_allocator=True,
+                model=model,
+                _stream=stream,
+            )
+            runner.infer([x.to(target.device_kind) for x in source.make_inputs(min(options.batch_sizes))])
+            if stream is not None:
+                torch.cuda.synchronize()
+        runner.build_seconds = sw.seconds
+        runner.details.update(
+            {
+                "package": package.path.name,
+                "package_bytes": package.size_bytes,
+                "package_build_seconds": round(package.build_seconds, 3),
+                "package_reused": package.reused,
+                "package_machine": package.machine,
+            }
+        )
+        return runner
