@@ -43,7 +43,7 @@ def plan(
             source,
             target,
             precision,
-            tuple(batches),
+            source.fixed_batches() or tuple(batches),
             BuildOptions(precision=precision, **options),
             protocol=protocol,
             atol=atol,
@@ -72,5 +72,18 @@ def run(
 
 
 def exit_code(results: Sequence[CaseResult]) -> int:
-    """1 if any target that could run failed, crashed or disagreed; unavailable targets don't count."""
-    return int(any(r.status in ("failed", "timeout") or (r.status == "ok" and not r.passed) for r in results))
+    """1 if any target that could run failed, crashed or disagreed; unavailable targets don't count,
+    nor does the target that served as the reference (it has nothing to disagree with)."""
+    return int(any(r.verdict in ("failed", "timeout", "FAIL") for r in results))
+
+
+def unchecked_note(results: Sequence[CaseResult]) -> str | None:
+    """What to tell the user when some cases were only compared with themselves."""
+    references = sorted({f"{r.key.model} on {r.key.target}" for r in results if r.is_reference})
+    if not references:
+        return None
+    return (
+        f"nothing independent was checked for {', '.join(references)}: that target computed the reference "
+        "itself; give --model file.py:factory (the PyTorch module it came from) or saved outputs "
+        "(--load-inputs/--load-outputs) to check the file against something real"
+    )

@@ -13,6 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from ccnbench import __version__
+from ccnbench.config import DEFAULTS, MODEL_DEFAULTS, PRECISIONS
 from ccnbench.errors import CcnbenchError
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
@@ -145,10 +146,107 @@ InputShape = Annotated[
     str | None,
     typer.Option("--input-shape", help="With --model: one input's shape without batch, e.g. 1x24x24x24."),
 ]
+LoadInputs = Annotated[
+    Path | None,
+    typer.Option("--load-inputs", help="With --onnx: saved reference inputs (Polygraphy JSON or .npz)."),
+]
+LoadOutputs = Annotated[
+    Path | None,
+    typer.Option("--load-outputs", help="With --onnx: saved reference outputs (Polygraphy JSON or .npz)."),
+]
 ArtifactsDir = Annotated[Path, typer.Option("--artifacts", help="Where ONNX files, engines and caches go.")]
 Threads = Annotated[
     int | None, typer.Option("--threads", help="CPU threads for every target (default: physical cores).")
 ]
+
+
+ExportVariants = Annotated[
+    str,
+    typer.Option(
+        "--variant", "-v", help="Variant(s): early, feature, model, decision, multitask, a comma list or all."
+    ),
+]
+ExportPrecisions = Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")]
+IoType = Annotated[str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")]
+Opset = Annotated[
+    int, typer.Option("--opset", help="ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11).")
+]
+ExportOut = Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")]
+Force = Annotated[bool, typer.Option("--force", help="Export again even if an identical artifact exists.")]
+EngineFlag = Annotated[
+    bool,
+    typer.Option("--engine", help="Also build a TensorRT engine and its layer listing beside each file."),
+]
+EngineBatch = Annotated[
+    str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
+]
+FileFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).",
+    ),
+]
+Pt2Device = Annotated[
+    str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")
+]
+Atol = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")]
+Rtol = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")]
+PerOutputTol = Annotated[
+    list[str] | None,
+    typer.Option("--tol", help="Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
+]
+# bench: every option defaults to "not given" (None, or False for a switch); ccnbench.config
+# holds the defaults and decides what a flag may combine with.
+SweepFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.",
+    ),
+]
+Quick = Annotated[bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")]
+Transfers = Annotated[bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", help=f"Seconds a worker may take for one case group (default {DEFAULTS.timeout:g})."
+    ),
+]
+RunOut = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
+]
+Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")]
+RunName = Annotated[
+    str | None, typer.Option("--name", help="Run name, used in the default run directory (default bench).")
+]
+Shard = Annotated[
+    str | None,
+    typer.Option("--shard", help="K/N: run the K-th of N parts of the sweep (one per CI runner or machine)."),
+]
+Isolation = Annotated[
+    str | None,
+    typer.Option(
+        "--isolation",
+        help="group: a fresh worker per case group; model: one per model (faster); default group.",
+    ),
+]
+DynamicBatch = Annotated[
+    bool,
+    typer.Option("--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."),
+]
+Budget = Annotated[
+    float | None, typer.Option("--budget-minutes", help="Start no new group after this long; resume later.")
+]
+WriteReport = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")
+]
+
+
+def _unset(option: Any, kind: Any = str | None) -> Any:
+    """The same option with "not given" (None) as its default: the configuration route fills it in."""
+    return Annotated[kind, option.__metadata__[0]]
 
 
 @app.command()
@@ -200,49 +298,21 @@ def env(json_output: JsonFlag = False) -> None:
 
 @app.command("export")
 def export_cmd(
-    variant: Annotated[
-        str,
-        typer.Option(
-            "--variant",
-            "-v",
-            help="Variant(s): early, feature, model, decision, multitask, a comma list or all.",
-        ),
-    ] = "all",
+    variant: ExportVariants = "all",
     layout: Layout = "kept",
     branches: BranchList = None,
     preset: Preset = "small",
     input_mode: InputMode = "separate",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")] = "fp32",
-    io: Annotated[
-        str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")
-    ] = "fp32",
-    opset: Annotated[
-        int, typer.Option("--opset", help="ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11).")
-    ] = 18,
+    precision: ExportPrecisions = "fp32",
+    io: IoType = "fp32",
+    opset: Opset = 18,
     seed: Seed = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")] = Path(
-        "artifacts"
-    ),
-    force: Annotated[
-        bool, typer.Option("--force", help="Export again even if an identical artifact exists.")
-    ] = False,
-    engine: Annotated[
-        bool,
-        typer.Option("--engine", help="Also build a TensorRT engine and its layer listing beside each file."),
-    ] = False,
-    engine_batch: Annotated[
-        str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")
-    ] = "1,8,32",
-    file_format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).",
-        ),
-    ] = "onnx",
-    device: Annotated[
-        str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")
-    ] = "cpu",
+    out: ExportOut = Path("artifacts"),
+    force: Force = False,
+    engine: EngineFlag = False,
+    engine_batch: EngineBatch = "1,8,32",
+    file_format: FileFormat = "onnx",
+    device: Pt2Device = "cpu",
     json_output: JsonFlag = False,
 ) -> None:
     """Export variants to validated ONNX files (kept or merged, fp32 or fp16) or to .pt2 packages."""
@@ -251,11 +321,7 @@ def export_cmd(
     from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
-    if file_format not in ("onnx", "pt2"):
-        raise UsageError(f"--format {file_format!r}: choose onnx or pt2")
-    if file_format == "pt2":
-        if engine:
-            raise UsageError("--engine builds a TensorRT engine from an ONNX file: use it with --format onnx")
+    if _wants_packages(file_format, engine):
         _export_packages(variant, layout, branches, preset, input_mode, precision, seed, out, force, device,
                          json_output)  # fmt: skip
         return
@@ -288,23 +354,7 @@ def export_cmd(
                 )
                 engines[a.path] = export_engine(a, options)
                 progress.advance(task)
-    if json_output:
-        _print_json(
-            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
-        )
-        return
-    table = Table(title=f"ONNX artifacts in {out}")
-    table.add_column("file", overflow="fold")
-    for col in ("size", "Conv", "params", "seconds"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for a in artifacts:
-        seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
-        table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
-    console.print(table)
-    for built in engines.values():
-        cached = " (from the engine cache)" if built["cache_hit"] else ""
-        console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
-                      markup=False, highlight=False)  # fmt: skip
+    _print_exports(artifacts, engines, out, json_output)
 
 
 def _export_packages(
@@ -346,31 +396,26 @@ def _export_packages(
 
 @app.command()
 def check(
-    variant: Variants = "all",
-    layout: Layout = "all",
+    variant: Variants = MODEL_DEFAULTS["variants"],
+    layout: Layout = MODEL_DEFAULTS["layouts"],
     branches: BranchList = None,
-    preset: Preset = "small",
-    input_mode: InputMode = "separate",
-    targets: Targets = "torch:cpu,ort:cpu",
-    precision: Precisions = "fp32",
-    batch: Batches = "1,8",
-    atol: Annotated[
-        float | None, typer.Option("--atol", help="Absolute tolerance (default: per precision).")
-    ] = None,
-    rtol: Annotated[
-        float | None, typer.Option("--rtol", help="Relative tolerance (default: per precision).")
-    ] = None,
-    tol: Annotated[
-        list[str] | None,
-        typer.Option("--tol", help="Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
-    ] = None,
+    preset: Preset = MODEL_DEFAULTS["preset"],
+    input_mode: InputMode = MODEL_DEFAULTS["input_modes"],
+    targets: Targets = ",".join(DEFAULTS.targets),
+    precision: Precisions = ",".join(DEFAULTS.precisions),
+    batch: Batches = ",".join(map(str, DEFAULTS.batches)),
+    atol: Atol = None,
+    rtol: Rtol = None,
+    tol: PerOutputTol = None,
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
-    opset: Annotated[int, typer.Option("--opset")] = 18,
-    seed: Seed = 0,
+    load_inputs: LoadInputs = None,
+    load_outputs: LoadOutputs = None,
+    opset: Opset = DEFAULTS.opset,
+    seed: Seed = DEFAULTS.seed,
     threads: Threads = None,
-    artifacts: ArtifactsDir = Path("artifacts"),
+    artifacts: ArtifactsDir = Path(DEFAULTS.artifacts),
     json_output: JsonFlag = False,
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
@@ -379,164 +424,89 @@ def check(
     from ccnbench.agreement import TolerancePolicy
     from ccnbench.backends import parse_targets
 
+    saved = _saved_reference(load_inputs, load_outputs)
     sources = selection.sources(
-        preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []]
-    )
-    precisions = selection.choices(precision, ("fp32", "fp16", "bf16"), "precision")
-    groups = checking.plan(
-        sources,
-        parse_targets(targets),
-        precisions,
-        selection.integers(batch, "batch sizes"),
-        artifacts,
-        opset=opset,
-        threads=threads,
-        atol=atol,
-        rtol=rtol,
-        per_output=TolerancePolicy.parse_overrides(tol or []),
-        seed=seed,
-    )
-    with _progress() as progress:
-        task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
-
-        def advance(group: Any, result: Any) -> None:
-            progress.update(task, description=group.label, advance=1)
-
-        results = checking.run(groups, advance)
+        preset, variant, layout, branches, input_mode, seed, model, input_shape, [str(p) for p in onnx or []],
+        saved,
+    )  # fmt: skip
+    precisions = selection.choices(precision, PRECISIONS, "precision")
+    batches, overrides = selection.integers(batch, "batch sizes"), TolerancePolicy.parse_overrides(tol or [])
+    groups = checking.plan(sources, parse_targets(targets), precisions, batches, artifacts, opset=opset,
+                           threads=threads, atol=atol, rtol=rtol, per_output=overrides, seed=seed)  # fmt: skip
+    results = _run_checks(groups)
     code = checking.exit_code(results)
     if json_output:
         _print_json({"passed": code == 0, "cases": [r.to_dict() for r in results]})
     else:
         console.print(tables.check_table(results))
         _print_problems(results)
-        ran = [r for r in results if r.status != "unavailable"]
-        console.print(
-            f"{sum(r.passed for r in ran)}/{len(ran)} cases agree with the oracle"
-            if ran
-            else "nothing could run"
-        )
+        _print_summary(results)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
 def bench(
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="Sweep file (TOML), or a bundled sweep's name: cpu-default, cpu-baseline, ci-quick, gpu-1-eager.",
-        ),
-    ] = None,
-    variant: Variants = "all",
-    layout: Layout = "all",
+    config: SweepFile = None,
+    variant: _unset(Variants) = None,
+    layout: _unset(Layout) = None,
     branches: BranchList = None,
-    preset: Preset = "small",
-    input_mode: InputMode = "separate",
-    targets: Targets = "torch:cpu,ort:cpu",
-    precision: Precisions = "fp32",
-    batch: Batches = "1,8",
+    preset: _unset(Preset) = None,
+    input_mode: _unset(InputMode) = None,
+    targets: _unset(Targets) = None,
+    precision: _unset(Precisions) = None,
+    batch: _unset(Batches) = None,
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Short warm-up and measurement (CI, smoke runs).")
-    ] = False,
-    transfers: Annotated[
-        bool, typer.Option("--transfers", help="CUDA: also time host<->device copies.")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds a worker may take for one case group.")
-    ] = 600.0,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")
-    ] = None,
-    name: Annotated[
-        str, typer.Option("--name", help="Run name, used in the default run directory.")
-    ] = "bench",
-    seed: Seed = 0,
+    load_inputs: LoadInputs = None,
+    load_outputs: LoadOutputs = None,
+    quick: Quick = False,
+    transfers: Transfers = False,
+    timeout: Timeout = None,
+    out: RunOut = None,
+    resume: Resume = None,
+    name: RunName = None,
+    shard: Shard = None,
+    seed: _unset(Seed, int | None) = None,
     threads: Threads = None,
-    artifacts: ArtifactsDir = Path("artifacts"),
-    isolation: Annotated[
-        str,
-        typer.Option(
-            "--isolation", help="group: a fresh worker per case group; model: one per model (faster)."
-        ),
-    ] = "group",
-    dynamic_batch: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."
-        ),
-    ] = False,
-    budget_minutes: Annotated[
-        float | None,
-        typer.Option("--budget-minutes", help="Start no new group after this long; resume later."),
-    ] = None,
-    report: Annotated[
-        bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")
-    ] = True,
+    artifacts: _unset(ArtifactsDir, Path | None) = None,
+    isolation: Isolation = None,
+    dynamic_batch: DynamicBatch = False,
+    budget_minutes: Budget = None,
+    report: WriteReport = True,
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
-    from ccnbench import sweep, tables
-    from ccnbench.errors import UsageError
+    flags = {
+        "--variant": variant, "--layout": layout, "--branches": branches, "--preset": preset,
+        "--input-mode": input_mode, "--targets": targets, "--precision": precision, "--batch": batch,
+        "--onnx": onnx, "--model": model, "--input-shape": input_shape, "--load-inputs": load_inputs,
+        "--load-outputs": load_outputs, "--quick": quick, "--transfers": transfers, "--timeout": timeout,
+        "--name": name, "--shard": shard, "--seed": seed, "--threads": threads, "--artifacts": artifacts,
+        "--isolation": isolation, "--dynamic-batch": dynamic_batch,
+    }  # fmt: skip
+    run, sweep_config, run_dir = _bench_start(flags, config, resume, out)
+    run = _bench_execute(run, sweep_config, run_dir, budget_minutes)
+    _bench_finish(run, run_dir, report)
 
-    flags = {"--variant": (variant, "all"), "--layout": (layout, "all"), "--branches": (branches, None),
-             "--preset": (preset, "small"), "--input-mode": (input_mode, "separate"),
-             "--targets": (targets, "torch:cpu,ort:cpu"), "--precision": (precision, "fp32"), "--batch": (batch, "1,8"),
-             "--onnx": (onnx, None), "--model": (model, None), "--input-shape": (input_shape, None),
-             "--transfers": (transfers, False), "--timeout": (timeout, 600.0), "--isolation": (isolation, "group"),
-             "--dynamic-batch": (dynamic_batch, False), "--seed": (seed, 0), "--threads": (threads, None)}  # fmt: skip
-    given = [name for name, (value, default) in flags.items() if value not in (default, [])]
-    if (config is not None or resume is not None) and given:
-        where = "the stored run" if resume is not None else "the sweep file"
-        raise UsageError(
-            f"{', '.join(given)} cannot be combined with {'--resume' if resume else '--config'}: {where} decides"
-        )
-    if resume is not None and config is not None:
-        raise UsageError("--resume reruns the stored sweep; it cannot take --config")
+
+def _bench_start(flags: dict[str, Any], config: str | None, resume: Path | None, out: Path | None) -> Any:
+    """The run to execute: a stored one to finish, or a new one from a sweep file or the flags."""
+    from ccnbench import config as configuration
+    from ccnbench import sweep
+
     if resume is not None:
+        configuration.check_resume(flags, config, out)
         run, sweep_config = sweep.resume(resume)
-        run_dir = resume
-    else:
-        if config is not None:
-            sweep_config = sweep.load_config(config)
-            if quick:
-                sweep_config = sweep.SweepConfig.from_dict(
-                    {**sweep_config.to_dict(), "quick": True, "protocol": {}}
-                )
-        else:
-            sweep_config = sweep.SweepConfig.from_dict(
-                {
-                    "name": name,
-                    "preset": preset,
-                    "variants": variant,
-                    "layouts": layout,
-                    "branches": branches,
-                    "input_modes": input_mode,
-                    "model": model,
-                    "input_shape": input_shape,
-                    "onnx": [str(p) for p in onnx or []] or None,
-                    "targets": targets,
-                    "precisions": precision,
-                    "batches": batch,
-                    "quick": quick,
-                    "timeout": timeout,
-                    "transfers": transfers,
-                    "threads": threads,
-                    "artifacts": str(artifacts),
-                    "seed": seed,
-                    "isolation": isolation,
-                    "dynamic_batch": dynamic_batch,
-                },
-                source="command line",
-            )
-        run_dir = out or sweep.new_run_dir(Path("results"), sweep_config.name)
-        run = sweep.start(sweep_config, run_dir)
+        return run, sweep_config, resume
+    sweep_config = configuration.from_command_line(flags, config)
+    run_dir = out or sweep.new_run_dir(Path("results"), sweep_config.name)
+    return sweep.start(sweep_config, run_dir), sweep_config, run_dir
+
+
+def _bench_execute(run: Any, sweep_config: Any, run_dir: Path, budget_minutes: float | None) -> Any:
+    from ccnbench import sweep
+
     err_console.print(f"run directory: {run_dir}", markup=False, highlight=False)
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
@@ -548,25 +518,38 @@ def bench(
         )
         try:
             budget = budget_minutes * 60 if budget_minutes else None
-            run = sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
+            return sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
         except KeyboardInterrupt:
             raise CcnbenchError(
                 f"interrupted; finished cases are saved: resume with --resume {run_dir}"
             ) from None
+
+
+def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
+    from ccnbench import tables
+    from ccnbench.check import exit_code, unchecked_note
+
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
     _print_problems(run.cases)
+    note = unchecked_note(run.cases)
+    if note:
+        err_console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     if report:
         from ccnbench.report import write_report
 
         written = write_report([run_dir], run_dir)
         console.print(f"report: {written}", highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)
+    if run.config.get("shard"):
+        err_console.print(
+            f"this is shard {run.config['shard']} of the sweep: report/compare/recommend take all its run "
+            "directories together",
+            highlight=False,
+        )
     if not run.complete:
         err_console.print(
             f"budget spent: the run is incomplete; finish it with --resume {run_dir}", highlight=False
         )
-    from ccnbench.check import exit_code
-
     code = exit_code(run.cases)
     if code:
         raise typer.Exit(code)
@@ -660,7 +643,7 @@ def recommend(
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(results.load_many(runs)), precisions, shippable=shippable)
+    recs = recommending(all_cases(results.load_runs(runs)), precisions, shippable=shippable)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return
@@ -670,6 +653,69 @@ def recommend(
             console.print(f"    rejected: {reason}", style="yellow", markup=False, highlight=False)
         for reason in r.not_measured:
             console.print(f"    not measured: {reason}", style="dim", markup=False, highlight=False)
+
+
+def _wants_packages(file_format: str, engine: bool) -> bool:
+    """True for --format pt2; a format that does not exist, or pt2 with --engine, is a usage error."""
+    if file_format not in ("onnx", "pt2"):
+        raise UsageError(f"--format {file_format!r}: choose onnx or pt2")
+    if file_format == "pt2" and engine:
+        raise UsageError("--engine builds a TensorRT engine from an ONNX file: use it with --format onnx")
+    return file_format == "pt2"
+
+
+def _print_exports(artifacts: Any, engines: dict[Any, Any], out: Path, json_output: bool) -> None:
+    if json_output:
+        _print_json(
+            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
+        )
+        return
+    table = Table(title=f"ONNX artifacts in {out}")
+    table.add_column("file", overflow="fold")
+    for col in ("size", "Conv", "params", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for a in artifacts:
+        seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
+        table.add_row(a.path.name, _mib(a.size_bytes), str(a.conv_count), f"{a.parameters:,}", seconds)
+    console.print(table)
+    for built in engines.values():
+        cached = " (from the engine cache)" if built["cache_hit"] else ""
+        console.print(f"engine {built['engine']}: {_mib(built['size_bytes'])}, built in {built['build_seconds']:.1f} s{cached}",
+                      markup=False, highlight=False)  # fmt: skip
+
+
+def _run_checks(groups: Any) -> Any:
+    from ccnbench import check as checking
+
+    with _progress() as progress:
+        task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
+
+        def advance(group: Any, result: Any) -> None:
+            progress.update(task, description=group.label, advance=1)
+
+        return checking.run(groups, advance)
+
+
+def _saved_reference(inputs: Path | None, outputs: Path | None) -> tuple[str, str] | None:
+    from ccnbench.errors import UsageError
+
+    if (inputs is None) != (outputs is None):
+        raise UsageError("--load-inputs and --load-outputs go together (the outputs of those inputs)")
+    return (str(inputs), str(outputs)) if inputs and outputs else None
+
+
+def _print_summary(results: Any) -> None:
+    """How many cases agree with an independent oracle, and a warning when some had none."""
+    from ccnbench.check import unchecked_note
+
+    graded = [r for r in results if r.status != "unavailable" and not r.is_reference]
+    if graded:
+        console.print(f"{sum(r.passed for r in graded)}/{len(graded)} cases agree with the oracle")
+    elif not any(r.is_reference for r in results):
+        console.print("nothing could run")
+    note = unchecked_note(results)
+    if note:
+        err_console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
 
 def _print_problems(cases: Any) -> None:

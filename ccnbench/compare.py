@@ -154,7 +154,12 @@ def parse_threshold(text: str | float) -> float:
 def load_rows(path: Path | str) -> tuple[str, dict[str, Row]]:
     """A ccnbench run (directory or results.json) or a pytest-benchmark JSON file."""
     path = Path(path)
-    file = results.results_path(path) if path.is_dir() else path
+    if path.is_dir():  # a run directory, or the shards of one sweep: read as one run
+        runs = results.load_runs([path])
+        if len(runs) != 1:
+            raise UsageError(f"{path} holds {len(runs)} different runs; give one run (or the shards of one)")
+        return "ccnbench", rows_from_run(runs[0])
+    file = path
     data = results.read_json(file)
     if isinstance(data, dict) and "benchmarks" in data and "machine_info" in data:
         return "pytest-benchmark", _rows_from_pytest_benchmark(data)

@@ -162,12 +162,18 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
                     build_seconds=round(runner.build_seconds, 4),
                     artifact=artifact_info,
                     spec=spec,
-                    details=_jsonable(runner.details),
+                    details=_jsonable(runner.details) | _reference_mark(group),
                 )
             except Exception as exc:
                 yield CaseResult(
                     key, "failed", f"batch {batch}: {_describe(exc)}", spec=spec, artifact=artifact_info
                 )
+
+
+def _reference_mark(group: CaseGroup) -> dict[str, Any]:
+    """Mark the case whose target computed the oracle itself: it agrees by construction."""
+    own = group.source.self_reference_target
+    return {"is_reference": True} if own is not None and str(group.target) == own else {}
 
 
 def _artifact_summary(artifact: Any) -> dict[str, Any] | None:

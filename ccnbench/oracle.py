@@ -7,6 +7,7 @@ cache key is the model's digest, the batch, the seed and the torch version.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,25 +23,29 @@ def reference(
     source: ModelSource, inputs: tuple[Tensor, ...], batch: int, seed: int, cache_dir: Path | None
 ) -> tuple[Tensor, ...]:
     """The oracle outputs for ``inputs`` (which must be ``source.make_inputs(batch, seed)``)."""
-    key = (source.kind, source.digest, str(batch), str(seed), torch.__version__)
+    # The digest names the model; the whole description also tells apart one ONNX file graded
+    # against different references.
+    key = (source.kind, source.digest, str(batch), str(seed), torch.__version__, json.dumps(source.to_dict()))
     if key in _memory:
         return _memory[key]
-    # Only ccnbench's own variants are cached on disk: their weights are a function of the spec.
-    # A user's factory can change its weights without changing its name.
-    cacheable = cache_dir is not None and source.kind == "spec"
+    # Only sources whose outputs follow from their digest are cached on disk (ccnbench's own
+    # variants): a user's factory can change its weights without changing its code.
+    cacheable = cache_dir is not None and source.oracle_is_cacheable()
     path = Path(cache_dir) / "oracle" / f"{'-'.join(key[:4])}.pt" if cacheable else None
     outputs: tuple[Tensor, ...] | None = None
     if path is not None and path.is_file():
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(loaded, dict) and loaded.get("torch") == torch.__version__:
+            if isinstance(loaded, dict) and loaded.get("torch") == str(torch.__version__):
                 outputs = tuple(loaded["outputs"])
         except Exception:  # a damaged cache file is recomputed, never trusted
             outputs = None
     if outputs is None:
         outputs = source.oracle(inputs)
         if path is not None:
-            _save(path, {"torch": torch.__version__, "outputs": list(outputs)})
+            # A plain str: torch's TorchVersion is not among the types weights_only loading allows,
+            # which made every cached file unreadable (and silently recomputed).
+            _save(path, {"torch": str(torch.__version__), "outputs": list(outputs)})
     _memory[key] = outputs
     return outputs
 

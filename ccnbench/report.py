@@ -56,7 +56,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     """Write report.md, report.html and plots/ for ``run_dirs`` into ``out_dir`` (default: the first run)."""
     if not run_dirs:
         raise CcnbenchError("no run directories given")
-    runs = [results.load(d) for d in run_dirs]
+    runs = results.load_runs(run_dirs)
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
     if out.suffix == ".json":
         out = out.parent

@@ -1,12 +1,16 @@
 """Results: frozen dataclasses, a versioned JSON schema, atomic writes and strict loading.
 
-A run directory holds ``results.json``; it is rewritten atomically after every case (temp file
-+ rename), so a run killed at any moment leaves a valid file with every finished case.
+A run directory holds ``results.json`` (written atomically: temp file + rename) and, while a
+sweep runs, ``journal.jsonl``: every finished case is appended there as one line and fsynced,
+so a run killed at any moment loses no finished case, and saving costs one line per case
+instead of rewriting every raw sample of the run. ``save`` compacts the journal into
+``results.json``; ``load`` replays a journal that was never compacted (an interrupted run).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -25,6 +29,7 @@ SCHEMA_VERSION = 2
 # Version 1 files (before contests) load as they are: their cases have no blocks, hence no intervals.
 READABLE_VERSIONS = (1, 2)
 RESULTS_FILE = "results.json"
+JOURNAL_FILE = "journal.jsonl"
 STATUSES = ("ok", "failed", "timeout", "unavailable")
 
 
@@ -68,9 +73,19 @@ class CaseResult:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
 
     @property
+    def is_reference(self) -> bool:
+        """This target computed the oracle itself (a user's ONNX file with no reference given)."""
+        return bool(self.details.get("is_reference"))
+
+    @property
     def passed(self) -> bool:
-        """Ran, and agreed with the oracle."""
-        return self.status == "ok" and self.agreement is not None and self.agreement.passed
+        """Ran, and agreed with an independent oracle (agreeing with itself is not a pass)."""
+        return (
+            self.status == "ok"
+            and self.agreement is not None
+            and self.agreement.passed
+            and not self.is_reference
+        )
 
     @property
     def verdict(self) -> str:
@@ -78,6 +93,8 @@ class CaseResult:
             return self.status
         if self.agreement is None:
             return "ok"
+        if self.is_reference:
+            return "reference"
         return "pass" if self.agreement.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,12 +192,48 @@ def results_path(run_dir: Path | str) -> Path:
     return path if path.suffix == ".json" else path / RESULTS_FILE
 
 
+def journal_path(run_dir: Path | str) -> Path:
+    return results_path(run_dir).parent / JOURNAL_FILE
+
+
 def save(run: RunResult, run_dir: Path | str) -> Path:
-    """Write atomically: readers see the old file or the new one, never half of either."""
+    """Write atomically (readers see the old file or the new one), then drop the journal.
+
+    The journal goes only after the new file is in place: a crash in between leaves cases in
+    both, and ``load`` keeps one copy of each.
+    """
     path = results_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     fileio.write_text(path, json.dumps(run.to_dict(), indent=1, allow_nan=False))
+    journal_path(path).unlink(missing_ok=True)
     return path
+
+
+def append_case(run_dir: Path | str, case: CaseResult) -> None:
+    """Append one finished case to the run's journal and fsync it: it survives a kill from here on."""
+    line = json.dumps(case.to_dict(), allow_nan=False) + "\n"
+    with journal_path(run_dir).open("a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replay_journal(run: RunResult, path: Path) -> RunResult:
+    """Cases appended after the last compaction; a half-written last line (a kill mid-write) is dropped."""
+    if not path.is_file():
+        return run
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    cases = {c.key: c for c in run.cases}
+    for number, line in enumerate(lines, 1):
+        try:
+            case = CaseResult.from_dict(json.loads(line))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if number == len(lines):
+                break  # the line being written when the run was killed
+            raise ResultsError(f"{path} line {number} is damaged: {exc}") from exc
+        cases.pop(case.key, None)  # a rerun case replaces the old one and moves to the end
+        cases[case.key] = case
+    return replace(run, cases=tuple(cases.values()))
 
 
 def read_json(path: Path) -> Any:
@@ -194,10 +247,32 @@ def read_json(path: Path) -> Any:
 
 
 def load(run_dir: Path | str) -> RunResult:
-    """Read a run directory or results file; a missing, corrupt or foreign file is a ResultsError."""
+    """Read a run directory or results file, with any journal not yet compacted into it.
+
+    A missing, corrupt or foreign file is a ResultsError.
+    """
     path = results_path(run_dir)
-    return RunResult.from_dict(read_json(path), source=str(path))
+    run = RunResult.from_dict(read_json(path), source=str(path))
+    return _replay_journal(run, journal_path(path)) if path.name == RESULTS_FILE else run
 
 
 def load_many(paths: Iterable[Path | str]) -> list[RunResult]:
     return [load(p) for p in paths]
+
+
+def load_runs(paths: Iterable[Path | str]) -> list[RunResult]:
+    """What ``report``, ``compare`` and ``recommend`` read: runs, with the shards of one sweep
+    (``bench --shard K/N``) combined into one run.
+
+    A path is a run directory, a results.json, or a directory holding run directories (the
+    shards of a CI matrix, downloaded side by side). Missing, repeated or mismatched shards are
+    a ResultsError.
+    """
+    from ccnbench.shard import combine
+
+    found: list[Path | str] = []
+    for p in paths:
+        path = Path(p)
+        inner = sorted(d for d in path.iterdir() if results_path(d).is_file()) if path.is_dir() else []
+        found += inner if inner and not results_path(path).is_file() else [path]
+    return combine(load_many(found))

@@ -101,14 +101,21 @@ def sources(
     model: str | None = None,
     shape: str | None = None,
     onnx: Sequence[str] | None = None,
+    saved: tuple[str, str] | None = None,
 ) -> list[ModelSource]:
-    """What to run: ONNX files, a user's factory, or ccnbench's variants (in that priority)."""
+    """What to run: ONNX files, a user's factory, or ccnbench's variants (in that priority).
+
+    With ONNX files, ``model`` (the factory they were exported from) or ``saved`` (inputs and
+    outputs files) is the reference they are checked against.
+    """
     from ccnbench.source import ModelSource
 
+    if saved and not onnx:
+        raise UsageError("--load-inputs/--load-outputs are the reference of an --onnx file; give --onnx")
     if onnx:
-        if model:
-            raise UsageError("give either --onnx or --model, not both")
-        return [ModelSource.from_onnx(path) for path in onnx]
+        if shape is not None:
+            raise UsageError("--input-shape comes from the --onnx file itself; leave it out")
+        return [ModelSource.from_onnx(path, model, saved) for path in onnx]
     if model:
         parsed = input_shape(shape)
         if parsed is None:

@@ -1,8 +1,8 @@
 """Sweeps: expand a configuration into case groups and run each group in a fresh worker process.
 
 A worker that crashes, hangs past its timeout or runs out of memory becomes results with a
-status and a message; the sweep goes on. Results are saved atomically after every case, an
-existing run is never overwritten, and ``resume`` finishes a run without redoing its cases.
+status and a message; the sweep goes on. Every finished case is appended to the run's journal
+(compacted into results.json at the end), an existing run is never overwritten, and ``resume`` finishes a run without redoing its cases.
 """
 
 from __future__ import annotations
@@ -15,199 +15,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ccnbench import check, contest, environment, results, selection
-from ccnbench.agreement import Tolerance
-from ccnbench.backends import parse_targets
+from ccnbench import contest, environment, results
+from ccnbench.config import (  # noqa: F401 - re-exported: the configuration used to live here
+    DEFAULT_TIMEOUT,
+    ISOLATIONS,
+    SWEEPS_DIR,
+    SweepConfig,
+    load_config,
+)
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.execute import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult, RunResult
-from ccnbench.timing import DEFAULT, QUICK, Protocol
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-SWEEPS_DIR = Path(__file__).parent / "sweeps"
-DEFAULT_TIMEOUT = 600.0
-_MODEL_KEYS = {
-    "preset",
-    "variants",
-    "branches",
-    "input_modes",
-    "layouts",
-    "model",
-    "input_shape",
-    "onnx",
-    "seed",
-}
-_TOP_KEYS = _MODEL_KEYS | {
-    "name", "description", "models", "targets", "precisions", "batches", "quick", "timeout", "transfers",
-    "opset", "threads", "artifacts", "protocol", "tolerance", "isolation", "dynamic_batch",
-}  # fmt: skip
-ISOLATIONS = ("group", "model")
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What to run. ``models`` are selections (preset, variants, branches, ...) each expanded on
-    its own; everything else applies to all of them."""
-
-    name: str = "sweep"
-    models: tuple[dict[str, Any], ...] = ({},)
-    targets: tuple[str, ...] = ("torch:cpu", "ort:cpu")
-    precisions: tuple[str, ...] = ("fp32",)
-    batches: tuple[int, ...] = (1, 8)
-    protocol: Protocol = DEFAULT
-    timeout: float = DEFAULT_TIMEOUT
-    transfers: bool = False
-    opset: int = 18
-    threads: int | None = None
-    artifacts: str = "artifacts"
-    atol: float | None = None
-    rtol: float | None = None
-    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
-    seed: int = 0
-    isolation: str = "group"
-    dynamic_batch: bool = False
-
-    def __post_init__(self) -> None:
-        if self.isolation not in ISOLATIONS:
-            raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
-        if self.timeout <= 0:
-            raise UsageError(f"timeout must be positive, got {self.timeout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "isolation": self.isolation,
-            "dynamic_batch": self.dynamic_batch,
-            "models": [dict(m) for m in self.models],
-            "targets": list(self.targets),
-            "precisions": list(self.precisions),
-            "batches": list(self.batches),
-            "protocol": self.protocol.to_dict(),
-            "timeout": self.timeout,
-            "transfers": self.transfers,
-            "opset": self.opset,
-            "threads": self.threads,
-            "artifacts": self.artifacts,
-            "tolerance": {
-                "atol": self.atol,
-                "rtol": self.rtol,
-                "outputs": {k: [v.atol, v.rtol] for k, v in self.per_output.items()},
-            },
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> SweepConfig:
-        unknown = sorted(set(data) - _TOP_KEYS)
-        if unknown:
-            raise UsageError(
-                f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOP_KEYS))}"
-            )
-        defaults = {k: data[k] for k in _MODEL_KEYS if k in data}
-        models = data.get("models") or [{}]
-        if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
-            raise UsageError(f"{source}: 'models' must be a list of tables ([[models]])")
-        for m in models:
-            bad = sorted(set(m) - _MODEL_KEYS)
-            if bad:
-                raise UsageError(
-                    f"{source}: unknown key {bad[0]!r} in [[models]]; known: {', '.join(sorted(_MODEL_KEYS))}"
-                )
-        quick = bool(data.get("quick", False))
-        protocol_data = data.get("protocol") or {}
-        try:
-            protocol = replace(QUICK if quick else DEFAULT, **protocol_data)
-        except TypeError as exc:
-            raise UsageError(f"{source}: [protocol]: {exc}") from exc
-        tolerance = data.get("tolerance") or {}
-        per_output = {
-            name: Tolerance(float(v[0]), float(v[1]) if len(v) > 1 else 0.0)
-            for name, v in (tolerance.get("outputs") or {}).items()
-        }
-        return cls(
-            name=str(data.get("name", "sweep")),
-            models=tuple({**defaults, **m} for m in models),
-            targets=tuple(_as_list(data.get("targets", cls.targets))),
-            precisions=tuple(_as_list(data.get("precisions", cls.precisions))),
-            batches=selection.integers(_as_list(data.get("batches", list(cls.batches))), "batches"),
-            protocol=protocol,
-            timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
-            transfers=bool(data.get("transfers", False)),
-            opset=int(data.get("opset", 18)),
-            threads=data.get("threads"),
-            artifacts=str(data.get("artifacts", "artifacts")),
-            atol=tolerance.get("atol"),
-            rtol=tolerance.get("rtol"),
-            per_output=per_output,
-            seed=int(data.get("seed", 0)),
-            isolation=str(data.get("isolation", "group")),
-            dynamic_batch=bool(data.get("dynamic_batch", False)),
-        )
-
-    def expand(self) -> list[CaseGroup]:
-        """Every model selection × target × precision as a case group over the batch sizes."""
-        targets = parse_targets(list(self.targets))
-        precisions = selection.choices(list(self.precisions), ("fp32", "fp16", "bf16"), "precision")
-        groups: list[CaseGroup] = []
-        for m in self.models:
-            sources = selection.sources(
-                preset=m.get("preset", "small"),
-                variants=m.get("variants", "all"),
-                layouts_=m.get("layouts", "all"),
-                branches=m.get("branches"),
-                input_modes=m.get("input_modes", "separate"),
-                seed=m.get("seed", self.seed),
-                model=m.get("model"),
-                shape=m.get("input_shape"),
-                onnx=_as_list(m["onnx"]) if m.get("onnx") else None,
-            )
-            groups += check.plan(
-                sources,
-                targets,
-                precisions,
-                self.batches,
-                Path(self.artifacts),
-                opset=self.opset,
-                threads=self.threads,
-                atol=self.atol,
-                rtol=self.rtol,
-                per_output=dict(self.per_output),
-                seed=self.seed,
-                protocol=self.protocol,
-                transfers=self.transfers,
-                dynamic_batch=self.dynamic_batch,
-            )
-        seen: dict[tuple[str, ...], CaseGroup] = {}
-        for g in groups:
-            seen.setdefault(g.case_keys()[0].group, g)
-        return list(seen.values())
-
-
-def load_config(name_or_path: str) -> SweepConfig:
-    """A sweep file by path, or by name from ccnbench's bundled sweeps (``cpu-default``)."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        bundled = SWEEPS_DIR / f"{name_or_path}.toml"
-        if not bundled.is_file():
-            names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
-            raise UsageError(f"no sweep file {name_or_path!r} (bundled sweeps: {names})")
-        path = bundled
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"{path}: {exc}") from exc
-    return SweepConfig.from_dict(data, source=str(path))
-
 
 # --- running ------------------------------------------------------------------------------------
 
@@ -241,7 +65,7 @@ def start(config: SweepConfig, run_dir: Path) -> RunResult:
     except OSError as exc:
         raise CcnbenchError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
     groups = config.expand()  # fail on a bad config before anything is written
-    if not groups:
+    if not groups and not config.shard:  # an empty shard (more parts than models) is a valid, empty part
         raise UsageError("the sweep expands to no cases")
     from ccnbench.backends.torch_eager import cuda_unavailable_reason
     from ccnbench.timing import timer_overhead_ns
@@ -258,8 +82,8 @@ def start(config: SweepConfig, run_dir: Path) -> RunResult:
 def resume(run_dir: Path) -> tuple[RunResult, SweepConfig]:
     run = results.load(run_dir)
     try:
-        config = SweepConfig.from_dict(_config_for_reload(run.config), source=f"{run_dir} (stored config)")
-    except (KeyError, TypeError, ValueError) as exc:
+        config = SweepConfig.from_dict(run.config, source=f"{run_dir} (stored config)")
+    except (KeyError, TypeError, ValueError, UsageError) as exc:
         raise CcnbenchError(f"{run_dir}: the stored sweep configuration cannot be read: {exc}") from exc
     return run, config
 
@@ -317,14 +141,14 @@ def execute(
 
 
 class _RunWriter:
-    """Holds the run and saves it after every case, atomically."""
+    """Holds the run and appends every finished case to its journal (compacted by ``results.save``)."""
 
     def __init__(self, run: RunResult, run_dir: Path, events: SweepEvents) -> None:
         self.run, self.run_dir, self.events = run, run_dir, events
 
     def record(self, case: CaseResult) -> None:
         self.run = self.run.with_case(case)
-        results.save(self.run, self.run_dir)
+        results.append_case(self.run_dir, case)
         self.events.on_case(case)
 
 
@@ -557,17 +381,3 @@ def _spec_dict(group: CaseGroup) -> dict[str, Any] | None:
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
-
-
-def _config_for_reload(stored: Mapping[str, Any]) -> dict[str, Any]:
-    data = dict(stored)
-    tolerance = data.get("tolerance") or {}
-    data["tolerance"] = {k: v for k, v in tolerance.items() if v not in (None, {})}
-    data = {k: v for k, v in data.items() if v is not None}
-    return data

@@ -10,6 +10,7 @@ from ccnbench.results import CaseKey, CaseResult
 
 _VERDICT_STYLE = {
     "pass": "green",
+    "reference": "yellow",
     "FAIL": "bold red",
     "failed": "bold red",
     "timeout": "red",
@@ -19,7 +20,7 @@ _VERDICT_STYLE = {
 
 def verdict_text(result: CaseResult) -> str:
     verdict = result.verdict
-    return f"[{_VERDICT_STYLE.get(verdict, '')}]{verdict}[/]"
+    return f"[{_VERDICT_STYLE.get(verdict, 'default')}]{verdict}[/]"
 
 
 def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:

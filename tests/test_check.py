@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from ccnbench import check
 from ccnbench.backends import Target, parse_targets
 from ccnbench.cli import app
-from ccnbench.export import export
 from ccnbench.models import VARIANTS, spec_from_preset
 from ccnbench.source import ModelSource
 
@@ -102,22 +101,6 @@ def test_a_user_factory_returning_a_ccnbench_variant_can_be_merged(artifacts_dir
     assert all(r.passed for r in results), [r.message for r in results]
     merged_onnx = next(r for r in results if r.key.layout == "merged" and r.key.target == "ort:cpu")
     assert merged_onnx.artifact["conv_count"] == 2  # one Conv per layer: really merged
-
-
-def test_users_onnx_file_is_checked_against_onnx_runtime_cpu(tmp_path):
-    spec = spec_from_preset("tiny", "feature", branches=2)
-    artifact = export(spec, "merged", out_dir=tmp_path)
-    result = runner.invoke(
-        app,
-        ["check", "--onnx", str(artifact.path), "--targets", "ort:cpu,torch:cpu", "--batch", "1,4", "--json"],
-    )
-    assert result.exit_code == 0, result.output
-    cases = json.loads(result.stdout)["cases"]
-    ort_cases = [c for c in cases if c["key"]["target"] == "ort:cpu"]
-    assert [c["verdict"] for c in ort_cases] == ["pass", "pass"]
-    assert ort_cases[0]["key"]["model"] == f"onnx:{artifact.path.name}"
-    torch_case = next(c for c in cases if c["key"]["target"] == "torch:cpu")
-    assert torch_case["status"] == "unavailable" and "use --model" in torch_case["message"]
 
 
 @pytest.mark.parametrize(

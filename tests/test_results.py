@@ -97,3 +97,46 @@ def test_schema_1_files_load_without_intervals_and_contest_cases_round_trip(tmp_
     assert again.contest == "c" and again.latency.blocks == blocks
     assert again.latency.samples_ms == timed.latency.samples_ms
     assert timed.to_dict()["latency"]["samples_ms"] == []  # stored once, inside the blocks
+
+
+def _started(tmp_path):
+    run = results.new_run("r1", collect(threads=2), {"name": "t"})
+    results.save(run, tmp_path)  # what `sweep.start` writes: the header, no cases yet
+    return run
+
+
+def test_journaled_cases_are_read_back_before_compaction(tmp_path):
+    _started(tmp_path)
+    results.append_case(tmp_path, _case(1))
+    results.append_case(tmp_path, _case(8))
+    assert (tmp_path / results.JOURNAL_FILE).is_file()
+    # An interrupted run (never compacted) still loads with every finished case.
+    loaded = results.load(tmp_path)
+    assert [c.key.batch for c in loaded.cases] == [1, 8]
+    results.save(loaded, tmp_path)
+    assert not (tmp_path / results.JOURNAL_FILE).exists()
+    assert [c.key.batch for c in results.load(tmp_path).cases] == [1, 8]
+
+
+def test_a_half_written_last_line_is_dropped_and_a_rerun_case_replaces_the_old(tmp_path):
+    _started(tmp_path)
+    results.append_case(tmp_path, _case(1, "timeout"))
+    results.append_case(tmp_path, _case(1))
+    with (tmp_path / results.JOURNAL_FILE).open("a") as f:
+        f.write('{"key": {"model": "cut off mid-wri')
+    loaded = results.load(tmp_path)
+    assert [(c.key.batch, c.status) for c in loaded.cases] == [(1, "ok")]
+
+
+def test_a_damaged_line_inside_the_journal_is_an_error(tmp_path):
+    _started(tmp_path)
+    (tmp_path / results.JOURNAL_FILE).write_text("garbage\n" + json.dumps(_case(1).to_dict()) + "\n")
+    with pytest.raises(ResultsError, match="line 1 is damaged"):
+        results.load(tmp_path)
+
+
+def test_a_crash_between_compaction_and_journal_removal_keeps_one_copy(tmp_path):
+    run = _started(tmp_path).with_case(_case(1))
+    results.append_case(tmp_path, _case(1))
+    results.fileio.write_text(tmp_path / "results.json", json.dumps(run.to_dict()))  # journal left behind
+    assert len(results.load(tmp_path).cases) == 1

@@ -51,6 +51,9 @@ def test_every_backend_answers_availability_with_none_or_a_reason():
             assert backend_of(target).availability(target.device)
 
 
-def test_backend_names_match_registry_keys():
-    for name, backend in BACKENDS.items():
-        assert backend.name == name and backend.devices and backend.description
+def test_backend_names_are_unique_and_every_backend_describes_itself():
+    from ccnbench.backends import _BACKENDS
+
+    # The registry is keyed by name: a repeated name would silently hide a backend.
+    assert len(BACKENDS) == len(_BACKENDS)
+    assert all(backend.devices and backend.description for backend in _BACKENDS)

@@ -1,0 +1,365 @@
+"""What a sweep runs, and the one route every way of saying it takes.
+
+A sweep file, the ``bench`` flags and a stored run's configuration all become a ``SweepConfig``
+through ``SweepConfig.from_dict``, which type-checks every value and names the field it rejects.
+Defaults live here only: the command line's options default to "not given" and take their
+values from ``DEFAULTS`` and ``MODEL_DEFAULTS``, so no second copy can drift.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ccnbench import selection
+from ccnbench.agreement import Tolerance
+from ccnbench.errors import UsageError
+from ccnbench.timing import DEFAULT, QUICK, Protocol
+
+if TYPE_CHECKING:
+    from ccnbench.execute import CaseGroup
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SWEEPS_DIR = Path(__file__).parent / "sweeps"
+DEFAULT_TIMEOUT = 600.0
+ISOLATIONS = ("group", "model")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+# What one [[models]] entry selects, with its defaults.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "preset": "small",
+    "variants": "all",
+    "branches": None,
+    "input_modes": "separate",
+    "layouts": "all",
+    "model": None,
+    "input_shape": None,
+    "onnx": None,
+    "load_inputs": None,
+    "load_outputs": None,
+    "seed": None,  # None: the sweep's seed
+}
+_MODEL_KEYS = set(MODEL_DEFAULTS)
+
+# Accepted types per key: (python types, words for the error). A comma string is a list.
+_STR = ((str,), "a string")
+_LIST = ((str, list), "a string or a list of strings")
+_INTS = ((int, str, list), "an integer, a comma string or a list of integers")
+_INT = ((int,), "an integer")
+_NUMBER = ((int, float), "a number")
+_BOOL = ((bool,), "true or false")
+_TABLE = ((dict,), "a table")
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": _STR, "description": _STR, "targets": _LIST, "precisions": _LIST, "batches": _INTS,
+    "quick": _BOOL, "timeout": _NUMBER, "transfers": _BOOL, "opset": _INT, "threads": _INT,
+    "artifacts": _STR, "protocol": _TABLE, "tolerance": _TABLE, "isolation": _STR, "dynamic_batch": _BOOL,
+    "seed": _INT, "shard": _STR, "models": ((list,), "a list of tables ([[models]])"),
+    "preset": _STR, "variants": _LIST, "branches": _INTS, "input_modes": _LIST, "layouts": _LIST,
+    "model": _STR, "input_shape": _STR, "onnx": _LIST, "load_inputs": _STR, "load_outputs": _STR,
+}  # fmt: skip
+_TOP_KEYS = set(_TYPES)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to run. ``models`` are selections (preset, variants, branches, ...) each expanded on
+    its own; everything else applies to all of them. ``shard`` = (K, N) runs the K-th of N parts."""
+
+    name: str = "sweep"
+    models: tuple[dict[str, Any], ...] = ({},)
+    targets: tuple[str, ...] = ("torch:cpu", "ort:cpu")
+    precisions: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1, 8)
+    protocol: Protocol = DEFAULT
+    timeout: float = DEFAULT_TIMEOUT
+    transfers: bool = False
+    opset: int = 18
+    threads: int | None = None
+    artifacts: str = "artifacts"
+    atol: float | None = None
+    rtol: float | None = None
+    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+    seed: int = 0
+    isolation: str = "group"
+    dynamic_batch: bool = False
+    shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
+        if self.timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {self.timeout}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "isolation": self.isolation,
+            "dynamic_batch": self.dynamic_batch,
+            "models": [dict(m) for m in self.models],
+            "targets": list(self.targets),
+            "precisions": list(self.precisions),
+            "batches": list(self.batches),
+            "protocol": self.protocol.to_dict(),
+            "timeout": self.timeout,
+            "transfers": self.transfers,
+            "opset": self.opset,
+            "threads": self.threads,
+            "artifacts": self.artifacts,
+            "tolerance": {
+                "atol": self.atol,
+                "rtol": self.rtol,
+                "outputs": {k: [v.atol, v.rtol] for k, v in self.per_output.items()},
+            },
+            "seed": self.seed,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "sweep") -> SweepConfig:
+        data = {k: v for k, v in data.items() if v is not None}  # TOML has no null; stored runs do
+        _check_keys(data, _TOP_KEYS, source, "")
+        models = data.get("models") or [{}]
+        _check_types(data, source)
+        for m in models:
+            if not isinstance(m, dict):
+                raise UsageError(f"{source}: 'models' must be a list of tables ([[models]])")
+            m = {k: v for k, v in m.items() if v is not None}
+            _check_keys(m, _MODEL_KEYS, source, " in [[models]]")
+            _check_types(m, source)
+            if ("load_inputs" in {**data, **m}) != ("load_outputs" in {**data, **m}):
+                raise UsageError(
+                    f"{source}: load_inputs and load_outputs go together (the outputs of those inputs)"
+                )
+        # The top-level seed is the sweep's own (models without one use it), not copied into each.
+        defaults = {k: data[k] for k in _MODEL_KEYS - {"seed"} if k in data}
+        tolerance = data.get("tolerance") or {}
+        _check_keys(tolerance, {"atol", "rtol", "outputs"}, source, " in [tolerance]")
+        try:
+            return cls(
+                name=data.get("name", cls.name),
+                models=tuple({**defaults, **{k: v for k, v in m.items() if v is not None}} for m in models),
+                targets=tuple(_as_list(data.get("targets", list(cls.targets)))),
+                precisions=selection.choices(_as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
+                batches=selection.integers(_as_list(data.get("batches", list(cls.batches))), "batches"),
+                protocol=_protocol(data.get("protocol") or {}, bool(data.get("quick", False)), source),
+                timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
+                transfers=data.get("transfers", False),
+                opset=data.get("opset", 18),
+                threads=data.get("threads"),
+                artifacts=data.get("artifacts", "artifacts"),
+                atol=_number(tolerance, "atol", source),
+                rtol=_number(tolerance, "rtol", source),
+                per_output=_per_output(tolerance.get("outputs") or {}, source),
+                seed=data.get("seed", 0),
+                isolation=data.get("isolation", "group"),
+                dynamic_batch=data.get("dynamic_batch", False),
+                shard=parse_shard(data["shard"]) if "shard" in data else None,
+            )  # fmt: skip
+        except UsageError as exc:
+            text = str(exc)
+            raise UsageError(text if text.startswith(source) else f"{source}: {text}") from None
+
+    def expand_all(self) -> list[CaseGroup]:
+        """Every model selection × target × precision as a case group, whatever the shard."""
+        from ccnbench import check
+        from ccnbench.backends import parse_targets
+
+        targets = parse_targets(list(self.targets))
+        groups: list[CaseGroup] = []
+        for m in self.models:
+            chosen = {**MODEL_DEFAULTS, **m}
+            saved = (chosen["load_inputs"], chosen["load_outputs"]) if chosen["load_inputs"] else None
+            sources = selection.sources(
+                chosen["preset"], chosen["variants"], chosen["layouts"], chosen["branches"],
+                chosen["input_modes"], self.seed if chosen["seed"] is None else chosen["seed"],
+                chosen["model"], chosen["input_shape"], _as_list(chosen["onnx"]) if chosen["onnx"] else None, saved,
+            )  # fmt: skip
+            groups += check.plan(
+                sources, targets, self.precisions, self.batches, Path(self.artifacts), opset=self.opset,
+                threads=self.threads, atol=self.atol, rtol=self.rtol, per_output=dict(self.per_output),
+                seed=self.seed, protocol=self.protocol, transfers=self.transfers, dynamic_batch=self.dynamic_batch,
+            )  # fmt: skip
+        seen: dict[tuple[str, ...], CaseGroup] = {}
+        for g in groups:
+            seen.setdefault(g.case_keys()[0].group, g)
+        return list(seen.values())
+
+    def expand(self) -> list[CaseGroup]:
+        """The case groups this configuration runs: all of them, or its shard's part."""
+        from ccnbench import shard
+
+        groups = self.expand_all()
+        return shard.select(groups, *self.shard) if self.shard else groups
+
+
+DEFAULTS = SweepConfig()
+
+
+def load_config(name_or_path: str) -> SweepConfig:
+    """A sweep file by path, or by name from ccnbench's bundled sweeps (``cpu-default``)."""
+    return SweepConfig.from_dict(read_sweep_file(name_or_path), source=str(sweep_file(name_or_path)))
+
+
+def sweep_file(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = SWEEPS_DIR / f"{name_or_path}.toml"
+    if not bundled.is_file():
+        names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
+        raise UsageError(f"no sweep file {name_or_path!r} (bundled sweeps: {names})")
+    return bundled
+
+
+def read_sweep_file(name_or_path: str) -> dict[str, Any]:
+    path = sweep_file(name_or_path)
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): the second of four parts."""
+    k, sep, n = str(text).partition("/")
+    try:
+        shard = (int(k), int(n)) if sep else None
+    except ValueError:
+        shard = None
+    if shard is None or not 1 <= shard[0] <= shard[1]:
+        raise UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
+    return shard
+
+
+# --- the command line -------------------------------------------------------------------------
+
+# bench flag -> configuration key. A flag left out is None ("not given").
+FLAG_KEYS = {
+    "--variant": "variants", "--layout": "layouts", "--branches": "branches", "--preset": "preset",
+    "--input-mode": "input_modes", "--targets": "targets", "--precision": "precisions", "--batch": "batches",
+    "--onnx": "onnx", "--model": "model", "--input-shape": "input_shape", "--load-inputs": "load_inputs",
+    "--load-outputs": "load_outputs", "--transfers": "transfers", "--timeout": "timeout",
+    "--isolation": "isolation", "--dynamic-batch": "dynamic_batch", "--seed": "seed", "--threads": "threads",
+    "--quick": "quick", "--artifacts": "artifacts", "--name": "name", "--shard": "shard",
+}  # fmt: skip
+# What a sweep file leaves to the command line: where things go, its name, the quick protocol
+# (a smoke run of a big sweep) and which part of it this machine runs.
+_FILE_OVERRIDES = {"--quick", "--artifacts", "--name", "--shard"}
+
+
+def from_command_line(flags: Mapping[str, Any], config_file: str | None) -> SweepConfig:
+    """The sweep that ``bench`` flags (flag -> value, None when not given) describe.
+
+    With a sweep file, the file decides: a flag that would change what it runs is a usage error
+    naming the flag, never silently ignored.
+    """
+    given = _given(flags)
+    unknown = sorted(set(given) - set(FLAG_KEYS))
+    if unknown:
+        raise ValueError(f"no configuration key for {unknown[0]}")  # a programming error
+    if config_file is None:
+        data = {FLAG_KEYS[f]: _flag_value(f, v) for f, v in given.items()}
+        return SweepConfig.from_dict({"name": "bench", **data}, source="command line")
+    refused = [f for f in given if f not in _FILE_OVERRIDES]
+    if refused:
+        raise UsageError(f"{', '.join(refused)} cannot be combined with --config: the sweep file decides")
+    data = read_sweep_file(config_file)
+    for flag, value in given.items():
+        if flag == "--quick":  # the quick protocol replaces the file's timing, as on the command line
+            data = {**data, "quick": bool(value), "protocol": {}}
+        else:
+            data = {**data, FLAG_KEYS[flag]: _flag_value(flag, value)}
+    return SweepConfig.from_dict(data, source=str(sweep_file(config_file)))
+
+
+def check_resume(flags: Mapping[str, Any], config_file: str | None, out: Path | None) -> None:
+    """``--resume`` reruns the stored sweep in its own directory: every other flag is refused."""
+    refused = list(_given(flags)) + (["--config"] if config_file else []) + (["--out"] if out else [])
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)} cannot be combined with --resume: the stored run decides what runs and where"
+        )
+
+
+def _given(flags: Mapping[str, Any]) -> dict[str, Any]:
+    # None is "not given"; so is False for an on-only switch (--quick) and [] for a repeatable one.
+    return {f: v for f, v in flags.items() if v is not None and v is not False and v != []}
+
+
+def _flag_value(flag: str, value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], known: set[str], source: str, where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown key {unknown[0]!r}{where}; known keys: {', '.join(sorted(known))}"
+        )
+
+
+def _check_types(data: Mapping[str, Any], source: str) -> None:
+    for key, value in data.items():
+        types, words = _TYPES[key]
+        # True is an int to Python, not to a sweep file.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise UsageError(f"{source}: {key!r} must be {words}, got {value!r}")
+
+
+def _protocol(table: Mapping[str, Any], quick: bool, source: str) -> Protocol:
+    """The timing protocol from QUICK or DEFAULT plus the [protocol] table, checked against the
+    Protocol dataclass itself: a field added there needs no change here."""
+    base = QUICK if quick else DEFAULT
+    known = {f.name for f in fields(Protocol)}
+    _check_keys(table, known, source, " in [protocol]")
+    for key, value in table.items():
+        default = getattr(base, key)
+        expected = float if isinstance(default, float) else type(default)
+        ok = isinstance(value, (int, float)) if expected is float else isinstance(value, expected)
+        if not ok or (isinstance(value, bool) and expected is not bool):
+            raise UsageError(f"{source}: [protocol] {key!r} must be {expected.__name__}, got {value!r}")
+    return replace(
+        base, **{k: float(v) if isinstance(getattr(base, k), float) else v for k, v in table.items()}
+    )
+
+
+def _number(table: Mapping[str, Any], key: str, source: str) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{source}: [tolerance] {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _per_output(outputs: Mapping[str, Any], source: str) -> dict[str, Tolerance]:
+    result = {}
+    for name, value in outputs.items():
+        pair = value if isinstance(value, list) else [value]
+        if not 1 <= len(pair) <= 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in pair
+        ):
+            raise UsageError(f"{source}: [tolerance.outputs] {name!r} must be [atol, rtol], got {value!r}")
+        result[name] = Tolerance(float(pair[0]), float(pair[1]) if len(pair) > 1 else 0.0)
+    return result
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, int):
+        return [value]
+    return list(value)

@@ -1,0 +1,103 @@
+"""Sweeps split across machines: disjoint deterministic parts, put back together as one run."""
+
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from ccnbench import config, results, shard, sweep
+from ccnbench.cli import app
+from ccnbench.errors import ResultsError
+
+from helpers import case, run
+
+runner = CliRunner()
+
+
+def _groups():
+    return config.load_config("cpu-default").expand_all()
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_parts_are_disjoint_cover_the_sweep_and_keep_contests_whole(parts):
+    groups = _groups()
+    chosen = [shard.select(groups, k, parts) for k in range(1, parts + 1)]
+    labels = [g.label for part in chosen for g in part]
+    assert sorted(labels) == sorted(g.label for g in groups) and len(set(labels)) == len(labels)
+    for part in chosen:  # all layouts and targets of a model at a precision are in one part
+        others = [g for p in chosen if p is not part for g in p]
+        assert not {shard.contest_key(g) for g in part} & {shard.contest_key(g) for g in others}
+    assert chosen == [shard.select(_groups(), k, parts) for k in range(1, parts + 1)]  # deterministic
+
+
+def test_more_parts_than_contests_leaves_valid_empty_parts(tmp_path):
+    c = config.SweepConfig.from_dict({"preset": "tiny", "variants": "early", "targets": "ort:cpu", "shard": "2/2",
+                                      "artifacts": str(tmp_path)})  # fmt: skip
+    assert (
+        c.expand() == [] and len({shard.contest_key(g) for g in c.expand_all()}) == 1
+    )  # kept + merged: one contest
+    assert sweep.start(c, tmp_path / "run").config["shard"] == "2/2"  # an empty part is still a part
+
+
+def test_parts_are_balanced_by_expected_cost():
+    groups = _groups()
+    loads = [sum(map(shard.expected_cost, shard.select(groups, k, 2))) for k in (1, 2)]
+    heaviest = max(sum(shard.expected_cost(g) for g in groups if shard.contest_key(g) == key)
+                   for key in {shard.contest_key(g) for g in groups})  # fmt: skip
+    assert abs(loads[0] - loads[1]) <= heaviest * (
+        1 + 1e-9
+    )  # greedy largest-first: off by one contest at most
+
+
+def _part(k, n, *cases, name="s", commit="abc"):
+    r = run(*cases, run_id=f"{name}-{k}")
+    env = replace(r.environment, git_commit=commit)
+    return replace(
+        r, environment=env, config={"name": name, "targets": ["ort:cpu"], "shard": f"{k}/{n}"}, complete=True
+    )
+
+
+def test_combine_merges_the_parts_and_refuses_bad_sets():
+    a, b = case("ort:cpu", 1.0, model="a"), case("ort:cpu", 1.0, model="b")
+    (whole,) = shard.combine([_part(2, 2, b), _part(1, 2, a)])
+    assert [c.key.model for c in whole.cases] == ["a", "b"] and whole.complete and "shard" not in whole.config
+    with pytest.raises(ResultsError, match="shard\\(s\\) 2/2 are missing"):
+        shard.combine([_part(1, 2, a)])
+    with pytest.raises(ResultsError, match="shard 1/2 of 's' is given more than once"):
+        shard.combine([_part(1, 2, a), _part(1, 2, a), _part(2, 2, b)])
+    other = _part(2, 2, b)
+    other = replace(other, config={**other.config, "targets": ["torch:cpu"]})
+    with pytest.raises(ResultsError, match="configurations differ"):
+        shard.combine([_part(1, 2, a), other])
+    with pytest.raises(ResultsError, match="different commits"):
+        shard.combine([_part(1, 2, a), _part(2, 2, b, commit="def")])
+    plain = run(a)
+    assert shard.combine([plain]) == [plain]
+
+
+def test_shards_run_apart_report_exactly_like_the_whole_sweep(tmp_path, artifacts_dir):
+    base = ["bench", "--preset", "tiny", "--variant", "early,feature,model", "--layout", "all", "--targets",
+            "torch:cpu,ort:cpu", "--batch", "1", "--quick", "--artifacts", str(artifacts_dir), "--no-report"]  # fmt: skip
+    dirs = {"whole": tmp_path / "whole", "1": tmp_path / "parts" / "one", "2": tmp_path / "parts" / "two"}
+    for part, out in dirs.items():
+        extra = [] if part == "whole" else ["--shard", f"{part}/2"]
+        result = runner.invoke(app, [*base, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    one, two = results.load(dirs["1"]), results.load(dirs["2"])
+    assert one.config["shard"] == "1/2" and two.config["shard"] == "2/2"
+    assert one.cases and two.cases and not {c.key for c in one.cases} & {c.key for c in two.cases}
+    (whole,) = results.load_runs([dirs["whole"]])
+    for given in ([dirs["1"], dirs["2"]], [tmp_path / "parts"]):  # the directories, or their parent
+        (combined,) = results.load_runs(given)
+        assert sorted((str(c.key), c.verdict) for c in combined.cases) == sorted(
+            (str(c.key), c.verdict) for c in whole.cases
+        )
+    result = runner.invoke(app, ["report", str(dirs["1"]), str(dirs["2"]), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["recommend", str(dirs["1"])])
+    assert result.exit_code == 1 and "shard(s) 2/2 are missing" in result.output
+    result = runner.invoke(
+        app, ["compare", str(dirs["whole"]), str(tmp_path / "parts"), "--threshold", "99%"]
+    )
+    # The whole run and the shards' parent compare case for case: nothing missing on either side.
+    assert "error" not in result.output and "missing" not in result.output.lower(), result.output
