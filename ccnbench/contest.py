@@ -31,11 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ccnbench.agreement import TolerancePolicy, compare
+from ccnbench import execute
 from ccnbench.backends import backend_of
-from ccnbench.execute import CaseGroup, _artifact_summary, _describe, _jsonable, unavailable_reason
-from ccnbench.memory import MemoryProbe
-from ccnbench.oracle import reference
+from ccnbench.execute import CaseGroup, _artifact_summary, _describe, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
 
@@ -135,62 +133,30 @@ def _prepare(
     group: CaseGroup, contest_id: str, stack: contextlib.ExitStack
 ) -> tuple[_Member | None, list[CaseResult]]:
     """Build one member and run its memory + agreement pass; failures become results."""
-    keys = group.case_keys()
-    spec = group.source.spec.to_dict() if group.source.spec else None
     reason = unavailable_reason(group)
     if reason:
+        spec = group.source.spec.to_dict() if group.source.spec else None
+        keys = group.case_keys()
         return None, [CaseResult(k, "unavailable", reason, spec=spec, contest=contest_id) for k in keys]
-    backend = backend_of(group.target)
-    probe = MemoryProbe(group.target.device_kind)
-    artifact = None
     try:
-        inputs = {b: group.source.make_inputs(b, group.seed) for b in group.batches}
-        expected = {
-            b: reference(group.source, x, b, group.seed, group.options.artifacts_dir)
-            for b, x in inputs.items()
-        }
-        flops = group.source.flops_per_sample()
-        if backend.needs_onnx:
-            artifact = group.source.artifact(
-                group.precision, group.options.io, group.options.opset, group.options.artifacts_dir
-            )
-        probe.start()
-        runner = stack.enter_context(backend.prepare(group.source, group.target, group.options))
+        prepared = execute.prepare(group)
+        stack.enter_context(prepared.runner)
     except Exception as exc:
-        message = f"prepare: {_describe(exc)}"
-        return None, [CaseResult(k, "failed", message, spec=spec, contest=contest_id) for k in keys]
-    import torch
-
-    info = _artifact_summary(artifact)
-    policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
+        return None, execute.failed_cases(group, f"prepare: {_describe(exc)}", contest_id)
     results: dict[int, CaseResult] = {}
     early: list[CaseResult] = []
-    for key, batch in zip(keys, group.batches):
+    for key, batch in zip(group.case_keys(), group.batches):
         try:
-            outputs = runner.infer(stage(inputs[batch], runner))
-            if runner.is_cuda:
-                torch.cuda.synchronize()
-            agreement = compare(outputs, expected[batch], group.source.output_names, policy)
-            memory = probe.read(
-                runner.uses_torch_allocator,
-                runner.details.get("engine_device_memory_bytes"),
-                artifact.size_bytes if artifact else None,
-            )
-            results[batch] = CaseResult(
-                key,
-                "ok",
-                agreement=agreement,
-                memory=memory,
-                build_seconds=round(runner.build_seconds, 4),
-                artifact=info,
-                spec=spec,
-                details=_jsonable(runner.details),
-                contest=contest_id,
-            )
+            results[batch] = execute.check_case(prepared, key, batch, contest_id)
         except Exception as exc:
             message = f"batch {batch}: {_describe(exc)}"
-            early.append(CaseResult(key, "failed", message, spec=spec, artifact=info, contest=contest_id))
-    return _Member(group, runner, inputs, flops, results), early
+            info = _artifact_summary(prepared.artifact)
+            early.append(
+                CaseResult(
+                    key, "failed", message, spec=execute._spec(group), artifact=info, contest=contest_id
+                )
+            )
+    return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results), early
 
 
 def partners(members: Sequence[Any]) -> list[tuple[int, int]]:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ccnbench.agreement import Tolerance, TolerancePolicy, compare
-from ccnbench.backends import BuildOptions, Target, backend_of
+from ccnbench.backends import BuildOptions, Runner, Target, backend_of
 from ccnbench.memory import MemoryProbe
 from ccnbench.oracle import reference
 from ccnbench.results import CaseKey, CaseResult
@@ -103,71 +104,114 @@ def unavailable_reason(group: CaseGroup) -> str | None:
     return backend.availability(group.target.device)
 
 
+@dataclass
+class Prepared:
+    """A built runner and what its cases are checked with: seeded inputs and oracle outputs per
+    batch size, the FLOP count, the artifact it loaded, and the memory probe started before it."""
+
+    group: CaseGroup
+    runner: Runner
+    inputs: dict[int, tuple[Tensor, ...]]
+    expected: dict[int, tuple[Tensor, ...]]
+    flops: int | None
+    artifact: Any
+    probe: MemoryProbe
+
+
+def prepare(group: CaseGroup) -> Prepared:
+    """Build the group's runner (raises on failure). Shared by ``run_group`` and contests.
+
+    The oracle's float64 pass and the FLOP count run before the memory probe starts, so neither
+    is charged to the target's memory.
+    """
+    backend = backend_of(group.target)
+    inputs = {b: group.source.make_inputs(b, group.seed) for b in group.batches}
+    expected = {
+        b: reference(group.source, x, b, group.seed, group.options.artifacts_dir) for b, x in inputs.items()
+    }
+    flops = group.source.flops_per_sample()
+    # The file the target loads (ONNX, .pt2), built in the sweep's parent and reused here.
+    artifact = backend.artifact(group.source, group.target, group.options)
+    probe = MemoryProbe(group.target.device_kind)
+    probe.start()
+    runner = backend.prepare(group.source, group.target, group.options)
+    return Prepared(group, runner, inputs, expected, flops, artifact, probe)
+
+
+def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
+    """Run one batch once, grade it against the oracle and read the memory probe (raises on failure)."""
+    group, runner = prepared.group, prepared.runner
+    outputs = runner.infer(stage(prepared.inputs[batch], runner))
+    if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
+        torch.cuda.synchronize()
+    policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
+    agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
+    memory = prepared.probe.read(
+        runner.uses_torch_allocator,
+        runner.details.get("engine_device_memory_bytes"),
+        prepared.artifact.size_bytes if prepared.artifact else None,
+    )
+    return CaseResult(
+        key,
+        "ok",
+        agreement=agreement,
+        memory=memory,
+        build_seconds=round(runner.build_seconds, 4),
+        artifact=_artifact_summary(prepared.artifact),
+        spec=_spec(group),
+        details=_jsonable(runner.details) | _reference_mark(group) | _layout_note(group),
+        contest=contest,
+    )
+
+
+def failed_cases(group: CaseGroup, message: str, contest: str | None = None) -> list[CaseResult]:
+    return [CaseResult(k, "failed", message, spec=_spec(group), contest=contest) for k in group.case_keys()]
+
+
 def run_group(group: CaseGroup) -> Iterator[CaseResult]:
     """Yield one CaseResult per batch size, in order, as each finishes."""
-    keys = group.case_keys()
-    spec = group.source.spec.to_dict() if group.source.spec else None
     reason = unavailable_reason(group)
     if reason:
-        for key in keys:
-            yield CaseResult(key, "unavailable", reason, spec=spec)
+        for key in group.case_keys():
+            yield CaseResult(key, "unavailable", reason, spec=_spec(group))
         return
-    backend = backend_of(group.target)
-    artifact = None
-    probe = MemoryProbe(group.target.device_kind)
     try:
-        # The oracle's float64 pass and the FLOP count run before the memory probe starts, so
-        # neither is charged to the target's memory.
-        inputs = {b: group.source.make_inputs(b, group.seed) for b in group.batches}
-        expected = {
-            b: reference(group.source, x, b, group.seed, group.options.artifacts_dir)
-            for b, x in inputs.items()
-        }
-        flops = group.source.flops_per_sample()
-        # The file the target loads (ONNX, .pt2), built in the sweep's parent and reused here.
-        artifact = backend.artifact(group.source, group.target, group.options)
-        probe.start()
-        runner = backend.prepare(group.source, group.target, group.options)
+        prepared = prepare(group)
     except Exception as exc:
-        message = _describe(exc)
-        for key in keys:
-            yield CaseResult(key, "failed", f"prepare: {message}", spec=spec)
+        yield from failed_cases(group, f"prepare: {_describe(exc)}")
         return
-    artifact_info = _artifact_summary(artifact)
-    policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
-    with runner:
-        for key, batch in zip(keys, group.batches):
+    with prepared.runner:
+        for key, batch in zip(group.case_keys(), group.batches):
             try:
-                outputs = runner.infer(stage(inputs[batch], runner))
-                if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
-                    torch.cuda.synchronize()
-                agreement = compare(outputs, expected[batch], group.source.output_names, policy)
-                measurement = (
-                    measure(runner, inputs[batch], group.protocol, flops, group.transfers)
-                    if group.protocol
-                    else None
-                )
-                memory = probe.read(
-                    runner.uses_torch_allocator,
-                    runner.details.get("engine_device_memory_bytes"),
-                    artifact.size_bytes if artifact else None,
-                )
-                yield CaseResult(
-                    key,
-                    "ok",
-                    agreement=agreement,
-                    latency=measurement.latency if measurement else None,
-                    transfers=measurement.transfers if measurement else None,
-                    memory=memory,
-                    build_seconds=round(runner.build_seconds, 4),
-                    artifact=artifact_info,
-                    spec=spec,
-                    details=_jsonable(runner.details) | _reference_mark(group),
-                )
+                case = check_case(prepared, key, batch)
+                if group.protocol:
+                    measurement = measure(
+                        prepared.runner,
+                        prepared.inputs[batch],
+                        group.protocol,
+                        prepared.flops,
+                        group.transfers,
+                    )
+                    case = replace(case, latency=measurement.latency, transfers=measurement.transfers)
+                yield case
             except Exception as exc:
                 yield CaseResult(
-                    key, "failed", f"batch {batch}: {_describe(exc)}", spec=spec, artifact=artifact_info
+                    key,
+                    "failed",
+                    f"batch {batch}: {_describe(exc)}",
+                    spec=_spec(group),
+                    artifact=_artifact_summary(prepared.artifact),
                 )
+
+
+def _spec(group: CaseGroup) -> dict[str, Any] | None:
+    return group.source.spec.to_dict() if group.source.spec else None
+
+
+def _layout_note(group: CaseGroup) -> dict[str, Any]:
+    """What the source's layout did to the model (a user's branches merged by the graph pass)."""
+    note = group.source.layout_note()
+    return {"merge": note} if note else {}
 
 
 def _reference_mark(group: CaseGroup) -> dict[str, Any]:

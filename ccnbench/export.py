@@ -163,14 +163,18 @@ def export_module(
     io: str = "fp32",
     opset: int = DEFAULT_OPSET,
     force: bool = False,
+    layout: str = "kept",
 ) -> Artifact:
-    """Export a user's module (inputs of ``input_shape`` plus a dynamic batch) to ``path``, validated."""
-    _check_options("kept", precision, io, opset)
+    """Export a user's module (inputs of ``input_shape`` plus a dynamic batch) to ``path``, validated.
+
+    ``layout`` is recorded in the file's metadata (a user's module merged by the graph pass is
+    ``merged``)."""
+    _check_options(layout, precision, io, opset)
     _writable_dir(path.parent)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
-    return _export_to(module, path, input_names, input_shape, output_names, precision, io, opset)
+    return _export_to(module, path, input_names, input_shape, output_names, precision, io, opset, layout)
 
 
 def _reusable(path: Path) -> Artifact | None:

@@ -121,8 +121,9 @@ def sources(
         if parsed is None:
             raise UsageError("--model needs --input-shape (one input's shape without batch, e.g. 1x24x24x24)")
         counts = integers(branches, "branches") if branches is not None else (1,)
-        # A user's module is run as written unless merged is asked for by name.
-        chosen = ("kept",) if layouts_ == "all" else layouts(layouts_)
+        # merged: the graph pass (ccnbench.models.graph_merge) folds the user's parallel branches;
+        # what it cannot merge runs as written, with the reason in the results.
+        chosen = layouts(layouts_)
         return [ModelSource.from_factory(model, parsed, n, layout) for n in counts for layout in chosen]
     if shape is not None:
         raise UsageError(

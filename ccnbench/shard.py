@@ -17,21 +17,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ccnbench.contest import contest_key
 from ccnbench.errors import ResultsError
 
 if TYPE_CHECKING:
     from ccnbench.execute import CaseGroup
     from ccnbench.results import RunResult
 
-ContestKey = tuple[str, str, str, str]
-
 # Rough relative cost of preparing and timing one case on a target's backend: compilers and
 # engine builders spend far longer before the first measurement than eager or ONNX Runtime.
 _BACKEND_WEIGHT = {"compile": 4.0, "tensorrt": 6.0, "aoti": 6.0}
-
-
-def contest_key(group: CaseGroup) -> ContestKey:
-    return (group.source.label, group.source.digest, group.precision, group.target.device_kind)
 
 
 def expected_cost(group: CaseGroup) -> float:
@@ -41,9 +36,9 @@ def expected_cost(group: CaseGroup) -> float:
     return weight * (1.0 + voxels * sum(group.batches) / 1e5)
 
 
-def assign(groups: Sequence[CaseGroup], parts: int) -> dict[ContestKey, int]:
+def assign(groups: Sequence[CaseGroup], parts: int) -> dict[tuple[str, ...], int]:
     """Contest -> part index (0-based): largest expected cost first, each to the lightest part."""
-    costs: dict[ContestKey, float] = {}
+    costs: dict[tuple[str, ...], float] = {}
     for g in groups:
         costs[contest_key(g)] = costs.get(contest_key(g), 0.0) + expected_cost(g)
     loads = [0.0] * parts

@@ -26,6 +26,7 @@ from ccnbench.models import LAYOUTS, FusionNet, ModelSpec, build, flops_per_samp
 
 if TYPE_CHECKING:
     from ccnbench.export import Artifact
+    from ccnbench.models.graph_merge import MergeOutcome
     from ccnbench.reference import SavedReference
 
 KINDS = ("spec", "factory", "onnx")
@@ -34,6 +35,7 @@ KINDS = ("spec", "factory", "onnx")
 # and describes an ONNX file once; callers get copies.
 _modules: dict[tuple[str, str], tuple[nn.Module, tuple[str, ...]]] = {}
 _artifacts: dict[tuple[Any, ...], Artifact] = {}
+_merges: dict[tuple[str, str], MergeOutcome] = {}
 
 
 class ModelSource:
@@ -105,6 +107,10 @@ class ModelSource:
 
     def fixed_batches(self) -> tuple[int, ...] | None:
         """Batch sizes this source can only run at (saved reference data), or None for any."""
+        return None
+
+    def layout_note(self) -> dict[str, Any] | None:
+        """What this source's layout did to the model, for the results (None: nothing to say)."""
         return None
 
     def oracle_is_cacheable(self) -> bool:
@@ -254,9 +260,23 @@ class FactorySource(ModelSource):
             return module
         if isinstance(module, FusionNet):
             return merge(module)
-        # A general graph pass that merges any module's parallel branches goes here; until then
-        # only ccnbench's own FusionNet can be merged.
-        raise UsageError("a user model can only be run kept: merging needs one of ccnbench's variants")
+        # Any other module: the general graph pass. What it cannot prove identical stays kept,
+        # with the reason in ``layout_note``; the case still runs (as the module written).
+        return copy.deepcopy(self._merge_outcome().module)
+
+    def _merge_outcome(self) -> MergeOutcome:
+        """The graph pass over the factory's module, once per process (it traces and runs it)."""
+        from ccnbench.models.graph_merge import merge_branches
+
+        key = (self.factory, self.code_digest)
+        if key not in _merges:
+            _merges[key] = merge_branches(copy.deepcopy(self._built()[0]), self.make_inputs(2, seed=0))
+        return _merges[key]
+
+    def layout_note(self) -> dict[str, Any] | None:
+        if self.layout != "merged" or isinstance(self._built()[0], FusionNet):
+            return None
+        return self._merge_outcome().to_dict()
 
     def artifact(
         self, precision: str = "fp32", io: str = "fp32", opset: int = 18, artifacts_dir: Path | None = None
@@ -272,7 +292,15 @@ class FactorySource(ModelSource):
             stem = f"user-{name}-{self.layout}-{self.num_inputs}x{shape}-{precision}-op{opset}-{_weights_digest(module)}"
             out = Path(artifacts_dir or DEFAULT_ARTIFACTS) / f"{stem}.onnx"
             _artifacts[key] = export_module(
-                module, self.input_names, self.input_shape, out, self.output_names, precision, io, opset
+                module,
+                self.input_names,
+                self.input_shape,
+                out,
+                self.output_names,
+                precision,
+                io,
+                opset,
+                layout=self.layout,
             )
         return _artifacts[key]
 
