@@ -91,6 +91,11 @@ class ModelSource:
         return True
 
     @property
+    def precision(self) -> str | None:
+        """A file's own precision; None for sources that can be exported at any."""
+        return None
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         return ("input",) if self.num_inputs == 1 else tuple(f"input_{i}" for i in range(self.num_inputs))
 
