@@ -83,6 +83,7 @@ def build(runs: Sequence[RunResult], plot_dir: Path) -> list[Block]:
     blocks += _environment(runs)
     blocks += _recommendations(cases)
     blocks += _plots(cases, plot_dir)
+    blocks += _merges(cases)
     blocks += _per_model(cases)
     blocks += _problems(cases)
     return blocks
@@ -206,6 +207,19 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
             )
         blocks += [Heading(model, 3), TableBlock(headers, tuple(rows), frozenset(numeric))]
     return blocks
+
+
+def _merges(cases: Sequence[CaseResult]) -> list[Block]:
+    """What the graph pass did to a user's model in its merged layout, one line per model."""
+    lines = {}
+    for c in cases:
+        note = c.details.get("merge")
+        if isinstance(note, dict) and c.key.model not in lines:
+            what = note.get("description") if note.get("merged") else f"runs kept: {note.get('reason')}"
+            lines[c.key.model] = f"{c.key.model}: {what}"
+    if not lines:
+        return []
+    return [Heading("Merged by the graph pass"), Bullets(tuple(lines[m] for m in sorted(lines)))]
 
 
 def _problems(cases: Sequence[CaseResult]) -> list[Block]:

@@ -87,9 +87,26 @@ def test_users_own_module_is_checked_against_its_float64_self(artifacts_dir):
     assert source.output_names == ("output",) and source.input_names == ("input_0", "input_1")
     results = _run([source], parse_targets("torch:cpu,ort:cpu"), artifacts_dir)
     assert all(r.passed for r in results), [r.message for r in results]
+
+
+def test_a_users_branches_are_merged_by_the_graph_pass_and_graded_against_the_kept_module(artifacts_dir):
     merged = ModelSource.from_factory(f"{FIXTURES}:two_view", (1, 10, 10, 10), 2, layout="merged")
-    (result,) = _run([merged], [Target("torch", "cpu")], artifacts_dir, batches=(1,))
-    assert result.status == "failed" and "can only be run kept" in result.message
+    results = _run([merged], parse_targets("torch:cpu,ort:cpu"), artifacts_dir, batches=(1, 3))
+    assert all(r.passed for r in results), [r.message for r in results]
+    for r in results:
+        assert r.details["merge"]["merged"] is True
+        assert r.details["merge"]["description"].startswith("2 × Sequential")
+    onnx_case = next(r for r in results if r.key.target == "ort:cpu")
+    assert onnx_case.artifact["conv_count"] == 1  # the two branches' Conv3d became one grouped Conv
+
+
+def test_branches_that_differ_run_kept_with_the_reason(artifacts_dir):
+    merged = ModelSource.from_factory(f"{FIXTURES}:two_different_views", (1, 10, 10, 10), 2, layout="merged")
+    results = _run([merged], parse_targets("torch:cpu,ort:cpu"), artifacts_dir, batches=(2,))
+    assert all(r.passed for r in results), [r.message for r in results]
+    for r in results:
+        assert r.details["merge"]["merged"] is False and "differ" in r.details["merge"]["reason"]
+    assert next(r for r in results if r.key.target == "ort:cpu").artifact["conv_count"] == 2
 
 
 def test_a_user_factory_returning_a_ccnbench_variant_can_be_merged(artifacts_dir):

@@ -91,3 +91,26 @@ def test_report_on_the_recorded_cpu_baseline(tmp_path):
     recorded = results.load(BASELINE)
     for model in {c.key.model for c in recorded.cases}:
         assert f"### {model}" in markdown
+
+
+def test_report_says_what_the_graph_pass_merged_and_what_it_left_kept(tmp_path):
+    from dataclasses import replace
+
+    merged = replace(
+        case("torch:cpu", 3.0, model="user:nets.py:two_trunks", layout="merged"),
+        details={"merge": {"merged": True, "description": "2 × ResNet (trunks.0, trunks.1), 12 Conv each"}},
+    )
+    kept_anyway = replace(
+        case("torch:cpu", 3.0, model="user:nets.py:odd", layout="merged"),
+        details={"merge": {"merged": False, "reason": "branches differ: b.0.weight is 6×1×3×3×3"}},
+    )
+    text = write_report([_dir(tmp_path, run(merged, kept_anyway))], tmp_path / "out").read_text()
+    section = text.split("## Merged by the graph pass", 1)[1]
+    assert "user:nets.py:two_trunks: 2 × ResNet (trunks.0, trunks.1), 12 Conv each" in section
+    assert "user:nets.py:odd: runs kept: branches differ: b.0.weight is 6×1×3×3×3" in section
+
+
+def _dir(tmp_path, recorded):
+    path = tmp_path / "run"
+    results.save(recorded, path)
+    return path
