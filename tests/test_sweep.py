@@ -136,8 +136,11 @@ def test_bench_a_users_own_model(tmp_path, artifacts_dir):
     assert result.exit_code == 0, result.output
     cases = results.load(tmp_path / "run").cases
     assert {c.key.target for c in cases} == {"torch:cpu", "ort:cpu"}
-    assert all(c.passed and c.key.layout == "kept" for c in cases)
+    # --layout defaults to all: the graph pass merges the two identical branches.
+    assert {c.key.layout for c in cases} == {"kept", "merged"} and all(c.passed for c in cases)
+    assert all(c.details["merge"]["merged"] for c in cases if c.key.layout == "merged")
     assert all(c.latency.flops_per_sample > 0 for c in cases)  # counted by PyTorch's FlopCounterMode
+    assert len({c.contest for c in cases}) == 1  # kept and merged timed side by side
 
 
 def test_bench_a_users_onnx_file(tmp_path, artifacts_dir):
