@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+SWEEPS = Path(__file__).parent.parent / "ccnbench" / "sweeps"
+
 INJECTOR = """
 import time
 from ccnbench.backends import onnxruntime as _ort
@@ -27,15 +29,22 @@ _ort.OrtRunner.infer = _slower
 """
 
 
-def _bench(out: Path, artifacts: Path, env_path: str | None = None) -> None:
+def _ci_sweep(tmp_path: Path) -> Path:
+    """The CI's own sweep file (protocol, threads, processes), on two of its five variants."""
+    text = (SWEEPS / "ci-quick.toml").read_text()
+    assert 'variants = "all"' in text
+    path = tmp_path / "ci-two-variants.toml"
+    path.write_text(text.replace('variants = "all"', 'variants = ["model", "decision"]'))
+    return path
+
+
+def _bench(sweep: Path, out: Path, artifacts: Path, env_path: str | None = None) -> None:
     import os
 
     env = dict(os.environ)
     if env_path:
         env["PYTHONPATH"] = env_path + os.pathsep + env.get("PYTHONPATH", "")
-    args = ["bench", "--preset", "tiny", "--variant", "model,decision", "--layout", "all", "--targets",
-            "torch:cpu,ort:cpu", "--batch", "1,8", "--quick", "--threads", "1", "--out", str(out),
-            "--artifacts", str(artifacts), "--no-report"]  # fmt: skip
+    args = ["bench", "--config", str(sweep), "--out", str(out), "--artifacts", str(artifacts), "--no-report"]
     subprocess.run([sys.executable, "-m", "ccnbench", *args], check=True, env=env, capture_output=True)
 
 
@@ -43,8 +52,9 @@ def _bench(out: Path, artifacts: Path, env_path: str | None = None) -> None:
 def test_gate_fails_on_an_injected_slowdown_of_thirty_percent(tmp_path, artifacts_dir):
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(INJECTOR)
-    _bench(tmp_path / "base", artifacts_dir)
-    _bench(tmp_path / "slow", artifacts_dir, env_path=str(tmp_path / "inject"))
+    sweep = _ci_sweep(tmp_path)
+    _bench(sweep, tmp_path / "base", artifacts_dir)
+    _bench(sweep, tmp_path / "slow", artifacts_dir, env_path=str(tmp_path / "inject"))
     gate = [sys.executable, "-m", "ccnbench", "compare", str(tmp_path / "base"), str(tmp_path / "slow"),
             "--threshold", "15%", "--json"]  # fmt: skip
     result = subprocess.run(gate, capture_output=True, text=True)
