@@ -230,7 +230,7 @@ def load_artifact(path: Path | str, reused: bool = False) -> Artifact:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise CcnbenchError(f"{path} is not a readable ONNX model: {exc}") from exc
-    return _describe(proto, path, _sha256(path), path.stat().st_size, reused)
+    return _describe(proto, path, fileio.sha256(path), path.stat().st_size, reused)
 
 
 def _describe(proto: Any, path: Path, sha256: str, size: int, reused: bool = False) -> Artifact:
@@ -463,14 +463,6 @@ def _io_type(proto: Any) -> str:
 def _shape(value_info: Any) -> tuple[int | str, ...]:
     dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_param if d.dim_param else d.dim_value for d in dims)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

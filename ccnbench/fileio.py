@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,3 +41,12 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Atomically write whatever ``writer(tmp_path)`` produces (torch.save, savefig, ...)."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB chunks (ONNX files and packages are large)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -177,7 +177,7 @@ def load(path: Path | str, reused: bool = False, missing_ok: bool = False) -> Pa
     try:
         data = json.loads(meta.read_text())
         described = Package.from_dict(data, path, reused)
-        intact = path.stat().st_size == described.size_bytes and _sha256(path) == described.sha256
+        intact = path.stat().st_size == described.size_bytes and fileio.sha256(path) == described.sha256
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if missing_ok:
             return None
@@ -232,7 +232,7 @@ def _build(source: ModelSource, device: str, precision: str, path: Path) -> Pack
     fileio.write_bytes(path, buffer.getvalue())
     built = Package(
         path=path,
-        sha256=_sha256(path),
+        sha256=fileio.sha256(path),
         size_bytes=path.stat().st_size,
         model=source.label,
         layout=source.layout,
@@ -282,11 +282,9 @@ def _check_options(source: ModelSource, device: str, precision: str) -> None:
 
 def _weights_identity(source: ModelSource) -> dict[str, Any]:
     """A user's model: its factory, shapes and weights (edited weights must never reuse a package)."""
-    h = hashlib.sha256()
-    for name, tensor in source.module().state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {**source.to_dict(), "weights": h.hexdigest()[:16]}
+    from ccnbench.source import weights_digest
+
+    return {**source.to_dict(), "weights": weights_digest(source.module())}
 
 
 def _file_stem(label: str) -> str:
@@ -300,14 +298,6 @@ def _writable_dir(path: Path) -> Path:
     except OSError as exc:
         raise CcnbenchError(f"cannot create output directory {path}: {exc.strerror}") from exc
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:

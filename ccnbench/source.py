@@ -294,7 +294,7 @@ class FactorySource(ModelSource):
             name = _safe(self.label.removeprefix("user:"))
             shape = "x".join(map(str, self.input_shape))
             # The weights are part of the name: a changed checkpoint never reuses a stale export.
-            stem = f"user-{name}-{self.layout}-{self.num_inputs}x{shape}-{precision}-op{opset}-{_weights_digest(module)}"
+            stem = f"user-{name}-{self.layout}-{self.num_inputs}x{shape}-{precision}-op{opset}-{weights_digest(module)}"
             out = Path(artifacts_dir or DEFAULT_ARTIFACTS) / f"{stem}.onnx"
             _artifacts[key] = export_module(
                 module,
@@ -480,7 +480,8 @@ def _layout(layout: str) -> str:
     return layout
 
 
-def _weights_digest(module: nn.Module) -> str:
+def weights_digest(module: nn.Module) -> str:
+    """A short hash of a module's class and weights: edited weights never reuse a stale file."""
     h = hashlib.sha256(type(module).__qualname__.encode())
     for name, tensor in module.state_dict().items():
         h.update(name.encode())
