@@ -7,12 +7,16 @@
 #   dry run of the mechanics on the CPU, stages rewritten to CPU targets and the tiny preset:
 #                        OUT=/tmp/gpu-dry GPU_CHECK_CPU=1 GPU_CHECK_SECONDS=60 make gpu-check
 #
-# Stages, cheapest question first (estimates for one H100, torch 2.11, CUDA 13, 16 cores; one worker
-# per model and layout costs ~4 s of Python, torch and CUDA start-up; a case ~0.35 s of timing):
+# Stages, cheapest question first (estimates for one H100, torch 2.11, CUDA 13, 16 cores; a fresh
+# worker costs ~4 s of Python, torch and CUDA start-up). Every stage times the formats of one model
+# at one precision side by side in one worker (a contest: 20 ms blocks in interleaved rounds, at
+# most 1 s per batch size, one process per contest; see the [protocol] tables):
 #   1 gpu-1-eager   torch:cuda + ort:cuda, 7 models x kept/merged, fp32+fp16, batch 1 and 32
-#                   56 groups, 112 cases: 14 starts ~55 s + timing ~40 s + ORT sessions ~40 s ~ 135 s
+#                   56 groups, 112 cases in 14 contests: 14 starts ~55 s + ORT sessions and
+#                   agreement ~40 s + timing <= 28 s ~ 125 s
 #   2 gpu-2-graphs  compile-graphs:cuda, model fusion N = 2, 4, 8 x kept/merged, fp16, batch 1
-#                   6 groups, 6 cases: 6 starts ~25 s + 6 inductor compilations ~15 s each ~ 115 s
+#                   6 groups, 6 cases in 3 contests: 3 starts ~12 s + 6 inductor compilations
+#                   ~15 s each + timing <= 3 s ~ 105 s
 #   3 gpu-3-rest    compile:cuda + tensorrt:cuda, the same N-sweep, fp16, batch 1 and 32
 #                   12 groups, 24 cases: whatever the deadline leaves (tensorrt:cuda costs nothing
 #                   where TensorRT is absent, as on the lent machine)
