@@ -22,7 +22,7 @@ NOT_RUN = {
     "new-benchmarks.json": "a placeholder",
     "tensorrt:cuda": "needs CUDA to mean anything",
     "library_models.py:two_resnet10_trunks": "two ResNet-10 trunks through torch.compile take minutes; "
-    "tests/models/test_graph_merge.py covers the pass, tests/test_source.py the --layout merged route",
+    "tests/models/test_graph_merge.py covers the pass, tests/test_check.py the --layout merged route",
     "--variant all --layout all --targets": "every variant, small preset, compile included: tests/test_check.py runs it at tiny",
 }
 
