@@ -1,16 +1,17 @@
 """Derived numbers every view shares: speed-ups against the reference target and merged vs kept.
 
-Cases timed in one contest (schema 2) give paired speed-ups with 95 % intervals
-(``ccnbench.stats``); the point value is then the paired one, so every view shows the same
-number. Other cases fall back to the ratio of medians, without an interval.
+Cases timed in one contest of one run give paired speed-ups with 95 % intervals
+(``ccnbench.stats.pair``); the point value is then the paired one, so every view shows the same
+number. Other cases get the ratio of medians, marked unpaired, without an interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from ccnbench.results import CaseKey, CaseResult, RunResult
-from ccnbench.stats import NOISY_CV, Interval, paired_ratio
+from ccnbench.stats import NOISY_CV, UNPAIRED, Interval, pair
 
 
 def reference_target(target: str) -> str:
@@ -31,47 +32,30 @@ def median_ms(case: CaseResult | None) -> float | None:
 
 
 def speedup_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
-    """Reference latency / this latency, paired within their contest, with its interval."""
+    """Reference latency / this latency (paired within their contest, else unpaired); >1 is faster."""
+    if case.key.target == reference_target(case.key.target):
+        return None
     ref = cases.get(CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)}))
-    return _paired(ref, case)
+    return pair(ref, case)
 
 
 def merged_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
-    """For a merged case: kept latency / merged latency on the same target, with its interval."""
+    """For a merged case: kept latency / merged latency on the same target (paired, else unpaired)."""
     if case.key.layout != "merged":
         return None
-    return _paired(cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"})), case)
+    return pair(cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"})), case)
 
 
 def speedup_vs_reference(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
     """Reference median / this median, same model, layout, precision and batch; >1 is faster."""
-    paired = speedup_interval(cases, case)
-    if paired is not None:
-        return paired.value
-    ref_key = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
-    ref, own = median_ms(cases.get(ref_key)), median_ms(case)
-    return ref / own if ref and own else None
+    ratio = speedup_interval(cases, case)
+    return ratio.value if ratio else None
 
 
 def merged_speedup(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
     """For a merged case: kept median / merged median on the same target; >1 means merging pays."""
-    if case.key.layout != "merged":
-        return None
-    paired = merged_interval(cases, case)
-    if paired is not None:
-        return paired.value
-    kept = cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"}))
-    k, m = median_ms(kept), median_ms(case)
-    return k / m if k and m else None
-
-
-def _paired(slow: CaseResult | None, fast: CaseResult | None) -> Interval | None:
-    """slow's latency over fast's; None unless both ran in the same contest."""
-    if slow is None or fast is None or slow is fast or slow.contest is None or slow.contest != fast.contest:
-        return None
-    if slow.status != "ok" or fast.status != "ok":
-        return None
-    return paired_ratio(slow.latency, fast.latency)
+    ratio = merged_interval(cases, case)
+    return ratio.value if ratio else None
 
 
 def reproducibility(first: RunResult, second: RunResult) -> dict[str, float | int]:
@@ -113,11 +97,38 @@ def reproducibility(first: RunResult, second: RunResult) -> dict[str, float | in
     }
 
 
+def cross_coverage(first: RunResult, second: RunResult) -> tuple[int, int, list[str]]:
+    """A-A calibration: how often ``second``'s point value of a paired ratio (vs the reference, and
+    merged vs kept) falls inside ``first``'s 95 % interval for the same ratio. Returns (inside,
+    compared, misses). Calibrated intervals put it near 83 % (two noisy estimates, not a true value
+    and one estimate); far lower means the intervals are too narrow."""
+    a, b = index(first.cases), index(second.cases)
+    inside, compared, misses = 0, 0, []
+    for key, case in a.items():
+        other = b.get(key)
+        if other is None:
+            continue
+        for name, view in (("vs reference", speedup_interval), ("merged vs kept", merged_interval)):
+            mine, theirs = view(a, case), view(b, other)
+            if mine is None or theirs is None or mine.scope == UNPAIRED or theirs.scope == UNPAIRED:
+                continue
+            compared += 1
+            if mine.contains(theirs.value):
+                inside += 1
+            else:
+                misses.append(f"{key} {name}: {theirs.value:.3f} outside {mine.format(3)}")
+    return inside, compared, misses
+
+
 def all_cases(runs: Iterable[RunResult]) -> list[CaseResult]:
-    """Cases of several runs (a CPU and a GPU machine, say); a later run wins on a repeated key."""
+    """Cases of several runs (a CPU and a GPU machine, say); a later run wins on a repeated key.
+
+    Each case keeps which run it came from (``CaseResult.run``), so that cases of two runs never
+    pair, even where older files gave their contests the same id.
+    """
     merged: dict[CaseKey, CaseResult] = {}
     for run in runs:
-        merged.update(index(run.cases))
+        merged.update({c.key: replace(c, run=run.tag) for c in run.cases})
     return list(merged.values())
 
 
@@ -136,7 +147,7 @@ def noise_warnings(cases: Iterable[CaseResult], resolve: float = 0.10) -> list[s
                 ("vs eager", speedup_interval(by_key, case)),
                 ("merged vs kept", merged_interval(by_key, case)),
             )
-            if i is not None and i.relative_half_width > resolve
+            if i is not None and i.scope != UNPAIRED and i.relative_half_width > resolve
         ]
         noise = case.latency.noise
         if noise is not None and noise > NOISY_CV:

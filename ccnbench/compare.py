@@ -179,11 +179,8 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
             }
         ref = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
         ref_case = cases.get(ref)
-        ratio = (
-            stats.paired_ratio(case.latency, ref_case.latency)
-            if ref != case.key and ref_case is not None and ref_case.status == "ok"
-            else None
-        )
+        ratio = stats.pair(case, ref_case) if ref != case.key else None
+        ratio = ratio if ratio is not None and ratio.computable else None  # paired ratios only
         rows[str(case.key)] = Row(
             str(case.key),
             case.key.target,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
+import hashlib
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -31,13 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ccnbench import execute
+from ccnbench import execute, stats
 from ccnbench.backends import backend_of
 from ccnbench.execute import CaseGroup, _artifact_summary, _describe, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
-
-_T95 = 2.0  # the in-process stopping rule only needs a rough t quantile; the final intervals are bootstrapped
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,11 @@ def contest_key(group: CaseGroup) -> tuple[str, str, str, str]:
     return (group.source.label, group.source.digest, group.precision, group.target.device_kind)
 
 
-def plan(groups: Sequence[CaseGroup]) -> tuple[list[Contest], list[CaseGroup]]:
-    """Contests of two or more timed members that may share a process, and the groups left alone."""
+def plan(groups: Sequence[CaseGroup], run: str = "") -> tuple[list[Contest], list[CaseGroup]]:
+    """Contests of two or more timed members that may share a process, and the groups left alone.
+
+    A contest's id is unique per run (``run`` names it: a resumed run passes the same name and
+    finds its contests again) and per batch bucket, so no two contests' blocks ever pair."""
     buckets: dict[tuple[str, ...], list[CaseGroup]] = {}
     alone: list[CaseGroup] = []
     for g in groups:
@@ -78,8 +79,14 @@ def plan(groups: Sequence[CaseGroup]) -> tuple[list[Contest], list[CaseGroup]]:
             alone += members
         else:
             label, digest, precision, device = key[:4]
-            contests.append(Contest(f"{label}/{digest[:8]}/{precision}/{device}", tuple(members)))
+            batches = "-".join(map(str, members[0].batches))
+            ident = f"{label}/{digest[:8]}/{precision}/{device}/b{batches}"
+            contests.append(Contest(f"{ident}/{_nonce(run)}" if run else ident, tuple(members)))
     return contests, alone
+
+
+def _nonce(run: str) -> str:
+    return hashlib.sha256(run.encode()).hexdigest()[:8]
 
 
 def merge_processes(old: CaseResult | None, new: CaseResult) -> CaseResult:
@@ -177,13 +184,15 @@ def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
 
 
 def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:
-    """Every pair's mean log ratio over rounds has a rough 95 % interval within +-width."""
+    """Every pair's ratio over this process's rounds has a 95 % interval within +-width (the
+    within-process interval of ``stats.log_interval``, the one the results will show)."""
     for a, b in pairs:
         logs = np.log(np.asarray(medians[a]) / np.asarray(medians[b]))
-        if len(logs) < 3:
-            return False
-        half = _T95 * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
-        if math.expm1(half) > width:
+        interval = stats.log_interval({0: logs})
+        if (
+            not interval.computable
+            or max(interval.high / interval.value, interval.value / interval.low) - 1 > width
+        ):
             return False
     return True
 

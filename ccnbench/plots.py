@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ccnbench.analysis import index, merged_interval, merged_speedup, reference_target
 from ccnbench.results import CaseResult
-from ccnbench.stats import median_interval
+from ccnbench.stats import Interval, median_interval
 
 _DPI = 110
 
@@ -57,8 +57,8 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
         for (target, precision, layout), points in sorted(lines.items()):
             points.sort(key=lambda c: c.key.batch)
             marker = "o" if all(p.passed for p in points) else "x"
-            medians = [p.latency.median for p in points]
-            ax.errorbar([p.key.batch for p in points], medians, yerr=_yerr(points, medians),
+            medians, yerr = _centred(points)
+            ax.errorbar([p.key.batch for p in points], medians, yerr=yerr,
                         linestyle="-" if layout == "kept" else "--", marker=marker,
                         color=colors[target, precision], capsize=2)  # fmt: skip
         ax.set_xscale("log", base=2)
@@ -110,8 +110,7 @@ def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
             }
             heights = [values.get(m, 0) for m in models]
             spans = [found.get(m) for m in models]
-            yerr = [[h - sp.low if sp else 0 for h, sp in zip(heights, spans)],
-                    [sp.high - h if sp else 0 for h, sp in zip(heights, spans)]]  # fmt: skip
+            yerr = _spans(heights, spans)
             ax.bar(xs, heights, width, yerr=yerr, capsize=2, label=f"{target} {precision}")
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))])
@@ -149,8 +148,8 @@ def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
                 p50, p99 = case.latency.median, case.latency.p99
                 ax.bar(i + offset, p50, 0.4, color=color, yerr=[[0], [p99 - p50]], capsize=3)
                 interval = median_interval(case.latency)
-                if interval is not None:  # the median's 95 % interval, inside the bar's top
-                    ax.errorbar(i + offset, p50, yerr=[[p50 - interval.low], [interval.high - p50]],
+                if interval is not None and interval.computable:  # the median's 95 % interval
+                    ax.errorbar(i + offset, interval.value, yerr=_spans([interval.value], [interval]),
                                 color="black", capsize=2, linewidth=0.8)  # fmt: skip
             ax.annotate(r.best.label, (i + 0.2, r.best.p99), textcoords="offset points", xytext=(0, 3),
                         ha="center", va="bottom", fontsize=6, rotation=90)  # fmt: skip
@@ -193,13 +192,25 @@ def error_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
-def _yerr(points: Sequence[CaseResult], medians: Sequence[float]) -> list[list[float]] | None:
-    """Error bars from each median's 95 % interval; None when no case has one (schema 1)."""
+def _centred(points: Sequence[CaseResult]) -> tuple[list[float], list[list[float]] | None]:
+    """Each case's median with error bars from its 95 % interval, centred on the interval's own point
+    (the pooled median can lie outside an interval over per-process medians); bars None without any."""
     spans = [median_interval(p.latency) for p in points]
-    if not any(spans):
-        return None
-    return [[m - i.low if i else 0.0 for m, i in zip(medians, spans)],
-            [i.high - m if i else 0.0 for m, i in zip(medians, spans)]]  # fmt: skip
+    centres = [i.value if i is not None and i.computable else p.latency.median for p, i in zip(points, spans)]
+    if not any(i is not None and i.computable for i in spans):
+        return centres, None
+    return centres, _spans(centres, spans)
+
+
+def _spans(centres: Sequence[float], intervals: Sequence[Interval | None]) -> list[list[float]]:
+    """matplotlib's yerr (below, above) for intervals around ``centres``: never negative, zero where
+    an interval is missing or not computable."""
+    below, above = [], []
+    for c, i in zip(centres, intervals):
+        known = i is not None and i.computable
+        below.append(max(0.0, c - i.low) if known else 0.0)
+        above.append(max(0.0, i.high - c) if known else 0.0)
+    return [below, above]
 
 
 def _plain_log_axis(ax, axis: str = "y") -> None:

@@ -5,9 +5,16 @@ fastest one whose outputs agree with the float64 oracle; a faster format that fa
 or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
 
 When formats were timed in one contest, "fastest" is judged by paired ratios with 95 %
-intervals: a format whose interval against the fastest includes parity is a *tie*, and among
-tied formats the simpler one is shipped (eager before compiled or exported, kept before
-merged), and the line says so.
+intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdict``:
+
+- *tie*: the interval lies inside ±5 % of parity (``stats.EQUIVALENCE``). Among formats tied with
+  the fastest the simpler one is shipped (eager before compiled or exported, kept before merged,
+  then by target name so that two runs pick the same one), and the line says so.
+- *slower*: the fastest is shipped.
+- *inconclusive*: the interval contains parity but is too wide to call a tie. The fastest point
+  estimate is shipped, and the line says that the answer is inconclusive and what to run to
+  settle it (more processes per contest). It is never called a tie.
+- *unpaired*: the two never ran in one contest; a ratio of medians, said as such.
 
 Each answer says what would be shipped: a file (ONNX, a ``.pt2`` package, a TensorRT engine,
 ONNX run by OpenVINO) or the model's own Python code (eager, ``torch.compile``), as the target's
@@ -22,7 +29,7 @@ from typing import Any
 
 from ccnbench.backends import BACKENDS, Target
 from ccnbench.results import CaseResult
-from ccnbench.stats import Interval, paired_ratio
+from ccnbench.stats import EQUIVALENCE, Interval, pair, resolve_hint, verdict
 
 
 @dataclass(frozen=True)
@@ -63,18 +70,25 @@ class Recommendation:
 
     @property
     def runner_up_ratio(self) -> Interval | None:
-        """The runner-up's latency over the best's, paired within their contest, with its interval."""
+        """The runner-up's latency over the best's (paired within their contest, else unpaired)."""
         if self.best is None or self.runner_up is None:
             return None
-        return paired_ratio(self.runner_up.case.latency, self.best.case.latency)
+        return pair(self.runner_up.case, self.best.case)
+
+    @property
+    def verdict(self) -> str:
+        """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up)."""
+        return verdict(self.runner_up_ratio) if self.runner_up is not None else ""
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.verdict == "inconclusive"
 
     @property
     def margin(self) -> float | None:
         """How much slower the runner-up is (0.25 = 25 %)."""
-        if self.best is None or self.runner_up is None:
-            return None
         ratio = self.runner_up_ratio
-        return (ratio.value if ratio else self.runner_up.median / self.best.median) - 1
+        return ratio.value - 1 if ratio is not None else None
 
     def line(self) -> str:
         if self.best is None:
@@ -86,12 +100,18 @@ class Recommendation:
         ratio = self.runner_up_ratio
         if self.tie_note:
             return f"{text}; {self.tie_note}"
-        if self.runner_up is not None and ratio is not None:
-            verdict = "a tie" if ratio.tie else "slower"
-            text += f"; runner-up {self.runner_up.label} takes {ratio.format()} its time ({verdict})"
-        elif self.runner_up is not None and self.margin is not None:
-            text += f"; runner-up {self.runner_up.label} is {self.margin:.0%} slower (no interval)"
-        return text
+        if self.runner_up is None or ratio is None:
+            return text
+        runner = self.runner_up.label
+        if self.verdict == "inconclusive":
+            return (
+                f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: shipped "
+                f"as the faster point estimate, not a tie; to settle it, {resolve_hint(ratio)}"
+            )
+        if self.verdict == "unpaired":
+            return f"{text}; runner-up {runner} takes {ratio.format()} its time"
+        said = {"tie": f"a tie, inside ±{EQUIVALENCE:.0%}"}.get(self.verdict, self.verdict)
+        return f"{text}; runner-up {runner} takes {ratio.format()} its time ({said})"
 
     def to_dict(self) -> dict[str, Any]:
         def choice(c: Choice | None) -> dict[str, Any] | None:
@@ -113,6 +133,8 @@ class Recommendation:
             "not_measured": list(self.not_measured),
             "runner_up_ratio": self.runner_up_ratio.to_dict() if self.runner_up_ratio else None,
             "tie_note": self.tie_note,
+            "verdict": self.verdict,
+            "resolve": resolve_hint(self.runner_up_ratio) if self.inconclusive else None,
             "summary": self.line(),
         }
 
@@ -174,36 +196,38 @@ def deliverable(ships: str | None) -> str:
     return ships or "needs the model's Python code at run time"
 
 
-def simplicity(case: CaseResult) -> tuple[int, int]:
-    """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before merged."""
+def simplicity(case: CaseResult) -> tuple[int, int, str]:
+    """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before
+    merged; then the target's name, so that equally simple formats are always picked in one order."""
     backend = Target.parse(case.key.target).backend
-    return (0 if backend == "torch" else 1, 0 if case.key.layout == "kept" else 1)
+    return (0 if backend == "torch" else 1, 0 if case.key.layout == "kept" else 1, case.key.target)
 
 
 def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
     """Formats sorted fastest first -> the same list with the simplest of those tied with the fastest
     moved to the front, and a note saying so ("" when the fastest stays first).
 
-    Tied means: the paired ratio against the fastest has a 95 % interval that includes parity.
-    Formats not timed in the fastest one's contest have no paired ratio and never tie.
+    Tied means ``stats.verdict`` of the paired ratio against the fastest is "tie": its interval lies
+    inside the equivalence margin. An inconclusive or unpaired ratio never ties.
     """
     if len(passing) < 2:
         return list(passing), ""
     fastest = passing[0]
-    tied = [fastest]
-    for c in passing[1:]:
-        ratio = paired_ratio(c.latency, fastest.latency)
-        if ratio is not None and ratio.tie:
-            tied.append(c)
+    tied = [fastest, *(c for c in passing[1:] if verdict(pair(c, fastest)) == "tie")]
     pick = min(tied, key=simplicity)
     if pick is fastest:
         return list(passing), ""
-    ratio = paired_ratio(pick.latency, fastest.latency)
+    ratio = pair(pick, fastest)
     assert ratio is not None
     f = fastest.key
+    why = (
+        "shipping the simpler format"
+        if simplicity(pick)[:2] < simplicity(fastest)[:2]
+        else "shipping the first of equally simple formats by target name"
+    )
     note = (
-        f"a tie with the fastest, {f.target} {f.layout} {f.precision} (this one takes {ratio.format()} "
-        "its time): shipping the simpler format"
+        f"a tie (inside ±{EQUIVALENCE:.0%}) with the fastest, {f.target} {f.layout} {f.precision} "
+        f"(this one takes {ratio.format()} its time): {why}"
     )
     return [pick, *(c for c in passing if c is not pick)], note
 

@@ -18,6 +18,7 @@ from ccnbench.analysis import all_cases, index
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult, RunResult
+from ccnbench.stats import EQUIVALENCE, resolve_hint
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,10 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", ""))
             continue
         ratio = r.runner_up_ratio
+        runner = "-"
         if r.runner_up and ratio is not None:
-            runner = f"{r.runner_up.label} ({ratio.format()}{', tie: simpler shipped' if r.tie_note else ''})"
-        else:
-            runner = f"{r.runner_up.label} (+{r.margin:.0%})" if r.runner_up and r.margin is not None else "-"
+            said = {"tie": "tie: simpler shipped" if r.tie_note else "tie", "inconclusive": "INCONCLUSIVE"}
+            runner = f"{r.runner_up.label} ({ratio.format()}, {said.get(r.verdict, r.verdict)})"
         rows.append(
             (
                 r.model,
@@ -149,11 +150,20 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             )
         )
     headers = ("model", "batch", "device", "ship", "p50 / p99 ms", "runner-up", "faster but rejected")
+    unsettled = tuple(
+        f"{r.model} batch {r.batch} on {r.device}: inconclusive; {resolve_hint(r.runner_up_ratio)}"
+        for r in recs
+        if r.inconclusive
+    )
     return [
         Heading("Which format to ship"),
-        Text("The fastest format (target, layout, precision) whose outputs agree with the oracle."),
+        Text(
+            "The fastest format (target, layout, precision) whose outputs agree with the oracle. The "
+            f"runner-up's time over the shipped one's: a tie when its 95 % interval lies inside ±{EQUIVALENCE:.0%}, "
+            "inconclusive when the interval holds parity but is wider (the faster point estimate is shipped)."
+        ),
         TableBlock(headers, tuple(rows), frozenset({1, 4})),
-    ]
+    ] + ([Bullets(unsettled)] if unsettled else [])
 
 
 def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:

@@ -67,6 +67,9 @@ class CaseResult:
     spec: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     contest: str | None = None  # the contest it was timed in: its latency pairs with its members'
+    # Which run it came from when views read several (analysis.all_cases); not saved. Contest ids
+    # of files written before they were unique per run clash across runs: pairing checks both.
+    run: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -140,6 +143,11 @@ class RunResult:
     config: dict[str, Any] = field(default_factory=dict)
     cases: tuple[CaseResult, ...] = ()
     complete: bool = False
+
+    @property
+    def tag(self) -> str:
+        """What tells one run from another (two runs may share an id): its id and creation time."""
+        return f"{self.run_id}@{self.created}"
 
     def with_case(self, case: CaseResult) -> RunResult:
         kept = tuple(c for c in self.cases if c.key != case.key)

@@ -1,18 +1,25 @@
-"""Intervals for medians and paired ratios, from the blocks a contest records.
+"""Intervals for medians and paired ratios, from the blocks a contest records, and the verdict on them.
 
 A contest times its members in rounds (one block each) in several fresh processes, so a
 sample has two levels: processes, and rounds within a process. The process level matters: the
-same file can run 30 % slower for the whole life of one process. Intervals therefore come from
-a two-stage (cluster) bootstrap: each resample draws processes with replacement and, inside
-each drawn process, its rounds with replacement; the statistic is the mean over the drawn
-processes of their median. scipy's ``bootstrap`` resamples one level only, so it is used when a
-case has a single process; the two-stage resampling is a few lines of numpy. With few
-processes a bootstrap under-states the between-process spread by a factor (K-1)/K in variance,
-so the interval is widened by sqrt(K/(K-1)) around its point estimate.
+same file can run 30 % slower for the whole life of one process. So the unit of evidence is the
+process: each process gives one statistic (the median over its rounds, of log latencies or of
+paired log ratios), and with K >= 2 processes the interval is a t-interval over those K values,
+``mean ± t(0.975, K-1) · s/√K``. That is wide at K = 2 (t = 12.7), as it must be: two processes
+cannot say how far a third would land. A bootstrap over processes is far too narrow at K = 2-3,
+which is why it is not used. The within-process standard error of each process's median sets
+a floor on the half-width (two processes that happen to agree do not make an interval narrower
+than their own rounds allow). With one process the interval comes from its rounds alone and is
+labelled *within-process*: it says nothing about how the next process would do.
 
 Ratios are paired: member A's block median over member B's in the *same* (process, round), so
-drift that moves both in a round cancels. Everything is seeded: the same data gives the same
-interval.
+drift that moves both in a round cancels. Pairs only exist inside one contest of one run
+(:func:`pair` checks it); anything else is a ratio of medians, marked *unpaired*.
+
+A ratio's verdict (:func:`verdict`): a *tie* when its whole interval lies inside the
+equivalence margin (±``EQUIVALENCE``), *faster* or *slower* when it excludes parity, and
+*inconclusive* when it contains parity but is too wide to call a tie (then more processes
+resolve it: :func:`resolve_hint`). Every view takes its verdict from here.
 """
 
 from __future__ import annotations
@@ -20,70 +27,146 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ccnbench.timing import LatencyStats
 
+if TYPE_CHECKING:
+    from ccnbench.results import CaseResult
+
 CONFIDENCE = 0.95
-RESAMPLES = 2000
-SEED = 20261127
+# Two formats whose ratio is known to lie within ±5 % of parity are a tie: the same speed for
+# every purpose ccnbench answers. The bound is symmetric in ratio: [1/1.05, 1.05].
+EQUIVALENCE = 0.05
 # A run whose round medians vary more than this (CV) cannot resolve differences of a few percent.
 NOISY_CV = 0.10
+# The standard error of a median of n normal values is sqrt(pi/2) ≈ 1.2533 times that of their mean.
+_MEDIAN_SE = math.sqrt(math.pi / 2)
+
+BETWEEN = "between-process"
+WITHIN = "within-process"
+UNPAIRED = "unpaired"
+SCOPES = (BETWEEN, WITHIN, UNPAIRED)
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its 95 % interval; ``p_value`` (ratios only) is the Wilcoxon
-    signed-rank test of the paired log ratios against parity."""
+    """A point estimate and its 95 % interval.
+
+    ``scope``: ``between-process`` (K >= 2 processes: the interval includes the process-to-process
+    spread), ``within-process`` (one process: its rounds only) or ``unpaired`` (a ratio of medians
+    of cases that never ran in one contest: no interval). ``low``/``high`` are NaN when the
+    interval is not computable (``computable`` is False). ``p_value`` (paired ratios, K >= 2) is
+    the t-test of the per-process log ratios against parity; ``processes`` is K.
+    """
 
     value: float
     low: float
     high: float
     n: int = 0
     p_value: float | None = None
+    processes: int = 0
+    scope: str = BETWEEN
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+
+    @property
+    def computable(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
 
     def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
+        return self.computable and self.low <= x <= self.high
 
     @property
     def tie(self) -> bool:
-        """For a ratio: parity lies inside the interval, so the data cannot tell the two apart."""
-        return self.contains(1.0)
+        """For a ratio: the whole interval lies inside the equivalence margin."""
+        return verdict(self) == "tie"
 
     @property
     def relative_half_width(self) -> float:
-        return (self.high - self.low) / 2 / self.value if self.value else math.inf
+        if not self.computable or not self.value:
+            return math.inf
+        return (self.high - self.low) / 2 / self.value
 
     def inverse(self) -> Interval:
-        return Interval(1 / self.value, 1 / self.high, 1 / self.low, self.n, self.p_value)
+        return Interval(
+            1 / self.value, 1 / self.high, 1 / self.low, self.n, self.p_value, self.processes, self.scope
+        )
 
     def format(self, digits: int = 2, suffix: str = "×") -> str:
-        return f"{self.value:.{digits}f}{suffix} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        value = f"{self.value:.{digits}f}{suffix}"
+        if self.scope == UNPAIRED:
+            return f"{value} unpaired"
+        if not self.computable:
+            return f"{value} [not computable]"
+        text = f"{value} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return text + (" within-process" if self.scope == WITHIN else "")
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        out = dict(self.__dict__)
+        if not self.computable:  # JSON has no NaN
+            out["low"] = out["high"] = None
+        return out
+
+
+def verdict(interval: Interval | None) -> str:
+    """The one verdict on a ratio, shared by every view: ``tie`` (the interval lies inside
+    ±EQUIVALENCE of parity), ``slower`` (above parity: the numerator is slower), ``faster``,
+    ``inconclusive`` (contains parity, or cannot be computed), or ``unpaired`` (no interval)."""
+    if interval is None or interval.scope == UNPAIRED:
+        return "unpaired"
+    if not interval.computable:
+        return "inconclusive"
+    if interval.low >= 1 / (1 + EQUIVALENCE) and interval.high <= 1 + EQUIVALENCE:
+        return "tie"
+    if interval.low > 1:
+        return "slower"
+    if interval.high < 1:
+        return "faster"
+    return "inconclusive"
+
+
+def resolve_hint(interval: Interval | None) -> str:
+    """What to run to turn an inconclusive ratio into an answer."""
+    k = interval.processes if interval else 0
+    if interval is not None and interval.scope == UNPAIRED:
+        return "time both formats in one contest (one sweep, same model, precision and batch)"
+    return (
+        f"time more fresh processes per contest: raise `repeats` under [protocol] in the sweep "
+        f"(this interval has {k} process{'es' if k != 1 else ''})"
+    )
 
 
 def describe(interval: Interval) -> str:
-    """How every view prints a ratio: ``1.84× [1.79, 1.90]``, plus ``tie`` when parity is inside."""
-    return interval.format() + (" tie" if interval.tie else "")
+    """How every view prints a ratio: ``1.84× [1.79, 1.90]``, plus the verdict when it is a tie or
+    inconclusive, and ``within-process`` / ``unpaired`` where that applies."""
+    word = verdict(interval)
+    return interval.format() + (f" {word}" if word in ("tie", "inconclusive") else "")
 
 
 def median_interval(latency: LatencyStats | None) -> Interval | None:
-    """The median latency (ms) with its interval; None without blocks (a schema-1 case)."""
+    """The median latency (ms) with its interval; None without blocks (a schema-1 case).
+
+    Computed on log latencies, so the interval is positive and lies around its own point (the
+    geometric mean of the per-process medians, or the one process's median).
+    """
     if latency is None or len(latency.blocks) < 2:
         return None
     groups: dict[int, list[float]] = {}
     for block in latency.blocks:
-        groups.setdefault(block.process, []).append(block.median)
-    return _interval({p: np.asarray(v) for p, v in groups.items()}, log=False)
+        groups.setdefault(block.process, []).append(math.log(block.median))
+    return log_interval(groups, p_value=False)
 
 
 def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval | None:
-    """num's latency over den's, paired by (process, round); None when fewer than 2 pairs.
+    """num's latency over den's, paired by (process, round); None when no pair exists.
 
-    Over 1 means ``num`` is slower. Pairs only exist between members of one contest.
+    Over 1 means ``num`` is slower. Only meaningful for two members of one contest: call
+    :func:`pair` with the cases, which checks that.
     """
     if num is None or den is None or not num.blocks or not den.blocks:
         return None
@@ -93,10 +176,28 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
         other = by_id.get((block.process, block.round))
         if other:
             groups.setdefault(block.process, []).append(math.log(block.median / other))
-    if sum(len(v) for v in groups.values()) < 2:
+    if not groups:
         return None
-    interval = _interval({p: np.asarray(v) for p, v in groups.items()}, log=True)
-    return Interval(interval.value, interval.low, interval.high, interval.n, _wilcoxon(groups))
+    return log_interval(groups)
+
+
+def pair(num: CaseResult | None, den: CaseResult | None) -> Interval | None:
+    """The one way two cases are compared: num's latency over den's (over 1: num is slower).
+
+    Paired, with its interval, only when both ran (status ok) in the same contest of the same
+    run; otherwise the ratio of their medians, with scope ``unpaired``. None when either has
+    no latency. Every view (tables, report, plots, recommend, compare) calls this.
+    """
+    if num is None or den is None or num is den:
+        return None
+    if num.status != "ok" or den.status != "ok" or num.latency is None or den.latency is None:
+        return None
+    if num.contest is not None and num.contest == den.contest and num.run == den.run:
+        paired = paired_ratio(num.latency, den.latency)
+        if paired is not None:
+            return paired
+    value = num.latency.median / den.latency.median if den.latency.median else math.inf
+    return Interval(value, math.nan, math.nan, scope=UNPAIRED)
 
 
 def noisy(latency: LatencyStats | None, threshold: float = NOISY_CV) -> bool:
@@ -104,55 +205,77 @@ def noisy(latency: LatencyStats | None, threshold: float = NOISY_CV) -> bool:
     return noise is not None and noise > threshold
 
 
-def _interval(groups: Mapping[int, np.ndarray], log: bool) -> Interval:
-    """Point = mean over processes of the per-process median; interval by the bootstrap."""
-    values = [v for v in groups.values() if len(v)]
-    n = sum(len(v) for v in values)
-    point = float(np.mean([np.median(v) for v in values]))
-    rng = np.random.default_rng(SEED)
-    if len(values) == 1:
-        low, high = _single_level(values[0], rng)
+def log_interval(groups: Mapping[int, Sequence[float]], p_value: bool = True) -> Interval:
+    """An interval from log values grouped by process (round log ratios, or log latencies),
+    returned on the original scale (exp).
+
+    K >= 2 processes: point = mean of the per-process medians, half-width the larger of
+    t(0.975, K-1) · s/√K and the within-process one (``process_interval``). K = 1: the process's median, half-width
+    t(0.975, n-1) · 1.2533 · sd/√n over its n rounds, scope within-process (n >= 3, otherwise not
+    computable).
+    """
+    values = [np.asarray(v, dtype=float) for v in groups.values() if len(v)]
+    n, k = sum(len(v) for v in values), len(values)
+    if k == 1:
+        point, low, high, _ = within_interval(values[0][None, :])
+        p = None
     else:
-        low, high = _two_stage(values, rng)
-        widen = math.sqrt(len(values) / (len(values) - 1))
-        low, high = point - (point - low) * widen, point + (high - point) * widen
-    if log:
-        return Interval(math.exp(point), math.exp(low), math.exp(high), n)
-    return Interval(point, low, high, n)
-
-
-def _single_level(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    if len(values) < 2 or np.ptp(values) == 0:
-        return float(values[0] if np.ptp(values) == 0 else values.min()), float(values.max())
-    from scipy.stats import bootstrap
-
-    result = bootstrap(
-        (values,),
-        np.median,
-        n_resamples=RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",  # BCa is unstable for the median of a few rounds
-        rng=rng,
-        vectorized=True,
+        medians = np.array([[np.median(v) for v in values]])
+        ses = np.array([[_median_se(v) for v in values]])
+        point, low, high, p_values = process_interval(medians, ses, n)
+        p = float(p_values[0]) if p_value and math.isfinite(p_values[0]) else None
+    return Interval(
+        math.exp(point[0]), math.exp(low[0]), math.exp(high[0]), n, p, k, BETWEEN if k >= 2 else WITHIN
     )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _two_stage(values: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[float, float]:
-    # Stage 1, per process: RESAMPLES bootstrap medians of its rounds -> (K, RESAMPLES).
-    inner = np.stack([np.median(v[rng.integers(0, len(v), (RESAMPLES, len(v)))], axis=1) for v in values])
-    # Stage 2: draw K processes with replacement for each resample, average their medians.
-    k = len(values)
-    chosen = rng.integers(0, k, (RESAMPLES, k))
-    stats = inner[chosen, np.arange(RESAMPLES)[:, None]].mean(axis=1)
-    alpha = (1 - CONFIDENCE) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+def process_interval(
+    medians: np.ndarray, ses: np.ndarray, rounds: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised over data sets (rows): per-process medians (D, K) and their within-process standard
+    errors (D, K; NaN where unknown) -> point, low, high and the t-test p-value against 0.
+
+    The half-width is the larger of t(K-1)·s/√K (the spread seen between processes) and
+    t(rounds-K)·SE/√K (what the processes' own rounds allow, SE their root mean square standard
+    error): each alone is a 95 % interval, so the larger is at least that. Not computable (NaN
+    bounds) when both are zero.
+    """
+    from scipy.stats import t
+
+    k = medians.shape[1]
+    point = medians.mean(axis=1)
+    if k < 2:
+        nan = np.full(point.shape, np.nan)
+        return point, nan, nan, nan
+    q = (1 + CONFIDENCE) / 2
+    between = t.ppf(q, k - 1) * medians.std(axis=1, ddof=1) / math.sqrt(k)
+    known = np.all(np.isfinite(ses), axis=1)
+    df_within = max(1, (rounds if rounds is not None else 2 * k) - k)
+    within = np.where(known, t.ppf(q, df_within) * np.sqrt(np.nanmean(ses**2, axis=1) / k), 0.0)
+    half = np.maximum(between, within)
+    half = np.where(half > 0, half, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = 2 * t.sf(np.abs(point) / (half / t.ppf(q, k - 1)), k - 1)
+    return point, point - half, point + half, p
 
 
-def _wilcoxon(groups: Mapping[int, list[float]]) -> float | None:
-    values = [x for v in groups.values() for x in v]
-    if len(values) < 6 or not any(values):
-        return None
-    from scipy.stats import wilcoxon
+def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised over data sets (rows) of one process's rounds (D, n): the median and its
+    t-interval from the rounds alone (not computable below 3 rounds)."""
+    from scipy.stats import t
 
-    return float(wilcoxon(values).pvalue)
+    n = rounds.shape[1]
+    point = np.median(rounds, axis=1)
+    nan = np.full(point.shape, np.nan)
+    if n < 3:
+        return point, nan, nan, nan
+    se = _MEDIAN_SE * rounds.std(axis=1, ddof=1) / math.sqrt(n)
+    half = t.ppf((1 + CONFIDENCE) / 2, n - 1) * se
+    return point, point - half, point + half, nan
+
+
+def _median_se(values: np.ndarray) -> float:
+    """Standard error of the median of one process's rounds (NaN below 2 rounds)."""
+    if len(values) < 2:
+        return math.nan
+    return _MEDIAN_SE * float(np.std(values, ddof=1)) / math.sqrt(len(values))

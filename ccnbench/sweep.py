@@ -123,7 +123,7 @@ def execute(
                     writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
         else:
             runnable.append(_without(group, done))
-    contests, alone = contest.plan(runnable)
+    contests, alone = contest.plan(runnable, run.tag)  # ids unique to this run
     for match in contests:
         if deadline and time.monotonic() > deadline:
             break
