@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import numpy as np
+
 from ccnbench import check, contest, selection, stats
 from ccnbench.backends import parse_targets
 from ccnbench.results import CaseKey, CaseResult
@@ -26,6 +28,20 @@ def test_plan_groups_every_format_of_one_model(tmp_path):
         assert len({(g.source.label, g.source.digest) for g in match.groups}) == 1
     again = contest.Contest.from_dict(contests[0].to_dict())
     assert again.id == contests[0].id and len(again.groups) == 4
+
+
+def test_contest_ids_are_unique_per_run_and_batch_bucket(tmp_path):
+    groups = _groups(tmp_path, variants="early")
+    (one,), _ = contest.plan(groups, "run-a@2026-12-01T05:00:00+00:00")
+    (again,), _ = contest.plan(groups, "run-a@2026-12-01T05:00:00+00:00")
+    (other,), _ = contest.plan(groups, "run-a@2026-12-01T06:00:00+00:00")
+    assert one.id == again.id  # a resumed run finds its contests again
+    assert one.id != other.id  # two runs never share a contest id, even with the same run id
+    assert "/b1-2/" in one.id
+    b1 = [replace(g, batches=(1,)) for g in groups]
+    (first,), _ = contest.plan(b1, "r")
+    mixed, _ = contest.plan(b1 + [replace(g, batches=(2,)) for g in groups], "r")
+    assert len(mixed) == 2 and len({m.id for m in mixed}) == 2 and first.id in {m.id for m in mixed}
 
 
 def test_untimed_lone_and_non_sharing_groups_run_alone(tmp_path, monkeypatch):
@@ -62,6 +78,9 @@ def test_convergence_needs_every_pair_inside_the_width():
     shaky = [[1.0, 1.3, 0.8, 1.0, 1.2], [2.0, 2.0, 2.01, 1.99, 2.0]]
     assert not contest.converged(shaky, [(1, 0)], 0.03)
     assert not contest.converged([[1.0, 1.0], [2.0, 2.0]], [(1, 0)], 0.03)  # too few rounds
+    # the same rule the results show: the within-process interval of stats.log_interval
+    logs = np.log(np.asarray(steady[1]) / np.asarray(steady[0]))
+    assert stats.log_interval({0: logs}).scope == stats.WITHIN
 
 
 def test_processes_merge_their_blocks():

@@ -48,13 +48,44 @@ def test_nothing_passing_says_so(tmp_path):
 def test_a_tie_ships_the_simpler_format_and_says_so():
     from helpers import contest_cases
 
-    # ORT merged is 1 % faster than eager kept: inside the noise, so eager kept is shipped.
+    # ORT merged is 1 % faster than eager kept, known within ±5 %: a tie, so eager kept is shipped.
     cases = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 1.98, ("ort:cpu", "kept"): 3.0},
-                          noise=0.05, rounds=4)  # fmt: skip
+                          noise=0.01, rounds=10)  # fmt: skip
     (rec,) = recommend(cases)
     assert rec.best.label == "torch:cpu kept fp32"
-    assert rec.runner_up.label == "ort:cpu merged fp32" and rec.runner_up_ratio.tie
-    assert "a tie with the fastest, ort:cpu merged fp32" in rec.line() and "simpler format" in rec.line()
+    assert rec.runner_up.label == "ort:cpu merged fp32" and rec.runner_up_ratio.tie and rec.verdict == "tie"
+    assert "a tie (inside ±5%) with the fastest, ort:cpu merged fp32" in rec.line()
+    assert "simpler format" in rec.line()
+
+
+def test_a_wide_interval_is_inconclusive_ships_the_faster_point_estimate_and_says_what_to_run():
+    from helpers import contest_cases
+
+    # OpenVINO 1.3x faster on the point estimate, but 3 processes of 3 noisy rounds cannot tell.
+    cases = contest_cases({("ort:cpu", "kept"): 2.6, ("openvino:cpu", "merged"): 2.0},
+                          noise=0.4, rounds=3)  # fmt: skip
+    (rec,) = recommend(cases, shippable=True)
+    ratio = rec.runner_up_ratio
+    assert ratio.contains(1.0) and not ratio.tie
+    assert rec.best.label == "openvino:cpu merged fp32" and rec.tie_note == ""  # not the slower one
+    assert rec.verdict == "inconclusive" and rec.inconclusive
+    line = rec.line()
+    assert "INCONCLUSIVE against ort:cpu kept fp32" in line and "not a tie" in line and "repeats" in line
+    assert rec.to_dict()["verdict"] == "inconclusive" and "repeats" in rec.to_dict()["resolve"]
+
+
+def test_formats_from_different_contests_or_runs_never_pair():
+    from dataclasses import replace
+
+    from helpers import contest_cases
+
+    cases = contest_cases({("ort:cpu", "kept"): 2.0, ("openvino:cpu", "kept"): 1.0})
+    ort, ov = sorted(cases, key=lambda c: c.key.target, reverse=True)
+    assert ort.key.target == "ort:cpu"
+    for other in (replace(ov, contest="c2"), replace(ov, run="another run")):
+        (rec,) = recommend([ort, other])
+        assert rec.runner_up_ratio.scope == "unpaired" and rec.verdict == "unpaired"
+        assert "unpaired" in rec.line() and rec.margin == ort.latency.median / ov.latency.median - 1
 
 
 def test_a_resolved_difference_ships_the_faster_format_with_its_interval():

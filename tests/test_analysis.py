@@ -1,0 +1,73 @@
+"""Derived numbers every view shares: pairing only inside one contest of one run, A-A calibration."""
+
+from pathlib import Path
+
+from ccnbench import analysis, results, stats
+from ccnbench.results import CaseKey
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_h200_runs_never_pair_across_runs_even_with_clashing_contest_ids():
+    eager = results.load(FIXTURES / "gpu-h200-2026-11-30" / "results-1-eager.json")
+    graphs = results.load(FIXTURES / "gpu-h200-2026-11-30" / "results-2-graphs.json")
+    # The old files give both runs' contests the same ids: that is what made them pair before.
+    assert {c.contest for c in eager.cases} & {c.contest for c in graphs.cases}
+    cases = analysis.all_cases([eager, graphs])
+    assert {c.run for c in cases} == {eager.tag, graphs.tag}
+    by_key = analysis.index(cases)
+    checked = 0
+    for case in cases:
+        for view, other_key in (
+            (analysis.speedup_interval, {"target": analysis.reference_target(case.key.target)}),
+            (analysis.merged_interval, {"layout": "kept"}),
+        ):
+            interval = view(by_key, case)
+            if interval is None:
+                continue
+            other = by_key[CaseKey(**{**case.key.__dict__, **other_key})]
+            same_contest = other.run == case.run and other.contest == case.contest
+            assert (interval.scope != stats.UNPAIRED) == same_contest, case.key
+            checked += 1
+    assert checked > 30
+    graph = [c for c in cases if c.key.target == "compile-graphs:cuda" and c.status == "ok"]
+    assert len(graph) == 6
+    for case in graph:
+        vs_eager = analysis.speedup_interval(by_key, case)
+        assert vs_eager.scope == stats.UNPAIRED and "unpaired" in stats.describe(vs_eager)
+        assert analysis.merged_interval(by_key, case) is None or case.key.layout == "merged"
+    # one process per contest on the GPU: its paired intervals say so
+    merged = [
+        analysis.merged_interval(by_key, c) for c in cases if c.key.layout == "merged" and c.status == "ok"
+    ]
+    assert {i.scope for i in merged if i is not None} == {stats.WITHIN}
+
+
+def test_a_a_cross_coverage_of_the_two_amd_runs():
+    """Run b's paired ratios fall inside run a's 95 % intervals (and the other way round) at
+    least 78 % of the time: the intervals are not too narrow (the two-stage bootstrap gave 72.5 %)."""
+    a = results.load(FIXTURES / "ci-quick-amd-epyc" / "a.json")
+    b = results.load(FIXTURES / "ci-quick-amd-epyc" / "b.json")
+    inside, compared = 0, 0
+    for first, second in ((a, b), (b, a)):
+        i, n, misses = analysis.cross_coverage(first, second)
+        assert n == 40 and len(misses) == n - i
+        inside, compared = inside + i, compared + n
+    assert inside / compared >= 0.78
+
+
+def test_all_cases_keeps_the_run_and_one_run_pairs():
+    from helpers import contest_cases, run
+
+    cases = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "kept"): 1.0})
+    first, second = run(*cases, run_id="first"), run(*cases, run_id="second")
+    merged = analysis.all_cases([first])
+    by_key = analysis.index(merged)
+    ort = next(c for c in merged if c.key.target == "ort:cpu")
+    assert ort.run == first.tag and analysis.speedup_interval(by_key, ort).scope == stats.BETWEEN
+    # the reference from one run, the format from another: never paired
+    mixed = analysis.all_cases([run(cases[0], run_id="first"), run(cases[1], run_id="second")])
+    by_key = analysis.index(mixed)
+    ort = next(c for c in mixed if c.key.target == "ort:cpu")
+    assert analysis.speedup_interval(by_key, ort).scope == stats.UNPAIRED
+    assert second.tag != first.tag
