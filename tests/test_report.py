@@ -114,3 +114,41 @@ def _dir(tmp_path, recorded):
     path = tmp_path / "run"
     results.save(recorded, path)
     return path
+
+
+def _bimodal(target, layout, fast, slow=230.0):
+    """A case as a loaded machine recorded it (`bench --shard` on a busy 2-core box): a few fast
+    blocks with many iterations and many 230 ms blocks of two, so the pooled median of all samples
+    (fast) lies far outside the interval over per-process block medians (slow)."""
+    from dataclasses import replace
+
+    from ccnbench.timing import Block, LatencyStats
+
+    blocks = []
+    for p in range(3):
+        for r in range(6):
+            if (p + r) % 4 == 0:
+                blocks.append(Block(p, r, tuple(fast * (1 + i / 100) for i in range(12))))
+            else:
+                blocks.append(Block(p, r, (slow * (1 + (p * 6 + r) / 50), slow * (1.01 + r / 40))))
+    plain = case(target, 1.0, model="early-n3", layout=layout)
+    return replace(plain, latency=LatencyStats.from_blocks(blocks, 1, "perf_counter"), contest="c1")
+
+
+def test_report_never_draws_negative_error_bars(tmp_path):
+    """Regression: `report s1 s2` on two shards ended in "'yerr' must not contain negative values"
+    because error bars were centred on the pooled median, not on their interval's own point."""
+    from ccnbench import plots, stats
+
+    cases = [_bimodal("torch:cpu", "kept", 0.25), _bimodal("torch:cpu", "merged", 0.22),
+             _bimodal("ort:cpu", "kept", 0.2), _bimodal("ort:cpu", "merged", 0.18)]  # fmt: skip
+    latency = cases[0].latency
+    interval = stats.median_interval(latency)
+    assert not interval.contains(latency.median)  # the data that crashed the old plots
+    centres, yerr = plots._centred(cases)
+    assert centres[0] == interval.value and min(min(yerr[0]), min(yerr[1])) >= 0
+    results.save(run(*cases, run_id="loaded"), tmp_path / "run")
+    out = tmp_path / "rep"
+    assert write_report([tmp_path / "run"], out).is_file()
+    for name in ("latency_vs_batch.png", "merged_vs_kept.png", "best_target.png"):
+        assert (out / "plots" / name).read_bytes().startswith(PNG)

@@ -176,7 +176,8 @@ def test_bad_sweep_files_are_usage_errors(data, words):
 
 def test_bundled_sweeps_expand(tmp_path):
     cpu = sweep.load_config("cpu-default").expand()
-    assert {str(g.target) for g in cpu} == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu"}
+    assert {str(g.target) for g in cpu} == {"torch:cpu", "ort:cpu", "openvino:cpu"}  # no inductor builds
+    assert all(g.protocol.repeats >= 3 for g in cpu)  # processes have speed modes: an answer needs several
     baseline = {str(g.target) for g in sweep.load_config("cpu-baseline").expand()}
     assert baseline == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
     assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
