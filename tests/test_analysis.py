@@ -71,3 +71,29 @@ def test_all_cases_keeps_the_run_and_one_run_pairs():
     ort = next(c for c in mixed if c.key.target == "ort:cpu")
     assert analysis.speedup_interval(by_key, ort).scope == stats.UNPAIRED
     assert second.tag != first.tag
+
+
+def _script(name):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aa_coverage_script_on_the_amd_pair(capsys):
+    pair = [str(FIXTURES / "ci-quick-amd-epyc" / f"{r}.json") for r in ("a", "b")]
+    assert _script("aa_coverage").main(pair) == 0
+    assert "A-A cross-coverage: 73/80" in capsys.readouterr().out
+    assert _script("aa_coverage").main([*pair, "--min", "0.95"]) == 1
+
+
+def test_same_answer_script_counts_flips_and_inconclusives(capsys):
+    pair = [str(FIXTURES / "ci-quick-amd-epyc" / f"{r}.json") for r in ("a", "b")]
+    # ci-quick's two processes per contest: the same shippable format 9 times in 10, but most
+    # answers are inconclusive at K = 2, so this pair fails the `make bench` standard.
+    assert _script("same_answer").main(pair) == 1
+    out = capsys.readouterr().out
+    assert "same answer: 9/10" in out and "flips without an inconclusive: 0" in out
