@@ -25,19 +25,12 @@ def verdict_text(result: CaseResult) -> str:
 
 def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:
     """A case's numbers formatted once, for the terminal table and the report alike."""
-    from ccnbench.analysis import (
-        merged_interval,
-        merged_speedup,
-        reference_target,
-        speedup_interval,
-        speedup_vs_reference,
-    )
+    from ccnbench.analysis import merged_interval, reference_target, speedup_interval
     from ccnbench.stats import describe
 
     lat, agr, mem = case.latency, case.agreement, case.memory
     memory = mem.headline_bytes if mem else None
-    speed, speed_i = speedup_vs_reference(by_key, case), speedup_interval(by_key, case)
-    merged, merged_i = merged_speedup(by_key, case), merged_interval(by_key, case)
+    speed_i, merged_i = speedup_interval(by_key, case), merged_interval(by_key, case)
     noise = lat.noise if lat else None
     return {
         "p50 ms": f"{lat.median:.3f}" if lat else "-",
@@ -51,8 +44,8 @@ def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str,
         "verdict": case.verdict,
         "vs eager": "ref"
         if case.key.target == reference_target(case.key.target)
-        else (describe(speed_i) if speed_i else f"{speed:.2f}x" if speed else "-"),
-        "merged vs kept": describe(merged_i) if merged_i else f"{merged:.2f}x" if merged else "-",
+        else (describe(speed_i) if speed_i else "-"),
+        "merged vs kept": describe(merged_i) if merged_i else "-",
         "noise": f"{noise:.1%}" if noise is not None else "-",
     }
 

@@ -152,3 +152,26 @@ def test_report_never_draws_negative_error_bars(tmp_path):
     assert write_report([tmp_path / "run"], out).is_file()
     for name in ("latency_vs_batch.png", "merged_vs_kept.png", "best_target.png"):
         assert (out / "plots" / name).read_bytes().startswith(PNG)
+
+
+def test_every_case_cell_carries_the_one_verdict():
+    """Tables and the report print ratios through stats.describe: tie, inconclusive, unpaired."""
+    from dataclasses import replace
+
+    from ccnbench.analysis import index
+    from ccnbench.tables import case_cells
+
+    from helpers import contest_cases
+
+    tied = contest_cases({("torch:cpu", "kept"): 2.0, ("torch:cpu", "merged"): 2.0}, noise=0.01)
+    merged = next(c for c in tied if c.key.layout == "merged")
+    assert case_cells(merged, index(tied))["merged vs kept"].endswith(" tie")
+    wide = contest_cases({("torch:cpu", "kept"): 2.0, ("torch:cpu", "merged"): 2.0}, noise=0.4, rounds=3)
+    merged = next(c for c in wide if c.key.layout == "merged")
+    assert case_cells(merged, index(wide))["merged vs kept"].endswith(" inconclusive")
+    apart = [replace(c, contest="elsewhere") if c.key.layout == "merged" else c for c in tied]
+    merged = next(c for c in apart if c.key.layout == "merged")
+    assert case_cells(merged, index(apart))["merged vs kept"] == "1.00× unpaired"
+    one = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "kept"): 1.0}, processes=1)
+    ort = next(c for c in one if c.key.target == "ort:cpu")
+    assert "within-process" in case_cells(ort, index(one))["vs eager"]
