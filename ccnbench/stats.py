@@ -210,9 +210,9 @@ def log_interval(groups: Mapping[int, Sequence[float]], p_value: bool = True) ->
     returned on the original scale (exp).
 
     K >= 2 processes: point = mean of the per-process medians, half-width the larger of
-    t(0.975, K-1) · s/√K and the within-process one (``process_interval``). K = 1: the process's median, half-width
-    t(0.975, n-1) · 1.2533 · sd/√n over its n rounds, scope within-process (n >= 3, otherwise not
-    computable).
+    t(0.975, K-1) · s/√K and the within-process one (``process_interval``). K = 1: the process's
+    median, half-width t(0.975, n-1) · 1.2533 · sd/√n over its n rounds, scope within-process
+    (not computable below 3 rounds or when they are all equal).
     """
     values = [np.asarray(v, dtype=float) for v in groups.values() if len(v)]
     n, k = sum(len(v) for v in values), len(values)
@@ -271,6 +271,7 @@ def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         return point, nan, nan, nan
     se = _MEDIAN_SE * rounds.std(axis=1, ddof=1) / math.sqrt(n)
     half = t.ppf((1 + CONFIDENCE) / 2, n - 1) * se
+    half = np.where(half > 0, half, np.nan)  # identical rounds prove nothing about the next one
     return point, point - half, point + half, nan
 
 

@@ -135,6 +135,8 @@ def test_one_process_is_labelled_within_process():
     few = stats.paired_ratio(*_pair(1.2, processes=1, rounds=2))
     assert not few.computable and "not computable" in few.format() and few.relative_half_width == math.inf
     assert stats.verdict(few) == "inconclusive"
+    identical = stats.log_interval({0: [0.1] * 8})
+    assert identical.scope == stats.WITHIN and not identical.computable  # never a zero-width interval
 
 
 def test_p_value_uses_processes_not_pooled_rounds():
