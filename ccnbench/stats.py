@@ -168,17 +168,21 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
     Over 1 means ``num`` is slower. Only meaningful for two members of one contest: call
     :func:`pair` with the cases, which checks that.
     """
-    if num is None or den is None or not num.blocks or not den.blocks:
-        return None
+    groups = paired_logs(num, den)
+    return log_interval(groups) if groups else None
+
+
+def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, list[float]]:
+    """Per process: log(num block median / den block median) for each round both timed."""
+    if num is None or den is None:
+        return {}
     by_id = {(b.process, b.round): b.median for b in den.blocks}
     groups: dict[int, list[float]] = {}
     for block in num.blocks:
         other = by_id.get((block.process, block.round))
-        if other:
+        if other and block.median > 0:
             groups.setdefault(block.process, []).append(math.log(block.median / other))
-    if not groups:
-        return None
-    return log_interval(groups)
+    return groups
 
 
 def pair(num: CaseResult | None, den: CaseResult | None) -> Interval | None:
