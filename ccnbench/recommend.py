@@ -109,7 +109,10 @@ class Recommendation:
                 f"as the faster point estimate, not a tie; to settle it, {resolve_hint(ratio)}"
             )
         if self.verdict == "unpaired":
-            return f"{text}; runner-up {runner} takes {ratio.format()} its time"
+            return (
+                f"{text}; runner-up {runner} takes {ratio.value:.2f}× its time (unpaired: not timed in "
+                "one contest with it, no interval)"
+            )
         said = {"tie": f"a tie, inside ±{EQUIVALENCE:.0%}"}.get(self.verdict, self.verdict)
         return f"{text}; runner-up {runner} takes {ratio.format()} its time ({said})"
 
