@@ -5,9 +5,11 @@ shared machine that drift is larger than the effects ccnbench reports. A contest
 case groups of one model (same label and digest: kept and merged alike) at one precision on
 one kind of device, prepares every member once in one worker, and then:
 
-1. **memory and agreement pass**, member by member, before any timing: the memory probe
-   starts before the member's preparation and is read after its first inference, so each
-   member's memory is its own (the timing rounds cannot disturb it);
+1. **memory and agreement pass**, member by member, before any timing: every runtime the
+   contest uses is warmed first (``execute.warm_runtimes``: CUDA context, library handles,
+   thread pools, imports), then members are prepared in a seeded shuffled order
+   (``memory_order``), each against its own baseline taken right before its preparation, so no
+   member's memory or build time depends on which one went first;
 2. **timing**, per batch size: rounds in which each member runs one block of about
    ``block_seconds`` (first call discarded), in a seeded order that changes every round, until
    every ratio to its reference (eager PyTorch on that device, same layout; merged vs kept on
@@ -110,9 +112,10 @@ class _Member:
 def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
     """Yield a CaseResult per member and batch size (failures included), timing last."""
     with contextlib.ExitStack() as stack:
+        execute.warm_runtimes(contest.groups)
         members: list[_Member] = []
-        for group in contest.groups:
-            member, early = _prepare(group, contest.id, stack)
+        for index in memory_order(contest, process):
+            member, early = _prepare(contest.groups[index], contest.id, stack)
             yield from early
             if member is not None:
                 members.append(member)
@@ -127,6 +130,15 @@ def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
                 if m in timed:
                     result = replace(result, latency=timed[m])
                 yield result
+
+
+def memory_order(contest: Contest, process: int) -> list[int]:
+    """The order members are prepared (and their memory taken) in one process of a contest:
+    shuffled, seeded by the contest and the process, so no member is always first and a rerun
+    repeats the order."""
+    order = list(range(len(contest.groups)))
+    random.Random(f"{contest.id}/memory/{process}").shuffle(order)
+    return order
 
 
 def _prepare(

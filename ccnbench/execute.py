@@ -7,8 +7,9 @@ broken backend, so one bad target never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,20 @@ class Prepared:
     probe: MemoryProbe
 
 
+def warm_runtimes(groups: Sequence[CaseGroup]) -> None:
+    """Pay the one-time costs of every runtime these groups use (``Backend.warm``) before any
+    memory baseline or build timer starts. A runtime that fails here is left to fail, with its
+    message, when its group is prepared."""
+    seen: set[tuple[str, str]] = set()
+    for g in groups:
+        key = (g.target.backend, g.target.device)
+        if key in seen or unavailable_reason(g):
+            continue
+        seen.add(key)
+        with contextlib.suppress(Exception):
+            backend_of(g.target).warm(g.target.device, g.options)
+
+
 def prepare(group: CaseGroup) -> Prepared:
     """Build the group's runner (raises on failure). Shared by ``run_group`` and contests.
 
@@ -139,13 +154,20 @@ def prepare(group: CaseGroup) -> Prepared:
 
 
 def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
-    """Run one batch once, grade it against the oracle and read the memory probe (raises on failure)."""
+    """Run one batch, grade it against the oracle and read the memory probe (raises on failure).
+
+    Memory is read after a second call, the first call's one-time transients dropped in between
+    (``MemoryProbe.drop_transients``)."""
     group, runner = prepared.group, prepared.runner
-    outputs = runner.infer(stage(prepared.inputs[batch], runner))
+    staged = stage(prepared.inputs[batch], runner)
+    outputs = runner.infer(staged)
     if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
         torch.cuda.synchronize()
     policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
     agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
+    del outputs
+    prepared.probe.drop_transients()
+    runner.infer(staged)
     memory = prepared.probe.read(
         runner.uses_torch_allocator,
         runner.details.get("engine_device_memory_bytes"),
@@ -175,6 +197,7 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
         for key in group.case_keys():
             yield CaseResult(key, "unavailable", reason, spec=_spec(group))
         return
+    warm_runtimes([group])
     try:
         prepared = prepare(group)
     except Exception as exc:
