@@ -107,6 +107,7 @@ class _Member:
     inputs: dict[int, Any]
     flops: int | None
     results: dict[int, CaseResult]
+    prepared: execute.Prepared
 
 
 def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
@@ -119,6 +120,7 @@ def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
             yield from early
             if member is not None:
                 members.append(member)
+        _memory_pass(contest, members, process)
         batches = contest.groups[0].batches
         for batch in batches:
             alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
@@ -139,6 +141,28 @@ def memory_order(contest: Contest, process: int) -> list[int]:
     order = list(range(len(contest.groups)))
     random.Random(f"{contest.id}/memory/{process}").shuffle(order)
     return order
+
+
+def _memory_pass(contest: Contest, members: list[_Member], process: int) -> None:
+    """Replace each member's memory by its own-baseline figure (``execute.measure_memory``), in
+    the seeded shuffled order, once every member has run at every batch size."""
+    protocol = contest.groups[0].protocol
+    enabled = protocol is None or protocol.memory_pass
+    by_group = {id(m.group): m for m in members}
+    for index in memory_order(contest, process):
+        m = by_group.get(id(contest.groups[index]))
+        if m is None:
+            continue
+        note: dict[str, Any] = {"memory_pass": "own" if enabled else "first-preparation"}
+        memory = {}
+        if enabled:
+            try:
+                memory = execute.measure_memory(m.prepared)
+            except Exception as exc:  # the first preparation's figure stays, marked
+                note = {"memory_pass": "first-preparation", "memory_pass_error": _describe(exc)}
+        for batch, result in m.results.items():
+            stats = memory.get(batch, result.memory)
+            m.results[batch] = replace(result, memory=stats, details={**result.details, **note})
 
 
 def _prepare(
@@ -168,7 +192,7 @@ def _prepare(
                     key, "failed", message, spec=execute._spec(group), artifact=info, contest=contest_id
                 )
             )
-    return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results), early
+    return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results, prepared), early
 
 
 def partners(members: Sequence[Any]) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ccnbench.agreement import Tolerance, TolerancePolicy, compare
 from ccnbench.backends import BuildOptions, Runner, Target, backend_of
-from ccnbench.memory import MemoryProbe
+from ccnbench.memory import MemoryProbe, MemoryStats
 from ccnbench.oracle import reference
 from ccnbench.results import CaseKey, CaseResult
 from ccnbench.source import ModelSource
@@ -166,13 +166,7 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
     policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
     agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
     del outputs
-    prepared.probe.drop_transients()
-    runner.infer(staged)
-    memory = prepared.probe.read(
-        runner.uses_torch_allocator,
-        runner.details.get("engine_device_memory_bytes"),
-        prepared.artifact.size_bytes if prepared.artifact else None,
-    )
+    memory = _steady_memory(prepared.probe, runner, staged, prepared.artifact)
     return CaseResult(
         key,
         "ok",
@@ -183,6 +177,40 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
         spec=_spec(group),
         details=_jsonable(runner.details) | _reference_mark(group) | _layout_note(group),
         contest=contest,
+    )
+
+
+def measure_memory(prepared: Prepared) -> dict[int, MemoryStats]:
+    """A contest's memory pass for one member: its runner prepared again against its own
+    baseline, after every member has run once at every batch size.
+
+    By then what a runtime keeps per shape across runners (cuDNN's and ORT's algorithm choices,
+    oneDNN and MLAS per-thread scratch buffers, lazily loaded kernels) is at its high-water mark
+    for the whole contest, so a member that shares shapes with an earlier one (early fusion kept
+    and merged are one graph) no longer reads smaller because it went second.
+    """
+    group = prepared.group
+    probe = MemoryProbe(group.target.device_kind)
+    probe.start()
+    runner = backend_of(group.target).prepare(group.source, group.target, group.options)
+    memory = {}
+    with runner:
+        for b in group.batches:
+            staged = stage(prepared.inputs[b], runner)
+            runner.infer(staged)
+            memory[b] = _steady_memory(probe, runner, staged, prepared.artifact)
+    return memory
+
+
+def _steady_memory(probe: MemoryProbe, runner: Runner, staged: list[Tensor], artifact: Any) -> MemoryStats:
+    """Memory after a second call on ``staged`` (the caller made the first), the first call's
+    transients dropped before it (``MemoryProbe.drop_transients``)."""
+    probe.drop_transients()
+    runner.infer(staged)
+    return probe.read(
+        runner.uses_torch_allocator,
+        runner.details.get("engine_device_memory_bytes"),
+        artifact.size_bytes if artifact else None,
     )
 
 

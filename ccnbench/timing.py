@@ -45,6 +45,11 @@ class Protocol:
     contest_seconds: float = 3.0
     target_width: float = 0.03
     repeats: int = 3
+    # A contest's memory pass (contest.py): each member prepared once more against its own
+    # baseline after every member has run, so no figure depends on the order. Off only where a
+    # second preparation is too dear (compilations on a time-boxed GPU); memory is then read at
+    # the first preparation, in a shuffled order, and the case says so (details.memory_pass).
+    memory_pass: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -85,3 +85,68 @@ def test_memory_probe_on_cuda_sees_device_memory_from_any_allocator():
 def test_cuda_timer_overhead_is_a_finite_positive_figure():
     overhead = timer_overhead_ns(device="cuda")
     assert overhead > 0 and math.isfinite(overhead)
+
+
+def test_memory_probe_keeps_allocator_peak_above_its_own_baseline():
+    earlier = torch.empty(128 * 2**20, dtype=torch.uint8, device="cuda")  # another member's weights
+    probe = MemoryProbe("cuda")
+    probe.start()
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    stats = probe.read(uses_torch_allocator=True)
+    assert 64 * 2**20 <= stats.cuda_allocator_peak_delta_bytes < 128 * 2**20
+    if stats.cuda_process_delta_bytes is not None:  # NVML sees this process
+        assert stats.headline_bytes == stats.cuda_process_delta_bytes >= 64 * 2**20
+    del earlier, block
+
+
+# The same member measured first in one fresh process and later in another must agree. What may
+# differ: cuDNN's autotuner picks its algorithms by timing, so two processes can pick different
+# ones with different workspaces (a few MiB to tens of MiB for these shapes), and torch's
+# allocator reserves in 2 MiB pages and 20 MiB segments. Before the memory pass the member that
+# went first read ~240 MiB more on an H200.
+ORDER_TOLERANCE = 48 * 2**20
+
+
+@pytest.mark.slow
+def test_a_members_memory_does_not_depend_on_the_order(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from ccnbench import check, contest, selection
+    from ccnbench.backends import backend_of, parse_targets
+    from ccnbench.backends.onnxruntime import provider_unavailable_reason
+    from ccnbench.timing import QUICK
+
+    protocol = replace(
+        QUICK, warmup_iterations=1, warmup_seconds=0, min_rounds=1, contest_seconds=0, repeats=1
+    )
+    targets = "torch:cuda" + ("" if provider_unavailable_reason("cuda") else ",ort:cuda")
+    sources = selection.sources(preset="small", variants="model", layouts_="all", branches="2")
+    groups = check.plan(sources, parse_targets(targets), ["fp32"], [1, 8], tmp_path, protocol=protocol)
+    match = contest.plan(groups)[0][0]
+    for g in groups:  # built here once, as the sweep's parent does
+        backend_of(g.target).artifact(g.source, g.target, g.options)
+    kept = next(
+        i for i, g in enumerate(match.groups) if str(g.target) == "torch:cuda" and g.source.layout == "kept"
+    )
+    orders = {p: contest.memory_order(match, p) for p in range(16)}
+    first = next(p for p, o in orders.items() if o[0] == kept)
+    later = next(p for p, o in orders.items() if o.index(kept) >= 2)
+    figures = {}
+    for process in (first, later):
+        task, out = tmp_path / f"task-{process}.json", tmp_path / f"events-{process}.jsonl"
+        task.write_text(json.dumps({"contest": match.to_dict(), "process": process}))
+        subprocess.run(
+            [sys.executable, "-m", "ccnbench.worker", str(task), str(out)], check=True, timeout=300
+        )
+        cases = [json.loads(line)["case"] for line in out.read_text().splitlines() if "case" in line]
+        for c in cases:
+            assert c["status"] == "ok", c.get("message")
+            if c["key"]["target"] == "torch:cuda" and c["key"]["layout"] == "kept":
+                figures.setdefault(c["key"]["batch"], []).append(c["memory"])
+    for batch, (a, b) in figures.items():
+        for field in ("cuda_process_delta_bytes", "cuda_free_drop_bytes", "cuda_allocator_peak_delta_bytes"):
+            if a[field] is not None and b[field] is not None:
+                assert abs(a[field] - b[field]) <= ORDER_TOLERANCE, (batch, field, a[field], b[field])
