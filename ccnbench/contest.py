@@ -245,9 +245,9 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         while True:
             rng.shuffle(order)  # no member always follows the same one
             for i in order:
-                samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
-                blocks[i].append(Block(process, round_, samples))
-                medians[i].append(float(np.median(samples)))
+                block = time_block(calls[i], members[i].runner, protocol.block_seconds, process, round_)
+                blocks[i].append(block)
+                medians[i].append(block.median)
             round_ += 1
             if round_ >= protocol.min_rounds and (
                 time.perf_counter() - start >= protocol.contest_seconds

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ccnbench.backends.base import Runner, Target
 from ccnbench.memory import MemoryProbe
-from ccnbench.timing import Protocol, measure, timer_overhead_ns
+from ccnbench.timing import Protocol, measure, sm_clock_mhz, time_block, timer_overhead_ns
 
 pytestmark = pytest.mark.gpu
 
@@ -59,6 +59,28 @@ def test_cuda_loop_times_device_work_on_the_runners_stream_not_the_host_enqueue(
     assert long.median > 2 * short.median
     # ... while the host only enqueued it: iterations stay in flight (no sync per iteration).
     assert long.host_median is not None and long.host_median < long.median / 2
+
+
+def test_a_block_is_sized_by_device_time_when_iterations_are_long():
+    runner = _runner(20 * CYCLES)  # ~10 ms of device time per iteration; the host enqueues in us
+    staged = [torch.zeros(1, 4, device="cuda")]
+    runner.infer(staged)
+    torch.cuda.synchronize()
+    single = measure(runner, [torch.zeros(1, 4)], PROTOCOL).latency.median
+    block = time_block(lambda: runner.infer(staged), runner, 0.05, process=1, round_=2)
+    # Sized by the host clock the loop would have queued ~32 iterations; by device time it stops
+    # once 50 ms are enqueued (the estimate comes from one discarded, possibly slower, call).
+    assert sum(block.samples_ms) <= 50 + 3 * single
+    assert len(block.host_ms) == len(block.samples_ms) and (block.process, block.round) == (1, 2)
+    assert max(block.host_ms) < single  # the host only enqueued
+
+
+def test_the_sm_clock_is_recorded_where_nvml_exists():
+    pytest.importorskip("pynvml")
+    clock = sm_clock_mhz()
+    assert clock is not None and 100 < clock < 5000
+    stats = measure(_runner(CYCLES), [torch.zeros(1, 4)], PROTOCOL).latency
+    assert stats.sm_clock_mhz is not None and stats.summary()["sm_clock_mhz"] == stats.sm_clock_mhz
 
 
 def test_transfer_loop_adds_the_copies_to_the_device_time():
