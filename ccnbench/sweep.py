@@ -124,7 +124,7 @@ def execute(
         else:
             runnable.append(_without(group, done))
     contests, alone = contest.plan(runnable)
-    for chain in contest_workers(contests):
+    for chain in contest_workers(contests, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
         left = _run_contests(chain, config.timeout, logs, writer, deadline)
@@ -232,23 +232,37 @@ def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
 
 def _worker_batches(groups: Sequence[CaseGroup], isolation: str) -> list[list[CaseGroup]]:
     """'group': a fresh worker per group (exact memory figures). 'model': one worker per model and
-    layout, running its targets one after another (far fewer process and CUDA start-ups)."""
+    layout, running its targets one after another (far fewer process and CUDA start-ups).
+    'device': one worker per kind of device for all of them."""
     if isolation == "group":
         return [[g] for g in groups]
+    if isolation == "device":
+        by_device: dict[str, list[CaseGroup]] = {}
+        for g in groups:
+            by_device.setdefault(g.target.device_kind, []).append(g)
+        return list(by_device.values())
     batches: dict[tuple[str, str, str], list[CaseGroup]] = {}
     for g in groups:
         batches.setdefault((g.source.label, g.source.digest, g.source.layout), []).append(g)
     return list(batches.values())
 
 
-def contest_workers(contests: Sequence[contest.Contest]) -> list[list[contest.Contest]]:
-    """Contests that share worker processes: every contest of one model on one kind of device (its
-    precisions, its batch buckets) runs in the same workers, one after another, so a model pays one
-    process and CUDA start-up per repeat, not one per precision."""
-    chains: dict[tuple[str, str, str], list[contest.Contest]] = {}
+def contest_workers(
+    contests: Sequence[contest.Contest], isolation: str = "group"
+) -> list[list[contest.Contest]]:
+    """Contests that share worker processes, one after another: every contest of one model on one
+    kind of device (its precisions, its batch buckets), so a model pays one process and CUDA
+    start-up per repeat, not one per precision; with isolation 'device', every contest on that
+    device (a time-boxed GPU that cannot pay six seconds of start-up per model)."""
+    chains: dict[tuple[str, ...], list[contest.Contest]] = {}
     for match in contests:
         g = match.groups[0]
-        chains.setdefault((g.source.label, g.source.digest, g.target.device_kind), []).append(match)
+        key = (
+            (g.target.device_kind,)
+            if isolation == "device"
+            else (g.source.label, g.source.digest, g.target.device_kind)
+        )
+        chains.setdefault(key, []).append(match)
     return list(chains.values())
 
 
