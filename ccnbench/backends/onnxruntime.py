@@ -255,6 +255,8 @@ class OrtBackend(Backend):
         target = Target(self.name, device)
         if target.is_cuda:
             warm_torch("cuda", options.threads)
+            if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: torch is imported, use its CUDA/cuDNN
+                ort.preload_dlls()
         stream = torch.cuda.Stream() if target.is_cuda else None
         # The TensorRT provider's engine build is no one-time cost: warm its CUDA provider only.
         plain = Target(self.name, "cuda") if target.is_cuda else target
