@@ -190,3 +190,51 @@ def test_early_fusion_kept_and_merged_hold_the_same_rss_in_either_order(artifact
             )
             assert cases[target, "kept"].details["memory_pass"] == "own"
             assert abs(kept - merged) <= RSS_TOLERANCE, (process, target, kept / MiB, merged / MiB)
+
+
+def _tiny_contest(artifacts_dir, targets="torch:cpu,ort:cpu"):
+    from ccnbench import check, contest, selection
+    from ccnbench.backends import parse_targets
+    from ccnbench.timing import QUICK
+
+    sources = selection.sources(preset="tiny", variants="early", layouts_="all")
+    groups = check.plan(sources, parse_targets(targets), ["fp32"], [1], artifacts_dir, protocol=QUICK)
+    return contest.plan(groups)[0][0]
+
+
+def test_every_runtime_is_warmed_once_before_any_member_is_prepared(artifacts_dir, monkeypatch):
+    from ccnbench import contest, execute
+    from ccnbench.backends.onnxruntime import OrtBackend
+    from ccnbench.backends.torch_eager import TorchBackend
+
+    events: list[str] = []
+
+    def broken_warm(self, device, options):
+        events.append(f"warm {self.name}:{device}")
+        raise RuntimeError("a runtime that cannot warm is left to fail in its own preparation")
+
+    monkeypatch.setattr(
+        TorchBackend, "warm", lambda self, device, options: events.append(f"warm torch:{device}")
+    )
+    monkeypatch.setattr(OrtBackend, "warm", broken_warm)
+
+    def prepare(group):
+        events.append(f"prepare {group.target}")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(execute, "prepare", prepare)
+    match = _tiny_contest(artifacts_dir)
+    cases = list(contest.run_contest(match, process=0))
+    assert all(c.status == "failed" for c in cases) and len(cases) == 4
+    assert sorted(events[:2]) == ["warm ort:cpu", "warm torch:cpu"]
+    assert [e.split()[0] for e in events[2:]] == ["prepare"] * 4
+
+
+def test_the_memory_order_is_a_seeded_shuffle_that_changes_with_the_process(artifacts_dir):
+    from ccnbench import contest
+
+    match = _tiny_contest(artifacts_dir)
+    orders = [contest.memory_order(match, p) for p in range(12)]
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    assert orders == [contest.memory_order(match, p) for p in range(12)]  # a rerun repeats it
+    assert len({o[0] for o in orders}) > 1  # no member is always first
