@@ -5,11 +5,12 @@ shared machine that drift is larger than the effects ccnbench reports. A contest
 case groups of one model (same label and digest: kept and merged alike) at one precision on
 one kind of device, prepares every member once in one worker, and then:
 
-1. **memory and agreement pass**, member by member, before any timing: every runtime the
-   contest uses is warmed first (``execute.warm_runtimes``: CUDA context, library handles,
-   thread pools, imports), then members are prepared in a seeded shuffled order
-   (``memory_order``), each against its own baseline taken right before its preparation, so no
-   member's memory or build time depends on which one went first;
+1. **agreement, then memory**, before any timing: every runtime the contest uses is warmed
+   first (``execute.warm_runtimes``: CUDA context, library handles, thread pools, imports), so
+   no member's build time or memory pays one-time costs; members are prepared and checked in a
+   seeded shuffled order (``memory_order``); then the **memory pass** prepares each member once
+   more against its own baseline (``execute.measure_memory``), when every member has already
+   run at every batch size, so no figure depends on which member went first;
 2. **timing**, per batch size: rounds in which each member runs one block of about
    ``block_seconds`` (first call discarded), in a seeded order that changes every round, until
    every ratio to its reference (eager PyTorch on that device, same layout; merged vs kept on

@@ -51,7 +51,7 @@ export NVIDIA_TF32_OVERRIDE=0
 if [ -z "${CCNBENCH_GIT_COMMIT:-}" ] && [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$PWD" ]; then
   CCNBENCH_GIT_COMMIT=$(git rev-parse HEAD)
 fi
-export CCNBENCH_GIT_COMMIT="${CCNBENCH_GIT_COMMIT:-}"
+[ -n "${CCNBENCH_GIT_COMMIT:-}" ] && export CCNBENCH_GIT_COMMIT
 
 start=$(date +%s)
 # One deadline (Unix time) for every stage: `ccnbench bench` reads it before its builds.
