@@ -198,21 +198,31 @@ def export_jobs(count: int) -> int:
 def _export_in_parallel(
     wanted: list[tuple[tuple[str, ...], CaseGroup]], jobs: int, events: SweepEvents, deadline: float | None
 ) -> None:
+    """The builds in ``jobs`` spawned processes; at the deadline the ones still running are killed."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     events.on_note(f"building {len(wanted)} artifacts in {jobs} processes")
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    tasks = [(key[0], g.source.label, g.source.layout, g.precision, g.to_dict()) for key, g in wanted]
+    pool = multiprocessing.get_context("spawn").Pool(jobs)
     try:
-        futures = {pool.submit(build_artifact, g.to_dict()): (key[0], g) for key, g in wanted}
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        for future in as_completed(futures, timeout=left):
-            fmt, g = futures[future]
-            events.on_note(f"built {fmt} for {g.source.label} {g.source.layout} {g.precision}")
-    except TimeoutError:
-        events.on_note("deadline: artifacts still building are left to finish in the background")
+        done = pool.imap_unordered(_build_task, tasks)
+        for _ in tasks:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise multiprocessing.TimeoutError
+            events.on_note(done.next(timeout=left))
+        pool.close()
+    except multiprocessing.TimeoutError:
+        events.on_note("deadline: the builds still running are stopped")
     finally:
-        pool.shutdown(wait=deadline is None or time.monotonic() < deadline, cancel_futures=True)
+        pool.terminate()
+        pool.join()
+
+
+def _build_task(task: tuple[str, str, str, str, dict[str, Any]]) -> str:
+    fmt, label, layout, precision, group = task
+    build_artifact(group)
+    return f"built {fmt} for {label} {layout} {precision}"
 
 
 def build_artifact(group: dict[str, Any]) -> None:

@@ -129,6 +129,23 @@ def test_plan_prices_every_stage_from_the_h200_timings_and_marks_estimates(capsy
 
 
 @pytest.mark.slow
+def test_parallel_builds_write_every_artifact_and_stop_at_the_deadline(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCNBENCH_EXPORT_JOBS", "2")
+    config = sweep.SweepConfig(
+        models=({"preset": "tiny", "variants": ["early"], "layouts": ["kept", "merged"]},),
+        targets=("ort:cpu",),
+        artifacts=str(tmp_path / "artifacts"),
+    )
+    notes: list[str] = []
+    spent = time.monotonic() - 1
+    sweep._export_artifacts(config.expand(), sweep.SweepEvents(on_note=notes.append), deadline=spent)
+    assert "deadline: the builds still running are stopped" in notes
+    sweep._export_artifacts(config.expand(), sweep.SweepEvents(on_note=notes.append))
+    assert len(list((tmp_path / "artifacts").glob("early-*-n3-fp32-*.onnx"))) == 2
+    assert notes[-3] == "building 2 artifacts in 2 processes"
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("nvidia-smi") is not None, reason="a GPU is here: the check would run for real"
 )
