@@ -224,3 +224,25 @@ def test_the_deadline_stops_the_group_in_flight_and_leaves_a_reportable_run(tmp_
     stored = results.load(run_dir)
     assert stored.complete is False
     assert write_report([run_dir], tmp_path / "report").is_file()
+
+
+def test_the_oracle_runs_where_ccnbench_oracle_device_says(monkeypatch):
+    import torch
+
+    from ccnbench.source import oracle_device
+
+    monkeypatch.delenv("CCNBENCH_ORACLE_DEVICE", raising=False)
+    assert oracle_device() == "cpu"
+    monkeypatch.setenv("CCNBENCH_ORACLE_DEVICE", "cuda")
+    assert oracle_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("CCNBENCH_ORACLE_DEVICE", "tpu")
+    with pytest.raises(UsageError, match="CCNBENCH_ORACLE_DEVICE must be cpu or cuda"):
+        oracle_device()
+
+
+def test_the_script_passes_the_projects_commit_on():
+    text = SCRIPT.read_text()
+    assert "git rev-parse --show-toplevel" in text and "git rev-parse HEAD" in text
+    assert (
+        "export CCNBENCH_GIT_COMMIT" in text
+    )  # taken as given on the GPU machine, where .git does not travel
