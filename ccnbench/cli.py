@@ -229,7 +229,8 @@ Isolation = Annotated[
     str | None,
     typer.Option(
         "--isolation",
-        help="group: a fresh worker per case group; model: one per model (faster); default group.",
+        help="group: a fresh worker per case group; model: one per model (faster); device: one per "
+        "device for the whole sweep (fewest CUDA start-ups); default group.",
     ),
 ]
 DynamicBatch = Annotated[

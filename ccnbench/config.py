@@ -29,7 +29,7 @@ else:  # pragma: no cover
 
 SWEEPS_DIR = Path(__file__).parent / "sweeps"
 DEFAULT_TIMEOUT = 600.0
-ISOLATIONS = ("group", "model")
+ISOLATIONS = ("group", "model", "device")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 # What one [[models]] entry selects, with its defaults.

@@ -5,9 +5,12 @@ shared machine that drift is larger than the effects ccnbench reports. A contest
 case groups of one model (same label and digest: kept and merged alike) at one precision on
 one kind of device, prepares every member once in one worker, and then:
 
-1. **memory and agreement pass**, member by member, before any timing: the memory probe
-   starts before the member's preparation and is read after its first inference, so each
-   member's memory is its own (the timing rounds cannot disturb it);
+1. **agreement, then memory**, before any timing: every runtime the contest uses is warmed
+   first (``execute.warm_runtimes``: CUDA context, library handles, thread pools, imports), so
+   no member's build time or memory pays one-time costs; members are prepared and checked in a
+   seeded shuffled order (``memory_order``); then the **memory pass** prepares each member once
+   more against its own baseline (``execute.measure_memory``), when every member has already
+   run at every batch size, so no figure depends on which member went first;
 2. **timing**, per batch size: rounds in which each member runs one block of about
    ``block_seconds`` (first call discarded), in a seeded order that changes every round, until
    every ratio to its reference (eager PyTorch on that device, same layout; merged vs kept on
@@ -112,17 +115,20 @@ class _Member:
     inputs: dict[int, Any]
     flops: int | None
     results: dict[int, CaseResult]
+    prepared: execute.Prepared
 
 
 def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
     """Yield a CaseResult per member and batch size (failures included), timing last."""
     with contextlib.ExitStack() as stack:
+        execute.warm_runtimes(contest.groups)
         members: list[_Member] = []
-        for group in contest.groups:
-            member, early = _prepare(group, contest.id, stack)
+        for index in memory_order(contest, process):
+            member, early = _prepare(contest.groups[index], contest.id, stack)
             yield from early
             if member is not None:
                 members.append(member)
+        _memory_pass(contest, members, process)
         batches = contest.groups[0].batches
         for batch in batches:
             alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
@@ -134,6 +140,37 @@ def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
                 if m in timed:
                     result = replace(result, latency=timed[m])
                 yield result
+
+
+def memory_order(contest: Contest, process: int) -> list[int]:
+    """The order members are prepared (and their memory taken) in one process of a contest:
+    shuffled, seeded by the contest and the process, so no member is always first and a rerun
+    repeats the order."""
+    order = list(range(len(contest.groups)))
+    random.Random(f"{contest.id}/memory/{process}").shuffle(order)
+    return order
+
+
+def _memory_pass(contest: Contest, members: list[_Member], process: int) -> None:
+    """Replace each member's memory by its own-baseline figure (``execute.measure_memory``), in
+    the seeded shuffled order, once every member has run at every batch size."""
+    protocol = contest.groups[0].protocol
+    enabled = protocol is None or protocol.memory_pass
+    by_group = {id(m.group): m for m in members}
+    for index in memory_order(contest, process):
+        m = by_group.get(id(contest.groups[index]))
+        if m is None:
+            continue
+        note: dict[str, Any] = {"memory_pass": "own" if enabled else "first-preparation"}
+        memory = {}
+        if enabled:
+            try:
+                memory = execute.measure_memory(m.prepared)
+            except Exception as exc:  # the first preparation's figure stays, marked
+                note = {"memory_pass": "first-preparation", "memory_pass_error": _describe(exc)}
+        for batch, result in m.results.items():
+            stats = memory.get(batch, result.memory)
+            m.results[batch] = replace(result, memory=stats, details={**result.details, **note})
 
 
 def _prepare(
@@ -163,7 +200,7 @@ def _prepare(
                     key, "failed", message, spec=execute._spec(group), artifact=info, contest=contest_id
                 )
             )
-    return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results), early
+    return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results, prepared), early
 
 
 def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
@@ -218,9 +255,9 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         while True:
             rng.shuffle(order)  # no member always follows the same one
             for i in order:
-                samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
-                blocks[i].append(Block(process, round_, samples))
-                medians[i].append(float(np.median(samples)))
+                block = time_block(calls[i], members[i].runner, protocol.block_seconds, process, round_)
+                blocks[i].append(block)
+                medians[i].append(block.median)
             round_ += 1
             if round_ >= protocol.min_rounds and (
                 time.perf_counter() - start >= protocol.contest_seconds

@@ -7,8 +7,9 @@ broken backend, so one bad target never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from ccnbench.agreement import Tolerance, TolerancePolicy, compare
 from ccnbench.backends import BuildOptions, Runner, Target, backend_of
-from ccnbench.memory import MemoryProbe
+from ccnbench.memory import MemoryProbe, MemoryStats
 from ccnbench.oracle import reference
 from ccnbench.results import CaseKey, CaseResult
 from ccnbench.source import ModelSource
@@ -118,6 +119,20 @@ class Prepared:
     probe: MemoryProbe
 
 
+def warm_runtimes(groups: Sequence[CaseGroup]) -> None:
+    """Pay the one-time costs of every runtime these groups use (``Backend.warm``) before any
+    memory baseline or build timer starts. A runtime that fails here is left to fail, with its
+    message, when its group is prepared."""
+    seen: set[tuple[str, str]] = set()
+    for g in groups:
+        key = (g.target.backend, g.target.device)
+        if key in seen or unavailable_reason(g):
+            continue
+        seen.add(key)
+        with contextlib.suppress(Exception):
+            backend_of(g.target).warm(g.target.device, g.options)
+
+
 def prepare(group: CaseGroup) -> Prepared:
     """Build the group's runner (raises on failure). Shared by ``run_group`` and contests.
 
@@ -139,18 +154,19 @@ def prepare(group: CaseGroup) -> Prepared:
 
 
 def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
-    """Run one batch once, grade it against the oracle and read the memory probe (raises on failure)."""
+    """Run one batch, grade it against the oracle and read the memory probe (raises on failure).
+
+    Memory is read after a second call, the first call's one-time transients dropped in between
+    (``MemoryProbe.drop_transients``)."""
     group, runner = prepared.group, prepared.runner
-    outputs = runner.infer(stage(prepared.inputs[batch], runner))
+    staged = stage(prepared.inputs[batch], runner)
+    outputs = runner.infer(staged)
     if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
         torch.cuda.synchronize()
     policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
     agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
-    memory = prepared.probe.read(
-        runner.uses_torch_allocator,
-        runner.details.get("engine_device_memory_bytes"),
-        prepared.artifact.size_bytes if prepared.artifact else None,
-    )
+    del outputs
+    memory = _steady_memory(prepared.probe, runner, staged, prepared.artifact)
     return CaseResult(
         key,
         "ok",
@@ -161,6 +177,40 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
         spec=_spec(group),
         details=_jsonable(runner.details) | _reference_mark(group) | _layout_note(group),
         contest=contest,
+    )
+
+
+def measure_memory(prepared: Prepared) -> dict[int, MemoryStats]:
+    """A contest's memory pass for one member: its runner prepared again against its own
+    baseline, after every member has run once at every batch size.
+
+    By then what a runtime keeps per shape across runners (cuDNN's and ORT's algorithm choices,
+    oneDNN and MLAS per-thread scratch buffers, lazily loaded kernels) is at its high-water mark
+    for the whole contest, so a member that shares shapes with an earlier one (early fusion kept
+    and merged are one graph) no longer reads smaller because it went second.
+    """
+    group = prepared.group
+    probe = MemoryProbe(group.target.device_kind)
+    probe.start()
+    runner = backend_of(group.target).prepare(group.source, group.target, group.options)
+    memory = {}
+    with runner:
+        for b in group.batches:
+            staged = stage(prepared.inputs[b], runner)
+            runner.infer(staged)
+            memory[b] = _steady_memory(probe, runner, staged, prepared.artifact)
+    return memory
+
+
+def _steady_memory(probe: MemoryProbe, runner: Runner, staged: list[Tensor], artifact: Any) -> MemoryStats:
+    """Memory after a second call on ``staged`` (the caller made the first), the first call's
+    transients dropped before it (``MemoryProbe.drop_transients``)."""
+    probe.drop_transients()
+    runner.infer(staged)
+    return probe.read(
+        runner.uses_torch_allocator,
+        runner.details.get("engine_device_memory_bytes"),
+        artifact.size_bytes if artifact else None,
     )
 
 
@@ -175,6 +225,7 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
         for key in group.case_keys():
             yield CaseResult(key, "unavailable", reason, spec=_spec(group))
         return
+    warm_runtimes([group])
     try:
         prepared = prepare(group)
     except Exception as exc:

@@ -55,6 +55,25 @@ class ExportError(CcnbenchError):
     """The exporter failed or produced a graph that does not pass validation."""
 
 
+def tiny_conv_onnx() -> bytes:
+    """A one-Conv3d ONNX model (input ``x`` of shape 1x2x6x6x6, float32), built with onnx's API:
+    what a runtime's warm-up loads to pay its one-time costs (see ``Backend.warm``)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 2, 3, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "warm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+    model.ir_version = min(model.ir_version, 9)  # readable by older runtimes too
+    return model.SerializeToString()
+
+
 def max_opset() -> int:
     import onnx
 

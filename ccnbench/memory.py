@@ -1,18 +1,23 @@
-"""Memory a target costs: peak RSS growth on the CPU; device free-memory drop on CUDA.
+"""Memory a target costs, measured the same way for every target on a device, whatever the order.
 
-The CPU number is the worker's peak resident set after the case minus its resident set just
-before the model was prepared, so imports and the Python runtime are not counted. Linux lets a
-process reset its own peak (``/proc/self/clear_refs``), which makes each probe start fresh.
+Each member's memory is its own delta from its own baseline. Before the baseline, memory freed
+earlier is handed back (glibc's retained pages; torch's cached blocks and cuDNN workspaces), so a
+member never reuses what an earlier one left and never pays for it either. One-time costs of a
+runtime (CUDA context, cuDNN/cuBLAS handles, OpenMP pools, imports) are paid before any baseline
+by the contest's warm-up (``Backend.warm``), never by whichever member happens to go first.
 
-On CUDA every target is measured the same way: the drop in the device's free memory
-(``torch.cuda.mem_get_info``) from just before preparation to after the case. It counts what
-the target itself holds whatever allocates it (torch's caching allocator, ONNX Runtime's arena,
-TensorRT's engine and context memory, cuDNN/cuBLAS handles and workspaces), and none of the
-CUDA context that exists before the probe starts. All three keep what they allocated until the
-runner closes (caching allocators, an arena that does not shrink, persistent context memory),
-so the reading after the case is the case's peak; a sampling thread is avoided on purpose, as it
-would take the GIL from the thread that launches the timed work. The torch allocator's own peak
-and NVML's per-process figure are kept beside it where they exist.
+- CPU: peak resident set during preparation and the first inference, minus the resident set at
+  the baseline (Linux lets a process reset its own peak, ``/proc/self/clear_refs``).
+- CUDA: the headline is this process's device memory growth, from NVML's per-process figure
+  (``nvmlDeviceGetComputeRunningProcesses``), falling back to the drop in the device's free memory
+  (``torch.cuda.mem_get_info``) where NVML cannot see the process (PID namespaces). Either counts
+  what the target holds whoever allocates it: torch's caching allocator, ONNX Runtime's arena,
+  TensorRT's engine and context memory, cuDNN workspaces. They keep what they allocated until the
+  runner closes, so the reading after the first inference is the peak, and no sampling thread
+  takes the GIL from the timed work. For torch targets the allocator's peak above what was
+  allocated at the baseline is kept beside it (earlier members' live tensors are not counted).
+
+The counters are read through ``Counters``, so the arithmetic is tested with fakes.
 """
 
 from __future__ import annotations
@@ -32,21 +37,40 @@ _STATUS = Path("/proc/self/status")
 @dataclass(frozen=True)
 class MemoryStats:
     device: str
-    peak_rss_delta_bytes: int | None = None  # CPU: peak RSS minus RSS before prepare
-    cuda_peak_allocated_bytes: int | None = None  # torch targets: the caching allocator's peak
-    cuda_process_used_bytes: int | None = None  # NVML: this process's device memory (context included)
+    peak_rss_delta_bytes: int | None = None  # peak RSS minus RSS at the member's baseline
+    # Before 2026-12 (order-dependent, kept for old runs): the allocator's absolute peak after a
+    # reset that kept earlier members' live tensors.
+    cuda_peak_allocated_bytes: int | None = None
+    cuda_process_used_bytes: int | None = None  # NVML: this process's device memory, absolute
     engine_device_memory_bytes: int | None = None  # TensorRT: activation memory of the engine
     artifact_bytes: int | None = None
-    cuda_free_drop_bytes: int | None = None  # every CUDA target: device free memory lost since start
+    cuda_free_drop_bytes: int | None = None  # device free memory lost since the baseline
+    cuda_process_delta_bytes: int | None = None  # NVML: this process's device memory since the baseline
+    cuda_allocator_peak_delta_bytes: int | None = None  # torch targets: allocator peak above the baseline
 
     @property
     def headline_bytes(self) -> int | None:
         """The one number a table shows for this device."""
         if self.device == "cpu":
             return self.peak_rss_delta_bytes
-        if self.cuda_free_drop_bytes is not None:  # the one figure measured alike for every target
+        if self.cuda_process_delta_bytes is not None:  # this process's device memory
+            return self.cuda_process_delta_bytes
+        if self.cuda_free_drop_bytes is not None:  # the same where NVML cannot see the process
             return self.cuda_free_drop_bytes
         return self.cuda_peak_allocated_bytes or self.cuda_process_used_bytes
+
+    @property
+    def headline_source(self) -> str | None:
+        """Which counter the headline comes from."""
+        if self.device == "cpu":
+            return "rss" if self.peak_rss_delta_bytes is not None else None
+        for name in ("cuda_process_delta_bytes", "cuda_free_drop_bytes", "cuda_peak_allocated_bytes"):
+            if getattr(self, name) is not None:
+                return {
+                    "cuda_process_delta_bytes": "nvml_process",
+                    "cuda_free_drop_bytes": "mem_get_info",
+                }.get(name, "allocator_peak")
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +78,121 @@ class MemoryStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryStats:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class Counters:
+    """The process's memory counters. Device counters are None on the CPU (and where a library
+    cannot answer); tests substitute fakes."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def release(self) -> None:
+        """Hand freed memory back (glibc; on CUDA torch's cached blocks) and reset the peaks."""
+        release_freed_memory()
+        reset_peak_rss()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def settle(self) -> None:
+        """Wait for queued device work before reading (outputs and workspaces are then allocated)."""
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def rss(self) -> int:
+        return current_rss_bytes()
+
+    def peak_rss(self) -> int:
+        return peak_rss_bytes()
+
+    def device_free(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+
+    def process_device(self) -> int | None:
+        return nvml_process_used_bytes() if self.device == "cuda" else None
+
+    def allocated(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        import torch
+
+        return int(torch.cuda.memory_allocated())
+
+    def peak_allocated(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+
+
+@dataclass(frozen=True)
+class Baseline:
+    rss: int
+    device_free: int | None
+    process_device: int | None
+    allocated: int | None
+
+
+def _delta(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else max(0, after - before)
+
+
+class MemoryProbe:
+    """Start right before preparing a runner; after its first inference ``drop_transients``, then
+    read after a second one."""
+
+    def __init__(self, device: str, counters: Counters | None = None) -> None:
+        self.device = device
+        self.counters = counters or Counters(device)
+        self.baseline = Baseline(0, None, None, None)
+
+    def start(self) -> None:
+        c = self.counters
+        c.release()
+        self.baseline = Baseline(c.rss(), c.device_free(), c.process_device(), c.allocated())
+
+    def drop_transients(self) -> None:
+        """Between the first inference and the reading: hand back what the first call used once
+        (cuDNN's algorithm search workspaces, a cold allocator's blocks) and reset the peaks, so
+        the reading after a second call is the member's steady state, the same whether or not an
+        earlier member already searched the same shapes."""
+        self.counters.release()
+
+    def read(
+        self, uses_torch_allocator: bool, engine_bytes: int | None = None, artifact_bytes: int | None = None
+    ) -> MemoryStats:
+        c, base = self.counters, self.baseline
+        c.settle()
+        rss = max(0, c.peak_rss() - base.rss)
+        if self.device != "cuda":
+            return MemoryStats("cpu", peak_rss_delta_bytes=rss, artifact_bytes=artifact_bytes)
+        free = c.device_free()
+        process = c.process_device()
+        return MemoryStats(
+            "cuda",
+            peak_rss_delta_bytes=rss,
+            cuda_process_used_bytes=process,
+            engine_device_memory_bytes=engine_bytes,
+            artifact_bytes=artifact_bytes,
+            cuda_free_drop_bytes=None
+            if free is None or base.device_free is None
+            else max(0, base.device_free - free),
+            cuda_process_delta_bytes=_delta(process, base.process_device),
+            cuda_allocator_peak_delta_bytes=_delta(c.peak_allocated(), base.allocated)
+            if uses_torch_allocator
+            else None,
+        )
 
 
 def current_rss_bytes() -> int:
@@ -74,7 +213,7 @@ def release_freed_memory() -> None:
     """Give memory freed earlier in this process back to the OS before a baseline is taken.
 
     glibc keeps freed blocks (and raises its mmap threshold after large frees), so without this
-    a model prepared after other work (the oracle's float64 pass, an earlier case group) reuses
+    a model prepared after other work (the oracle's float64 pass, an earlier member) reuses
     retained pages, RSS does not grow, and its memory would be under-reported.
     """
     gc.collect()
@@ -91,56 +230,11 @@ def reset_peak_rss() -> bool:
     return True
 
 
-class MemoryProbe:
-    """Start before preparing a runner, read after each measured case."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.baseline_rss = 0
-        self.baseline_free = 0
-
-    def start(self) -> None:
-        release_freed_memory()
-        reset_peak_rss()
-        self.baseline_rss = current_rss_bytes()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            # Blocks an earlier group of this worker left in torch's cache would be reused
-            # unseen by the free-memory figure: hand them back first.
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline_free = int(torch.cuda.mem_get_info()[0])
-
-    def read(
-        self, uses_torch_allocator: bool, engine_bytes: int | None = None, artifact_bytes: int | None = None
-    ) -> MemoryStats:
-        rss = max(0, peak_rss_bytes() - self.baseline_rss)
-        if self.device != "cuda":
-            return MemoryStats("cpu", peak_rss_delta_bytes=rss, artifact_bytes=artifact_bytes)
-        import torch
-
-        torch.cuda.synchronize()
-        free_now = int(torch.cuda.mem_get_info()[0])
-        return MemoryStats(
-            "cuda",
-            cuda_free_drop_bytes=max(0, self.baseline_free - free_now),
-            peak_rss_delta_bytes=rss,
-            cuda_peak_allocated_bytes=int(torch.cuda.max_memory_allocated())
-            if uses_torch_allocator
-            else None,
-            cuda_process_used_bytes=nvml_process_used_bytes(),
-            engine_device_memory_bytes=engine_bytes,
-            artifact_bytes=artifact_bytes,
-        )
-
-
 def nvml_process_used_bytes() -> int | None:
     """Device memory NVML attributes to this process (None without NVML or in containers that hide it).
 
-    A PID-namespaced container often shows NVML host PIDs, so this is commonly None there; the
-    free-memory drop is the figure compared across targets.
+    A PID-namespaced container often shows NVML host PIDs, so this is commonly None there, and the
+    headline falls back to the drop in free device memory (the same for every target of the run).
     """
     try:
         import pynvml

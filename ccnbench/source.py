@@ -13,6 +13,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +126,11 @@ class ModelSource:
     def _module_oracle(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         # The *kept* module in float64 with the same weights and inputs, so every target, eager
         # fp32 included, is measured against the same higher-precision truth.
-        module = self.module_for("kept").double()
+        device = oracle_device()
+        module = self.module_for("kept").double().to(device)
         with torch.no_grad():
-            y = module(*(x.double() for x in inputs))
-        return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+            y = module(*(x.double().to(device) for x in inputs))
+        return tuple(t.cpu() for t in (y if isinstance(y, (tuple, list)) else (y,)))
 
     def _module_flops(self) -> int | None:
         from torch.utils.flop_counter import FlopCounterMode
@@ -137,6 +139,18 @@ class ModelSource:
         with counter, torch.no_grad():
             self.module()(*self.make_inputs(1))
         return int(counter.get_total_flops()) or None
+
+
+def oracle_device() -> str:
+    """Where the float64 oracle runs: the CPU, or ``CCNBENCH_ORACLE_DEVICE`` (``cuda`` on a GPU
+    machine, where a medium N = 8 model costs 20 s on the CPU and well under one on the device;
+    float64 has no TF32 or reduced-precision path on either, so the truth is the same)."""
+    device = os.environ.get("CCNBENCH_ORACLE_DEVICE", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"CCNBENCH_ORACLE_DEVICE must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        return "cpu"
+    return device
 
 
 @dataclass(frozen=True)

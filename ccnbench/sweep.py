@@ -124,10 +124,10 @@ def execute(
         else:
             runnable.append(_without(group, done))
     contests, alone = contest.plan(runnable, run.tag)  # ids unique to this run
-    for match in contests:
+    for chain in contest_workers(contests, config.isolation):
         if deadline and time.monotonic() > deadline:
             break
-        left = _run_contest(match, config.timeout, logs, writer, deadline)
+        left = _run_contests(chain, config.timeout, logs, writer, deadline)
         alone += left  # members a crashed contest never reported: each gets its own worker
     for batch in _worker_batches(alone, config.isolation):
         if deadline and time.monotonic() > deadline:
@@ -155,12 +155,14 @@ class _RunWriter:
 def _export_artifacts(
     groups: Sequence[CaseGroup], events: SweepEvents, deadline: float | None = None
 ) -> None:
-    """Build every artifact (ONNX file, .pt2 package) once, in this process, before any worker starts.
+    """Build every artifact (ONNX file, .pt2 package) once, before any worker starts.
 
     Workers then only read them, so no two processes write one file and export or build time
-    (half a minute for a .pt2 package) is not charged to any worker's timeout. A user's factory
-    is exported inside its worker instead, so a broken one cannot take the sweep down. Failures
-    are left for the worker to report.
+    (half a minute for a .pt2 package) is not charged to any worker's timeout. On a machine with
+    cores to spare the builds run in parallel processes (``export_jobs``): a GPU check exports
+    some thirty medium ONNX files, each a single-threaded trace. A user's factory is exported
+    inside its worker instead, so a broken one cannot take the sweep down. Failures are left for
+    the worker to report.
     """
     from ccnbench.backends import backend_of
 
@@ -170,12 +172,67 @@ def _export_artifacts(
         if fmt and g.source.kind == "spec" and unavailable_reason(g) is None:
             key = (fmt, g.source.digest, g.source.layout, g.precision, g.target.device_kind)
             wanted.setdefault(key, g)
+    jobs = export_jobs(len(wanted))
+    if jobs > 1:
+        _export_in_parallel(list(wanted.items()), jobs, events, deadline)
+        return
     for (fmt, *_), g in wanted.items():
         if deadline and time.monotonic() > deadline:
             return
         events.on_note(f"building {fmt} for {g.source.label} {g.source.layout} {g.precision}")
         with contextlib.suppress(CcnbenchError):
             backend_of(g.target).artifact(g.source, g.target, g.options)
+
+
+def export_jobs(count: int) -> int:
+    """Parallel build processes: ``CCNBENCH_EXPORT_JOBS``, else half the cores (a build uses more
+    than one thread at times), never more than there are builds."""
+    env = os.environ.get("CCNBENCH_EXPORT_JOBS")
+    try:
+        jobs = int(env) if env else (os.cpu_count() or 1) // 2
+    except ValueError as exc:
+        raise UsageError(f"CCNBENCH_EXPORT_JOBS must be a whole number, got {env!r}") from exc
+    return max(1, min(jobs, count))
+
+
+def _export_in_parallel(
+    wanted: list[tuple[tuple[str, ...], CaseGroup]], jobs: int, events: SweepEvents, deadline: float | None
+) -> None:
+    """The builds in ``jobs`` spawned processes; at the deadline the ones still running are killed."""
+    import multiprocessing
+
+    events.on_note(f"building {len(wanted)} artifacts in {jobs} processes")
+    tasks = [(key[0], g.source.label, g.source.layout, g.precision, g.to_dict()) for key, g in wanted]
+    pool = multiprocessing.get_context("spawn").Pool(jobs)
+    try:
+        done = pool.imap_unordered(_build_task, tasks)
+        for _ in tasks:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise multiprocessing.TimeoutError
+            events.on_note(done.next(timeout=left))
+        pool.close()
+    except multiprocessing.TimeoutError:
+        events.on_note("deadline: the builds still running are stopped")
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _build_task(task: tuple[str, str, str, str, dict[str, Any]]) -> str:
+    fmt, label, layout, precision, group = task
+    build_artifact(group)
+    return f"built {fmt} for {label} {layout} {precision}"
+
+
+def build_artifact(group: dict[str, Any]) -> None:
+    """One artifact of a case group (a parallel build process's task); failures stay silent
+    here and are reported by the group's worker."""
+    from ccnbench.backends import backend_of
+
+    g = CaseGroup.from_dict(group)
+    with contextlib.suppress(CcnbenchError):
+        backend_of(g.target).artifact(g.source, g.target, g.options)
 
 
 def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
@@ -185,43 +242,70 @@ def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
 
 def _worker_batches(groups: Sequence[CaseGroup], isolation: str) -> list[list[CaseGroup]]:
     """'group': a fresh worker per group (exact memory figures). 'model': one worker per model and
-    layout, running its targets one after another (far fewer process and CUDA start-ups)."""
+    layout, running its targets one after another (far fewer process and CUDA start-ups).
+    'device': one worker per kind of device for all of them."""
     if isolation == "group":
         return [[g] for g in groups]
+    if isolation == "device":
+        by_device: dict[str, list[CaseGroup]] = {}
+        for g in groups:
+            by_device.setdefault(g.target.device_kind, []).append(g)
+        return list(by_device.values())
     batches: dict[tuple[str, str, str], list[CaseGroup]] = {}
     for g in groups:
         batches.setdefault((g.source.label, g.source.digest, g.source.layout), []).append(g)
     return list(batches.values())
 
 
-def _run_contest(
-    match: contest.Contest, timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
+def contest_workers(
+    contests: Sequence[contest.Contest], isolation: str = "group"
+) -> list[list[contest.Contest]]:
+    """Contests that share worker processes, one after another: every contest of one model on one
+    kind of device (its precisions, its batch buckets), so a model pays one process and CUDA
+    start-up per repeat, not one per precision; with isolation 'device', every contest on that
+    device (a time-boxed GPU that cannot pay six seconds of start-up per model)."""
+    chains: dict[tuple[str, ...], list[contest.Contest]] = {}
+    for match in contests:
+        g = match.groups[0]
+        key = (
+            (g.target.device_kind,)
+            if isolation == "device"
+            else (g.source.label, g.source.digest, g.target.device_kind)
+        )
+        chains.setdefault(key, []).append(match)
+    return list(chains.values())
+
+
+def _run_contests(
+    chain: list[contest.Contest], timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
 ) -> list[CaseGroup]:
-    """Run a contest in ``repeats`` fresh workers, one after another, merging each case's blocks.
+    """Run a chain of contests in ``repeats`` fresh workers, one after another, merging each case's
+    blocks; every worker runs the whole chain (process k of each contest).
 
     Returns the members to run alone: those the first process never reported because it died.
-    Its timeout covers all members (each gets ``timeout``), as a worker per group would.
+    Each contest gets ``timeout`` per member, as a worker per group would.
     """
-    protocol = match.groups[0].protocol
+    protocol = chain[0].groups[0].protocol
     repeats = max(1, protocol.repeats if protocol else 1)
     merged: dict[CaseKey, CaseResult] = {}
+    members = [g for match in chain for g in match.groups]
+    per_contest = timeout * max(len(match.groups) for match in chain)
     for process in range(repeats):
         if deadline and time.monotonic() > deadline:
             break
-        payload = {"contest": match.to_dict(), "process": process}
-        log_path = logs / f"{_safe(match.id)}-p{process}.log"
-        outcome, code, _, seen = _spawn(
-            payload, [match.groups[0]], timeout * len(match.groups), log_path, writer, deadline, merged
-        )
+        payload = {"contests": [match.to_dict() for match in chain], "process": process}
+        log_path = logs / f"{_safe(chain[0].id)}-p{process}.log"
+        firsts = [match.groups[0] for match in chain]
+        outcome, code, _, seen = _spawn(payload, firsts, per_contest, log_path, writer, deadline, merged)
         if outcome == "exited" and code == 0:
             continue
         if outcome == "deadline":
             break
         writer.events.on_note(
-            f"{match.label}: process {process} {_ending(outcome, code, timeout, log_path)[1]}"
+            f"{chain[0].label}: process {process} {_ending(outcome, code, per_contest, log_path)[1]}"
         )
         if process == 0:
-            return [g for g in match.groups if not set(g.case_keys()) <= seen]
+            return [g for g in members if not set(g.case_keys()) <= seen]
         break  # later processes only add rounds: keep what the earlier ones measured
     return []
 

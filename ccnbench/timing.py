@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ccnbench.backends.base import Runner, Target
+from ccnbench.memory import nvml_handle
 
 _MAX_IN_FLIGHT = 32
 
@@ -45,6 +46,11 @@ class Protocol:
     contest_seconds: float = 3.0
     target_width: float = 0.03
     repeats: int = 3
+    # A contest's memory pass (contest.py): each member prepared once more against its own
+    # baseline after every member has run, so no figure depends on the order. Off only where a
+    # second preparation is too dear (compilations on a time-boxed GPU); memory is then read at
+    # the first preparation, in a shuffled order, and the case says so (details.memory_pass).
+    memory_pass: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,11 +70,15 @@ QUICK = Protocol(
 
 @dataclass(frozen=True)
 class Block:
-    """One member's block of consecutive iterations in one round of one contest process."""
+    """One member's block of consecutive iterations in one round of one contest process. On
+    CUDA it keeps the host's enqueue time of each iteration beside its device time, and the SM
+    clock read right after the block (a card that idles at 345 MHz may not have boosted yet)."""
 
     process: int
     round: int
     samples_ms: tuple[float, ...]
+    host_ms: tuple[float, ...] = ()
+    sm_clock_mhz: int | None = None
 
     @property
     def median(self) -> float:
@@ -88,6 +98,8 @@ class LatencyStats:
     # Contest cases: the same samples, grouped by (process, round) so that two members of one
     # contest can be paired after the fact; ``samples_ms`` is then their concatenation.
     blocks: tuple[Block, ...] = ()
+    # CUDA: the SM clock (MHz) the case ran at: the median over its blocks, or read after the loop.
+    sm_clock_mhz: float | None = None
 
     def __post_init__(self) -> None:
         if not self.samples_ms:
@@ -96,6 +108,11 @@ class LatencyStats:
     @classmethod
     def from_blocks(cls, blocks: Sequence[Block], batch: int, clock: str, **kwargs: Any) -> LatencyStats:
         samples = tuple(s for b in blocks for s in b.samples_ms)
+        if all(b.host_ms for b in blocks):
+            kwargs.setdefault("host_samples_ms", tuple(h for b in blocks for h in b.host_ms))
+        clocks = [b.sm_clock_mhz for b in blocks if b.sm_clock_mhz is not None]
+        if clocks:
+            kwargs.setdefault("sm_clock_mhz", float(np.median(clocks)))
         return cls(samples, batch, clock, blocks=tuple(blocks), **kwargs)
 
     @property
@@ -184,7 +201,10 @@ class LatencyStats:
             "gflops",
             "noise",
         )
-        return {k: getattr(self, k) for k in keys} | {"host_median": self.host_median}
+        return {k: getattr(self, k) for k in keys} | {
+            "host_median": self.host_median,
+            "sm_clock_mhz": self.sm_clock_mhz,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -194,16 +214,20 @@ class LatencyStats:
             "warmup_iterations": self.warmup_iterations,
             "summary": self.summary(),
             "samples_ms": [] if self.blocks else [round(s, 6) for s in self.samples_ms],
-            "host_samples_ms": [round(s, 6) for s in self.host_samples_ms],
+            "host_samples_ms": []
+            if _host_in_blocks(self.blocks)
+            else [round(s, 6) for s in self.host_samples_ms],
+            "sm_clock_mhz": self.sm_clock_mhz,
         }
-        if self.blocks:  # [process, round, samples]; samples_ms is their concatenation, not stored twice.
+        if self.blocks:  # [process, round, samples(, host, sm clock)]; samples_ms is their concatenation.
             # 0.1 us resolution: below the timer's own overhead, and it keeps the file small.
-            data["blocks"] = [[b.process, b.round, [round(s, 4) for s in b.samples_ms]] for b in self.blocks]
+            data["blocks"] = [_block_row(b) for b in self.blocks]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
-        blocks = tuple(Block(int(p), int(r), tuple(s)) for p, r, s in data.get("blocks") or ())
+        blocks = tuple(_block_from_row(row) for row in data.get("blocks") or ())
+        host = tuple(data.get("host_samples_ms", ())) or tuple(h for b in blocks for h in b.host_ms)
         return cls(
             samples_ms=tuple(s for b in blocks for s in b.samples_ms)
             if blocks
@@ -211,10 +235,29 @@ class LatencyStats:
             batch=int(data["batch"]),
             clock=data["clock"],
             flops_per_sample=data.get("flops_per_sample"),
-            host_samples_ms=tuple(data.get("host_samples_ms", ())),
+            host_samples_ms=host,
             warmup_iterations=int(data.get("warmup_iterations", 0)),
             blocks=blocks,
+            sm_clock_mhz=data.get("sm_clock_mhz"),
         )
+
+
+def _host_in_blocks(blocks: Sequence[Block]) -> bool:
+    return bool(blocks) and all(b.host_ms for b in blocks)
+
+
+def _block_row(b: Block) -> list[Any]:
+    row: list[Any] = [b.process, b.round, [round(s, 4) for s in b.samples_ms]]
+    if b.host_ms or b.sm_clock_mhz is not None:
+        row += [[round(h, 4) for h in b.host_ms], b.sm_clock_mhz]
+    return row
+
+
+def _block_from_row(row: Sequence[Any]) -> Block:
+    """A stored block: ``[process, round, samples]``, or with ``host, sm_clock`` after them."""
+    process, round_, samples = row[:3]
+    host, clock = (tuple(row[3]), row[4]) if len(row) >= 5 else ((), None)
+    return Block(int(process), int(round_), tuple(samples), host, None if clock is None else int(clock))
 
 
 @dataclass
@@ -247,8 +290,16 @@ def measure(
     try:
         warmups = _warm_up(call, runner, protocol)
         if runner.is_cuda:
-            device_ms, host_ms = _cuda_loop(call, runner, protocol)
-            latency = LatencyStats(device_ms, batch, "cuda_events", flops_per_sample, host_ms, warmups)
+            device_ms, host_ms = _cuda_loop(call, runner, protocol, _one_call_ms(call, runner))
+            latency = LatencyStats(
+                device_ms,
+                batch,
+                "cuda_events",
+                flops_per_sample,
+                host_ms,
+                warmups,
+                sm_clock_mhz=sm_clock_mhz(),
+            )
         else:
             samples = _cpu_loop(call, protocol)
             latency = LatencyStats.from_ns(
@@ -270,17 +321,21 @@ def timer_overhead_ns(protocol: Protocol = QUICK, device: str = "cpu") -> float:
     return stats.median * 1e6
 
 
-def time_block(call: Callable[[], object], runner: Runner, seconds: float) -> tuple[float, ...]:
+def time_block(
+    call: Callable[[], object], runner: Runner, seconds: float, process: int = 0, round_: int = 0
+) -> Block:
     """One contest block: consecutive iterations for about ``seconds``, ms each.
 
     The first call is run but not kept: it pays for whatever the member before it evicted from
-    the caches, which a model serving requests back to back does not see.
+    the caches, which a model serving requests back to back does not see. On CUDA it is also
+    timed with events, and the block is sized by device time from it (see ``_cuda_loop``).
     """
-    call()
     if runner.is_cuda:
-        torch.cuda.synchronize()
+        estimate = _one_call_ms(call, runner)
         block = Protocol(min_iterations=2, min_seconds=seconds, max_seconds=max(4 * seconds, 1.0))
-        return _cuda_loop(call, runner, block)[0]
+        device_ms, host_ms = _cuda_loop(call, runner, block, estimate)
+        return Block(process, round_, device_ms, host_ms, sm_clock_mhz())
+    call()
     clock = time.perf_counter_ns
     samples: list[int] = []
     append = samples.append
@@ -291,7 +346,7 @@ def time_block(call: Callable[[], object], runner: Runner, seconds: float) -> tu
         t1 = clock()
         append(t1 - t0)
         total += t1 - t0
-    return tuple(s / 1e6 for s in samples)
+    return Block(process, round_, tuple(s / 1e6 for s in samples))
 
 
 def warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
@@ -348,13 +403,52 @@ def _cpu_loop(call: Callable[[], object], protocol: Protocol) -> list[int]:
             return samples
 
 
+class DeviceTime:
+    """Device time of a CUDA loop so far: the iterations whose end event has completed, plus a
+    projection for those still in flight (their mean so far, or ``estimate_ms`` before any has
+    finished). Sizing a loop by this, not by the host's clock, keeps a block to its budget: the
+    host enqueues in microseconds and may run up to ``_MAX_IN_FLIGHT`` iterations ahead, which
+    turned a 1 s budget into 2.9 s at batch 32."""
+
+    def __init__(self, estimate_ms: float | None) -> None:
+        self.estimate_ms, self.done, self.total_ms = estimate_ms, 0, 0.0
+
+    def update(self, starts: Sequence[Any], ends: Sequence[Any]) -> None:
+        while self.done < len(ends) and ends[self.done].query():
+            self.total_ms += starts[self.done].elapsed_time(ends[self.done])
+            self.done += 1
+
+    def projected_ms(self, enqueued: int) -> float | None:
+        per = self.total_ms / self.done if self.done else self.estimate_ms
+        if per is None:
+            return None
+        return self.total_ms + (enqueued - self.done) * per
+
+
+def _one_call_ms(call: Callable[[], object], runner: Runner) -> float:
+    """One call timed with CUDA events on the runner's stream, synchronised: the per-iteration
+    estimate a loop is sized with before its own iterations finish."""
+    stream = runner.stream or torch.cuda.current_stream()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    call()
+    end.record(stream)
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end))
+
+
 def _cuda_loop(
-    call: Callable[[], object], runner: Runner, protocol: Protocol
+    call: Callable[[], object], runner: Runner, protocol: Protocol, estimate_ms: float | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Device and host-enqueue times (ms) per iteration. It stops once ``min_iterations`` ran and
+    ``min_seconds`` of device time is enqueued (``DeviceTime``), or at ``max_iterations`` or
+    ``max_seconds`` of wall time."""
     stream = runner.stream or torch.cuda.current_stream()
     starts: list[torch.cuda.Event] = []
     ends: list[torch.cuda.Event] = []
     host: list[int] = []
+    device = DeviceTime(estimate_ms)
+    budget_ms = protocol.min_seconds * 1e3
     clock = time.perf_counter_ns
     begin = time.perf_counter()
     while True:
@@ -371,13 +465,44 @@ def _cuda_loop(
         if n > _MAX_IN_FLIGHT:
             ends[n - 1 - _MAX_IN_FLIGHT].synchronize()  # back-pressure without draining the queue
         elapsed = time.perf_counter() - begin
-        if (n >= protocol.min_iterations and elapsed >= protocol.min_seconds) or n >= protocol.max_iterations:
+        device.update(starts, ends)
+        projected = device.projected_ms(n)
+        enough = projected >= budget_ms if projected is not None else elapsed >= protocol.min_seconds
+        if (n >= protocol.min_iterations and enough) or n >= protocol.max_iterations:
             break
         if elapsed >= protocol.max_seconds:
             break
     torch.cuda.synchronize()
     device_ms = tuple(s.elapsed_time(e) for s, e in zip(starts, ends))
     return device_ms, tuple(h / 1e6 for h in host)
+
+
+_NVML: list[Any] = []  # [pynvml, handle] once looked up; [None] where NVML cannot be used
+
+
+def sm_clock_mhz() -> int | None:
+    """The GPU's current SM clock (NVML ``nvmlDeviceGetClockInfo(NVML_CLOCK_SM)``), None without NVML."""
+    if not _NVML:
+        _NVML.append(_nvml_device())
+    found = _NVML[0]
+    if found is None:
+        return None
+    pynvml, handle = found
+    try:
+        return int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    except Exception:  # NVML errors mean "unknown", never a failed case
+        return None
+
+
+def _nvml_device() -> tuple[Any, Any] | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()  # kept initialised for the process: a clock is read after every block
+        handle = nvml_handle(pynvml, torch.cuda.get_device_properties(torch.cuda.current_device()))
+    except Exception:
+        return None
+    return None if handle is None else (pynvml, handle)
 
 
 def _transfer_loop(

@@ -1,7 +1,7 @@
 """Worker process of a sweep: ``python -m ccnbench.worker TASK.json EVENTS.jsonl``.
 
-The task is a list of case groups, run in order, or ``{"contest": ..., "process": k}``: one
-process of a contest (see contest.py), announced as group 0. Before each group it appends ``{"group": i}``, after
+The task is a list of case groups, run in order, or ``{"contests": [...], "process": k}``:
+process k of each contest (see contest.py), one after another, each announced as a group. Before each group it appends ``{"group": i}``, after
 each case ``{"case": {...}}``; every line is flushed and fsynced, so the parent keeps every
 finished case and knows which group was running if this process dies.
 """
@@ -35,13 +35,16 @@ def _release_device_memory() -> None:
 def main(argv: list[str]) -> int:
     task, out = Path(argv[0]), Path(argv[1])
     data = json.loads(task.read_text())
-    if isinstance(data, dict) and "contest" in data:
+    if isinstance(data, dict) and ("contest" in data or "contests" in data):
         from ccnbench.contest import Contest, run_contest
 
+        contests = data.get("contests") or [data["contest"]]
         with out.open("a") as f:
-            _emit(f, {"group": 0})
-            for result in run_contest(Contest.from_dict(data["contest"]), int(data.get("process", 0))):
-                _emit(f, {"case": result.to_dict()})
+            for index, contest in enumerate(contests):
+                _emit(f, {"group": index})
+                for result in run_contest(Contest.from_dict(contest), int(data.get("process", 0))):
+                    _emit(f, {"case": result.to_dict()})
+                _release_device_memory()
         return 0
     groups = [CaseGroup.from_dict(g) for g in data]
     with out.open("a") as f:

@@ -182,7 +182,7 @@ def test_bundled_sweeps_expand(tmp_path):
     assert baseline == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
     assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
     assert {g.source.layout for g in cpu} == {"kept", "merged"} and all(g.batches == (1, 8) for g in cpu)
-    gpu = sweep.load_config("gpu-1-eager").expand()
+    gpu = sweep.load_config("gpu-4-nsweep").expand()
     model_branches = {g.source.spec.branches for g in gpu if g.source.spec.variant == "model"}
     assert model_branches == {2, 4, 8}
     assert {g.precision for g in gpu} == {"fp32", "fp16"} and all(g.batches == (1, 32) for g in gpu)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ccnbench.backends.base import Runner, Target
-from ccnbench.timing import LatencyStats, Protocol, measure, timer_overhead_ns
+from ccnbench.timing import Block, DeviceTime, LatencyStats, Protocol, measure, timer_overhead_ns
 
 
 def test_statistics_on_synthetic_samples():
@@ -87,3 +87,51 @@ def test_caps_stop_a_slow_target():
 def test_timer_overhead_is_measured():
     overhead = timer_overhead_ns()
     assert overhead > 0
+
+
+class FakeEvent:
+    """A CUDA end event that completes when the fake device has done its work."""
+
+    def __init__(self, device: dict, index: int, ms: float) -> None:
+        self.device, self.index, self.ms = device, index, ms
+
+    def query(self) -> bool:
+        return self.index < self.device["finished"]
+
+    def elapsed_time(self, end: "FakeEvent") -> float:
+        return end.ms
+
+
+def test_cuda_blocks_are_sized_by_device_time_not_by_the_hosts_clock():
+    # 25 ms per iteration (batch 32 on the H200) and a 100 ms budget: the host enqueues in
+    # microseconds, so its own clock would let it queue 32 iterations (800 ms) before stopping.
+    device = {"finished": 0}
+    clock = DeviceTime(estimate_ms=30.0)  # the discarded first call, a little slower
+    starts, ends = [], []
+    enqueued = 0
+    while True:
+        starts.append(FakeEvent(device, enqueued, 0.0))
+        ends.append(FakeEvent(device, enqueued, 25.0))
+        enqueued += 1
+        clock.update(starts, ends)
+        if clock.projected_ms(enqueued) >= 100:
+            break
+    assert enqueued == 4  # 4 x 30 ms projected: none had finished yet
+    device["finished"] = 2
+    clock.update(starts, ends)
+    assert clock.done == 2 and clock.total_ms == 50
+    assert clock.projected_ms(enqueued) == 100  # finished ones at 25 ms, the rest at their mean
+    assert DeviceTime(None).projected_ms(3) is None  # no estimate: the host clock decides
+
+
+def test_blocks_keep_host_times_and_sm_clock_and_old_files_still_load():
+    blocks = [Block(0, r, (1.0, 1.2), (0.1, 0.1), 1980 - 10 * r) for r in range(3)]
+    stats = LatencyStats.from_blocks(blocks, 32, "cuda_events")
+    assert stats.host_samples_ms == (0.1,) * 6 and stats.host_median == 0.1
+    assert stats.sm_clock_mhz == 1970.0  # the median over the blocks
+    again = LatencyStats.from_dict(stats.to_dict())
+    assert again.blocks == stats.blocks and again.sm_clock_mhz == 1970.0
+    assert again.host_samples_ms == stats.host_samples_ms
+    old = {"batch": 1, "clock": "perf_counter", "blocks": [[0, 0, [1.0, 2.0]], [0, 1, [1.5]]]}
+    loaded = LatencyStats.from_dict(old)
+    assert loaded.iterations == 3 and loaded.sm_clock_mhz is None and loaded.host_samples_ms == ()

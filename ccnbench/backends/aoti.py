@@ -17,7 +17,7 @@ from torch import Tensor
 from ccnbench import pt2
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.backends.compiled import compiler_unavailable_reason
-from ccnbench.backends.torch_eager import as_tuple, configure_cuda_numerics
+from ccnbench.backends.torch_eager import as_tuple, configure_cuda_numerics, warm_torch
 from ccnbench.errors import CcnbenchError
 from ccnbench.source import ModelSource
 
@@ -66,6 +66,10 @@ class AotiBackend(Backend):
         # Building needs what torch.compile needs (a C++ compiler; triton on CUDA).
         reason = compiler_unavailable_reason(device)
         return reason.replace("torch.compile", "AOTInductor") if reason else None
+
+    def warm(self, device: str, options: BuildOptions) -> None:
+        warm_torch(Target(self.name, device).device_kind, options.threads)
+        import torch._inductor.package  # noqa: F401 - the loader's import, paid once
 
     def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> pt2.Package:
         return pt2.package(source, target.device, options.precision, options.artifacts_dir)

@@ -167,6 +167,11 @@ class Backend(abc.ABC):
     def targets(self) -> list[Target]:
         return [Target(self.name, d) for d in self.devices]
 
+    def warm(self, device: str, options: BuildOptions) -> None:  # noqa: B027 - most need nothing
+        """Pay this runtime's one-time costs in this process (imports, CUDA context, library
+        handles, thread pools) before any memory baseline or build timer starts, so that no
+        member of a contest is charged for them because it happened to go first (memory.py)."""
+
     @abc.abstractmethod
     def availability(self, device: str) -> str | None:
         """None when ``backend:device`` can run here, else the reason, phrased so a user can act."""

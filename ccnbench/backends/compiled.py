@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
-from ccnbench.backends.torch_eager import TorchRunner, cuda_unavailable_reason, module_for_target
+from ccnbench.backends.torch_eager import TorchRunner, cuda_unavailable_reason, module_for_target, warm_torch
 from ccnbench.source import ModelSource
 
 
@@ -53,6 +53,9 @@ class CompileBackend(Backend):
 
     def availability(self, device: str) -> str | None:
         return compiler_unavailable_reason(device)
+
+    def warm(self, device: str, options: BuildOptions) -> None:
+        warm_compiler(Target(self.name, device).device_kind, options.threads)
 
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         torch.set_num_threads(options.threads)
@@ -100,6 +103,18 @@ class CompileBackend(Backend):
         if runner.cudagraphs:
             runner.details.update(graph_details(cudagraph_skips() - skips_before))
         return runner
+
+
+def warm_compiler(device_kind: str, threads: int) -> None:
+    """torch's one-time costs plus the compiler's: importing dynamo and inductor and compiling
+    one trivial function (code cache, C++ or triton toolchain, compile workers), so the first
+    compiled member's build time is its own compilation only."""
+    warm_torch(device_kind, threads)
+    compiled = torch.compile(lambda x: x * 2 + 1, dynamic=False, fullgraph=True)
+    compiled(torch.ones(4, device=device_kind))
+    torch._dynamo.reset()  # leave no guards behind for the members
+    if device_kind == "cuda":
+        torch.cuda.synchronize()
 
 
 def cudagraph_skips() -> int:

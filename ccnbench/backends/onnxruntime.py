@@ -7,6 +7,7 @@ inside the timed call on any device. On CUDA the session runs on the runner's ow
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ import torch
 from torch import Tensor
 
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
-from ccnbench.backends.torch_eager import cuda_unavailable_reason
+from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError
+from ccnbench.export import tiny_conv_onnx
 from ccnbench.source import ModelSource
 
 PROVIDERS = {
@@ -60,6 +62,9 @@ def session_providers(
         "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
         # The CUDA provider enables TF32 by default; fp32 must mean fp32, as on the torch targets.
         "use_tf32": "0" if options.precision == "fp32" else "1",
+        # The arena grows by what is asked, not to the next power of two, so the memory a case
+        # reports is what the model needs (and it compares with the torch targets' figure).
+        "arena_extend_strategy": "kSameAsRequested",
     }
     if stream_ptr:
         cuda["user_compute_stream"] = stream_ptr
@@ -242,6 +247,30 @@ class OrtBackend(Backend):
     def availability(self, device: str) -> str | None:
         return provider_unavailable_reason(device)
 
+    def warm(self, device: str, options: BuildOptions) -> None:
+        """Import ONNX Runtime and run a one-Conv session on the device: its provider library, its
+        own cuDNN/cuBLAS handles and (through torch) the CUDA context are loaded before any
+        member's baseline. The session and its arena are freed again."""
+        ort = require("onnxruntime")
+        target = Target(self.name, device)
+        if target.is_cuda:
+            warm_torch("cuda", options.threads)
+            if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: torch is imported, use its CUDA/cuDNN
+                ort.preload_dlls()
+        stream = torch.cuda.Stream() if target.is_cuda else None
+        # The TensorRT provider's engine build is no one-time cost: warm its CUDA provider only.
+        plain = Target(self.name, "cuda") if target.is_cuda else target
+        providers = session_providers(plain, options, stream, {})
+        session = ort.InferenceSession(
+            tiny_conv_onnx(),
+            sess_options=session_options(ort, target, options.threads, True),
+            providers=providers,
+        )
+        session.run(None, {"x": np.ones((1, 2, 6, 6, 6), dtype=np.float32)})
+        del session
+        if target.is_cuda:
+            torch.cuda.synchronize()
+
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         ort = require("onnxruntime")
         # Exporting is the artifact's cost (recorded with it), shared by every ONNX target.
@@ -267,18 +296,21 @@ class OrtBackend(Backend):
                 raise CcnbenchError(
                     f"{wanted} failed to load; onnxruntime fell back to {session.get_providers()}"
                 )
+            cuda_details: dict[str, Any] = {}
+            if target.is_cuda:
+                # Which nodes (if any) run on the CPU provider inside the timed call.
+                placed = (
+                    cpu_node_names(ort, artifact, source, options.threads, providers) if cpu_nodes else []
+                )
+                cuda_details = {"cpu_fallback": cpu_nodes, "cpu_nodes": placed}
+                cuda_details["tf32"] = uses_tf32(target, options.precision)
             runner = OrtRunner(
                 target,
                 artifact.output_names,
                 details={
                     "artifact": artifact.path.name,
                     "providers": session.get_providers(),
-                    # True: some nodes run on the CPU provider inside the timed call (see _create_session).
-                    **(
-                        {"cpu_nodes": cpu_nodes, "tf32": uses_tf32(target, options.precision)}
-                        if target.is_cuda
-                        else {}
-                    ),
+                    **cuda_details,
                 },
                 session=session,
                 sessions=sessions,
@@ -316,6 +348,39 @@ def _create_session(
                 continue
             raise CcnbenchError(f"onnxruntime could not load {path.name}: {_one_line(exc)}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def cpu_node_names(
+    ort: Any, artifact: Any, source: ModelSource, threads: int | None, providers: list[Any]
+) -> list[str]:
+    """The nodes ONNX Runtime places on its CPU provider for a CUDA session, as ``name (OpType)``.
+
+    ORT's profile names the provider of every node it ran; a throw-away session with profiling
+    runs one batch-1 inference to read it (the timed session itself is never profiled).
+    """
+    so = session_options(ort, Target("ort", "cuda"), threads, cpu_fallback=True)
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(artifact.path).parent / f"ort-profile-{os.getpid()}")
+    session = ort.InferenceSession(str(artifact.path), sess_options=so, providers=providers)
+    dtype = np.float16 if artifact.io == "fp16" else np.float32
+    feeds = {n: x.numpy().astype(dtype) for n, x in zip(artifact.input_names, source.make_inputs(1))}
+    session.run(None, feeds)
+    profile = Path(session.end_profiling())
+    try:
+        return cpu_nodes_from_profile(json.loads(profile.read_text()))
+    finally:
+        profile.unlink(missing_ok=True)
+
+
+def cpu_nodes_from_profile(events: Sequence[dict[str, Any]]) -> list[str]:
+    """``name (OpType)`` of every node an ORT profile shows on the CPU provider, in run order."""
+    found: dict[str, None] = {}
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and args.get("provider") == "CPUExecutionProvider":
+            name = str(event.get("name", "")).removesuffix("_kernel_time")
+            found[f"{name} ({args.get('op_name', '?')})"] = None
+    return list(found)
 
 
 def _one_line(exc: BaseException) -> str:

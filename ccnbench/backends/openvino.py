@@ -18,8 +18,10 @@ ships as a separate onnxruntime-openvino wheel that replaces onnxruntime.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError
+from ccnbench.export import tiny_conv_onnx
 from ccnbench.source import ModelSource
 
 # ccnbench precision -> OpenVINO's element type name for INFERENCE_PRECISION_HINT.
@@ -122,6 +125,19 @@ class OpenVinoBackend(Backend):
 
     def availability(self, device: str) -> str | None:
         return openvino_unavailable_reason()
+
+    def warm(self, device: str, options: BuildOptions) -> None:
+        """Import OpenVINO and compile and run a one-Conv model with the case's properties: the
+        CPU plugin, its thread pool and its memory arena exist before any member's baseline."""
+        ov = require("openvino", extra="openvino")
+        torch.set_num_threads(options.threads)
+        core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="ccnbench-warm-") as tmp:
+            path = Path(tmp) / "warm.onnx"
+            path.write_bytes(tiny_conv_onnx())
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", compile_config(options))
+        compiled.create_infer_request().infer({0: torch.ones(1, 2, 6, 6, 6).numpy()})
+        del compiled
 
     def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> Any:
         # One fp32 file for every precision: OpenVINO lowers it at compile time (the hint). A

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ccnbench import fileio
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
-from ccnbench.backends.torch_eager import cuda_unavailable_reason
+from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, MissingDependency, UsageError
 
@@ -575,6 +575,12 @@ class TensorRTBackend(Backend):
         except CcnbenchError as exc:
             return str(exc)
         return cuda_unavailable_reason()
+
+    def warm(self, device: str, options: BuildOptions) -> None:
+        """The CUDA context and torch's handles, and TensorRT's library with one runtime object."""
+        warm_torch("cuda", options.threads)
+        trt = import_tensorrt()
+        trt.Runtime(trt.Logger(trt.Logger.ERROR))
 
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         if options.precision not in self.precisions(target.device):

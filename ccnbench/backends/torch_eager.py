@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
@@ -33,6 +34,31 @@ def configure_cuda_numerics(precision: str) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = not strict
     torch.backends.cudnn.benchmark = True
     return {"tf32": not strict, "cudnn_benchmark": True}
+
+
+def warm_torch(device_kind: str, threads: int) -> None:
+    """torch's one-time costs: the OpenMP pool at the case's thread count, oneDNN/MKL on the CPU;
+    on CUDA the context, the cuDNN and cuBLAS handles and the kernels of the ops ccnbench's
+    models use (plain and grouped 3D convolutions, pooling, BatchNorm, LeakyReLU, Linear),
+    in fp32 and fp16, with cuDNN's autotuning on as the members have it."""
+    torch.set_num_threads(threads)
+    cuda = device_kind == "cuda"
+    if cuda:
+        torch.cuda.init()
+        torch.backends.cudnn.benchmark = True
+    dtypes = (torch.float32, torch.float16) if cuda else (torch.float32,)
+    with torch.inference_mode():
+        for dtype in dtypes:
+            x = torch.randn(2, 4, 6, 6, 6, device=device_kind, dtype=dtype)
+            y = F.conv3d(x, torch.randn(8, 4, 3, 3, 3, device=device_kind, dtype=dtype))
+            y = y + F.conv3d(x, torch.randn(8, 2, 3, 3, 3, device=device_kind, dtype=dtype), groups=2)
+            y = F.max_pool3d(y, 2, 1)
+            y = F.batch_norm(y, torch.zeros(8, device=device_kind, dtype=dtype),
+                             torch.ones(8, device=device_kind, dtype=dtype), training=False)  # fmt: skip
+            y = torch.cat([F.leaky_relu(y), y], dim=1).flatten(1)
+            F.linear(y, torch.randn(3, y.shape[1], device=device_kind, dtype=dtype))
+    if cuda:
+        torch.cuda.synchronize()
 
 
 def module_for_target(
@@ -93,6 +119,9 @@ class TorchBackend(Backend):
         if device == "cuda":
             return cuda_unavailable_reason()
         return None
+
+    def warm(self, device: str, options: BuildOptions) -> None:
+        warm_torch(Target(self.name, device).device_kind, options.threads)
 
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         torch.set_num_threads(options.threads)

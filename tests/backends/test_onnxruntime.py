@@ -12,6 +12,8 @@ from ccnbench.backends.onnxruntime import (
     OrtBackend,
     OrtRunner,
     _create_session,
+    cpu_node_names,
+    cpu_nodes_from_profile,
     profile_shapes,
     run_options,
     session_options,
@@ -39,6 +41,7 @@ def test_cuda_providers_run_on_the_runners_stream_with_the_chosen_conv_search(tm
     assert cuda[0][1]["user_compute_stream"] == "123456"
     assert cuda[0][1]["cudnn_conv_algo_search"] == "HEURISTIC"
     assert cuda[0][1]["use_tf32"] == "0"  # fp32 means fp32
+    assert cuda[0][1]["arena_extend_strategy"] == "kSameAsRequested"  # memory as asked, not rounded up
     fp16 = session_providers(Target("ort", "cuda"), BuildOptions(precision="fp16"), stream, {})
     assert fp16[0][1]["use_tf32"] == "1"
     trt = session_providers(Target("ort", "tensorrt"), options, stream, {"trt_profile_min_shapes": "x"})
@@ -208,3 +211,28 @@ def test_runner_with_a_session_per_batch_runs_each_batch_on_its_own(artifacts_di
         runner.infer(list(source.make_inputs(2)))
     runner.close()
     assert runner.sessions == {}
+
+
+def test_nodes_placed_on_the_cpu_are_named_from_the_profile():
+    events = [
+        {"cat": "Session", "name": "model_run", "args": {}},
+        {"cat": "Node", "name": "/conv/Conv_kernel_time", "args": {"op_name": "Conv", "provider": "CUDAExecutionProvider"}},
+        {"cat": "Node", "name": "/Shape_kernel_time", "args": {"op_name": "Shape", "provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "/Shape_kernel_time", "args": {"op_name": "Shape", "provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "/Gather_fence_before", "args": {"op_name": "Gather", "provider": "CPUExecutionProvider"}},
+    ]  # fmt: skip
+    assert cpu_nodes_from_profile(events) == ["/Shape (Shape)", "/Gather_fence_before (Gather)"]
+    assert cpu_nodes_from_profile(events[:2]) == []
+
+
+def test_a_real_profile_names_every_node_a_cpu_session_ran(artifacts_dir):
+    import onnx
+    import onnxruntime as ort
+
+    source = ModelSource.from_spec(spec_from_preset("tiny", "early", branches=2), "kept")
+    artifact = source.artifact("fp32", "fp32", 18, artifacts_dir)
+    names = cpu_node_names(ort, artifact, source, 1, ["CPUExecutionProvider"])
+    graph_ops = {n.op_type for n in onnx.load(str(artifact.path)).graph.node}
+    ran = {name.rsplit(" (", 1)[1].rstrip(")") for name in names}
+    assert names and "Conv" in ran and ran <= graph_ops | {"FusedConv", "MemcpyToHost", "MemcpyFromHost"}
+    assert not list(artifacts_dir.glob("ort-profile-*"))  # the profile file is removed
