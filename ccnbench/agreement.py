@@ -185,6 +185,19 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
     )
 
 
+def equal_tolerance(y: Tensor, ref: Tensor) -> float:
+    """The smallest t for which ``atol = rtol = t`` passes ``y`` against ``ref`` (inf if non-finite).
+
+    Pass means ``|y - ref| <= t * (1 + |ref|)`` everywhere, so t is the largest
+    ``|y - ref| / (1 + |ref|)``: one number per output that ranks errors the way the check does.
+    """
+    y = y.detach().to("cpu", torch.float64).reshape(ref.shape)
+    ref = ref.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(y).all()):
+        return math.inf
+    return float(((y - ref).abs() / (1 + ref.abs())).max()) if y.numel() else 0.0
+
+
 def _json_float(value: Any) -> Any:
     """JSON has no NaN or Infinity: write them as strings so files stay valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):

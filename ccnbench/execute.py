@@ -44,14 +44,21 @@ class CaseGroup:
     def case_keys(self) -> list[CaseKey]:
         return [
             CaseKey(
-                self.source.label, self.source.digest, self.source.layout, str(self.target), self.precision, b
+                self.source.label,
+                self.source.digest,
+                self.source.layout,
+                str(self.target),
+                self.precision,
+                b,
+                self.options.memory_format,
             )
             for b in self.batches
         ]
 
     @property
     def label(self) -> str:
-        return f"{self.source.label} {self.source.layout} {self.target} {self.precision}"
+        suffix = self.case_keys()[0].format_suffix if self.batches else ""
+        return f"{self.source.label} {self.source.layout} {self.target}{suffix} {self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         options = asdict(self.options)

@@ -32,7 +32,7 @@ class Choice:
     @property
     def label(self) -> str:
         k = self.case.key
-        return f"{k.target} {k.layout} {k.precision}"
+        return f"{k.target}{k.format_suffix} {k.layout} {k.precision}"
 
     @property
     def ships(self) -> str | None:
@@ -98,6 +98,7 @@ class Recommendation:
             if c is None:
                 return None
             return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
+                    "memory_format": c.case.key.memory_format,
                     "precision": c.case.key.precision, "ships": c.ships, "shippable": c.ships is not None,
                     "median_ms": c.median, "p99_ms": c.p99,
                     "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
@@ -174,10 +175,15 @@ def deliverable(ships: str | None) -> str:
     return ships or "needs the model's Python code at run time"
 
 
-def simplicity(case: CaseResult) -> tuple[int, int]:
-    """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before merged."""
+def simplicity(case: CaseResult) -> tuple[int, int, int]:
+    """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before
+    merged, weights as PyTorch makes them before a converted memory format."""
     backend = Target.parse(case.key.target).backend
-    return (0 if backend == "torch" else 1, 0 if case.key.layout == "kept" else 1)
+    return (
+        0 if backend == "torch" else 1,
+        0 if case.key.layout == "kept" else 1,
+        0 if case.key.memory_format == "contiguous" else 1,
+    )
 
 
 def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
