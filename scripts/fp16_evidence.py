@@ -35,7 +35,13 @@ from typing import Any
 import torch
 
 from ccnbench import check, environment
-from ccnbench.agreement import DEFAULT_TOLERANCES, TolerancePolicy, compare, equal_tolerance
+from ccnbench.agreement import (
+    DEFAULT_TOLERANCES,
+    TolerancePolicy,
+    compare,
+    equal_tolerance,
+    tolerance_from_evidence,
+)
 from ccnbench.backends import Target, backend_of
 from ccnbench.errors import CcnbenchError
 from ccnbench.execute import unavailable_reason
@@ -60,7 +66,7 @@ def main() -> None:
     parser.add_argument("--onnx-presets", default="small", help="presets also run by ort and openvino")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ccnbench-evidence-") as artifacts:
         for preset in args.presets.split(","):
@@ -75,6 +81,7 @@ def main() -> None:
         "command": f"PYTHONPATH=. python scripts/fp16_evidence.py --presets {args.presets} "
         f"--onnx-presets {args.onnx_presets}",
         "seconds": round(time.monotonic() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
         "batch": BATCH,
         "tolerances": {p: vars(DEFAULT_TOLERANCES[p]) for p in PRECISIONS},
         "summary": {p: summarise(rows, p) for p in PRECISIONS},
@@ -189,7 +196,13 @@ def summarise(rows: list[dict[str, Any]], precision: str) -> dict[str, Any]:
     bug_t = {k: max(r["t"] for r in v) for k, v in cases.items()}
     worst_correct = max(correct, key=lambda r: r["t"])
     least_bug = min(bug_t, key=bug_t.get)
+    chosen, note = tolerance_from_evidence(
+        [(r["t"], r["one_minus_cos"]) for r in correct],
+        [(bug_t[k], max(r["one_minus_cos"] for r in v)) for k, v in cases.items()],
+    )
     return {
+        "rule": {**vars(chosen), "note": note},
+        "default_is_rule": DEFAULT_TOLERANCES[precision] == chosen,
         "correct_outputs": len(correct),
         "bug_cases": len(cases),
         "harmless_bug_cases": len(
@@ -217,7 +230,8 @@ def markdown(evidence: dict[str, Any]) -> str:
         "# Agreement tolerances from evidence",
         "",
         f"Machine: {evidence['machine']}. Batch {evidence['batch']}, seed 0. "
-        f"Regenerate: `{evidence['command']}` ({evidence['seconds']:.0f} s here).",
+        f"Regenerate: `{evidence['command']}` ({evidence['seconds']:.0f} s here, "
+        f"{evidence['cpu_seconds']:.0f} s of CPU; the machine was shared with other work).",
         "",
         "t is the smallest atol = rtol that passes an output (max |y - ref| / (1 + |ref|)); for the",
         "H200 rows it is their max abs error, an upper bound. A bug case is caught when any output fails.",
@@ -233,6 +247,12 @@ def markdown(evidence: dict[str, Any]) -> str:
             f"{s['bug_min_t']:.2e} ({s['bug_min_t_where']}) | {'yes' if s['separable'] else 'NO'} | "
             f"{len(s['correct_failing'])} | {len(s['bugs_passing'])} |"
         )
+    lines += ["", "What the rule (`agreement.tolerance_from_evidence`) makes of it:", ""]
+    for p, s in evidence["summary"].items():
+        rule = s["rule"]
+        cos = "" if rule["min_cosine"] is None else f", cosine >= {rule['min_cosine']:.7f}"
+        same = "the default" if s["default_is_rule"] else "NOT the default"
+        lines.append(f"- {p}: atol = rtol = {rule['atol']:.0e}{cos} ({same}); {rule['note']}")
     lines += ["", "Largest t of correct outputs per target and precision, smallest t per fault kind:", ""]
     lines += ["| side | what | precision | t | 1 - cosine |", "|---|---|---|---:|---:|"]
     rows = [r for r in evidence["rows"] if "t" in r]
