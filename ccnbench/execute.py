@@ -57,8 +57,8 @@ class CaseGroup:
 
     @property
     def label(self) -> str:
-        suffix = self.case_keys()[0].format_suffix if self.batches else ""
-        return f"{self.source.label} {self.source.layout} {self.target}{suffix} {self.precision}"
+        target = self.case_keys()[0].target_label if self.batches else str(self.target)
+        return f"{self.source.label} {self.source.layout} {target} {self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         options = asdict(self.options)

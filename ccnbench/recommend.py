@@ -32,7 +32,7 @@ class Choice:
     @property
     def label(self) -> str:
         k = self.case.key
-        return f"{k.target}{k.format_suffix} {k.layout} {k.precision}"
+        return f"{k.target_label} {k.layout} {k.precision}"
 
     @property
     def ships(self) -> str | None:
@@ -146,7 +146,7 @@ def recommend(
                 rejected.append(_why_rejected(c, best))
         not_measured = sorted(
             {
-                f"{c.key.target} {c.key.precision}: {c.status}: {c.message}"
+                f"{c.key.target_label} {c.key.precision}: {c.status}: {c.message}"
                 for c in members
                 if c.status != "ok"
             }
@@ -208,7 +208,7 @@ def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
     assert ratio is not None
     f = fastest.key
     note = (
-        f"a tie with the fastest, {f.target} {f.layout} {f.precision} (this one takes {ratio.format()} "
+        f"a tie with the fastest, {f.target_label} {f.layout} {f.precision} (this one takes {ratio.format()} "
         "its time): shipping the simpler format"
     )
     return [pick, *(c for c in passing if c is not pick)], note
@@ -224,4 +224,4 @@ def _why_rejected(case: CaseResult, best: Choice | None) -> str:
         reason = f"produced {worst.nonfinite} NaN/Inf values in {worst.name}"
     else:
         reason = f"failed agreement ({worst.name}: max abs {worst.max_abs:.1e}, needs atol {worst.required_atol:.1e} > {worst.atol:.0e})"
-    return f"{k.target} {k.layout} {k.precision}{faster} {reason}"
+    return f"{k.target_label} {k.layout} {k.precision}{faster} {reason}"

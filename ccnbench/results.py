@@ -55,9 +55,9 @@ class CaseKey:
         return text if self.memory_format == "contiguous" else f"{text}/{self.memory_format}"
 
     @property
-    def format_suffix(self) -> str:
-        """'' for the default memory format, else ' channels_last_3d': for labels of a format."""
-        return "" if self.memory_format == "contiguous" else f" {self.memory_format}"
+    def target_label(self) -> str:
+        """The target as tables and answers show it: with the memory format unless it is the default."""
+        return self.target if self.memory_format == "contiguous" else f"{self.target} {self.memory_format}"
 
     @property
     def group(self) -> tuple[str, ...]:
