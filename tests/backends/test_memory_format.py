@@ -138,3 +138,12 @@ def test_cuda_routes_the_merged_depthwise_conv_by_memory_format(precision):
     assert set(conv_backends(kept, inputs)) == {"Cudnn"}
     converted = merged.to(memory_format=torch.channels_last_3d)
     assert conv_backends(converted, inputs) == ["Cudnn"] * spec.depth
+
+
+def test_the_bench_flag_sets_the_formats_and_a_sweep_file_decides():
+    from ccnbench.config import from_command_line
+
+    config = from_command_line({"--memory-format": "contiguous,channels_last_3d"}, None)
+    assert config.memory_formats == ("contiguous", CL3D)
+    with pytest.raises(UsageError, match="--memory-format"):
+        from_command_line({"--memory-format": CL3D}, "ci-quick")
