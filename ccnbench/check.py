@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ccnbench.agreement import Tolerance
-from ccnbench.backends import BuildOptions, Target
+from ccnbench.backends import BuildOptions, Target, backend_of
 from ccnbench.environment import default_threads
 from ccnbench.execute import CaseGroup, run_group
 from ccnbench.results import CaseResult
@@ -29,8 +29,12 @@ def plan(
     protocol: Protocol | None = None,
     transfers: bool = False,
     dynamic_batch: bool = False,
+    memory_formats: Sequence[str] = ("contiguous",),
 ) -> list[CaseGroup]:
-    """Every source × target × precision as a case group over the batch sizes."""
+    """Every source × target × precision as a case group over the batch sizes, and for the
+    PyTorch targets one per memory format asked for (the others have only their own layout)."""
+    for memory_format in memory_formats:
+        BuildOptions(memory_format=memory_format)  # a UsageError for an unknown one, before any case
     options = {
         "batch_sizes": tuple(batches),
         "threads": threads or default_threads(),
@@ -44,7 +48,7 @@ def plan(
             target,
             precision,
             source.fixed_batches() or tuple(batches),
-            BuildOptions(precision=precision, **options),
+            BuildOptions(precision=precision, memory_format=memory_format, **options),
             protocol=protocol,
             atol=atol,
             rtol=rtol,
@@ -55,7 +59,14 @@ def plan(
         for source in sources
         for target in targets
         for precision in precisions
+        for memory_format in _formats(target, memory_formats)
     ]
+
+
+def _formats(target: Target, asked: Sequence[str]) -> list[str]:
+    """The memory formats ``target`` runs of those asked for; a file format runs its own layout."""
+    offered = backend_of(target).memory_formats
+    return [f for f in asked if f in offered] or [offered[0]]
 
 
 def run(

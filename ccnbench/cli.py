@@ -237,6 +237,14 @@ DynamicBatch = Annotated[
     bool,
     typer.Option("--dynamic-batch", help="torch.compile one graph for all batch sizes (less compile time)."),
 ]
+MemoryFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-format",
+        help="PyTorch targets: weights in contiguous and/or channels_last_3d (cuDNN for every conv on CUDA); "
+        "comma list, default contiguous.",
+    ),
+]
 Budget = Annotated[
     float | None, typer.Option("--budget-minutes", help="Start no new group after this long; resume later.")
 ]
@@ -474,6 +482,7 @@ def bench(
     artifacts: _unset(ArtifactsDir, Path | None) = None,
     isolation: Isolation = None,
     dynamic_batch: DynamicBatch = False,
+    memory_format: MemoryFormat = None,
     budget_minutes: Budget = None,
     report: WriteReport = True,
 ) -> None:
@@ -484,7 +493,7 @@ def bench(
         "--onnx": onnx, "--model": model, "--input-shape": input_shape, "--load-inputs": load_inputs,
         "--load-outputs": load_outputs, "--quick": quick, "--transfers": transfers, "--timeout": timeout,
         "--name": name, "--shard": shard, "--seed": seed, "--threads": threads, "--artifacts": artifacts,
-        "--isolation": isolation, "--dynamic-batch": dynamic_batch,
+        "--isolation": isolation, "--dynamic-batch": dynamic_batch, "--memory-format": memory_format,
     }  # fmt: skip
     run, sweep_config, run_dir = _bench_start(flags, config, resume, out)
     run = _bench_execute(run, sweep_config, run_dir, budget_minutes)

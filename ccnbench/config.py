@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccnbench import selection
 from ccnbench.agreement import Tolerance
+from ccnbench.backends.base import MEMORY_FORMATS
 from ccnbench.errors import UsageError
 from ccnbench.timing import DEFAULT, QUICK, Protocol
 
@@ -60,6 +61,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "name": _STR, "description": _STR, "targets": _LIST, "precisions": _LIST, "batches": _INTS,
     "quick": _BOOL, "timeout": _NUMBER, "transfers": _BOOL, "opset": _INT, "threads": _INT,
     "artifacts": _STR, "protocol": _TABLE, "tolerance": _TABLE, "isolation": _STR, "dynamic_batch": _BOOL,
+    "memory_formats": _LIST,
     "seed": _INT, "shard": _STR, "models": ((list,), "a list of tables ([[models]])"),
     "preset": _STR, "variants": _LIST, "branches": _INTS, "input_modes": _LIST, "layouts": _LIST,
     "model": _STR, "input_shape": _STR, "onnx": _LIST, "load_inputs": _STR, "load_outputs": _STR,
@@ -90,6 +92,8 @@ class SweepConfig:
     isolation: str = "group"
     dynamic_batch: bool = False
     shard: tuple[int, int] | None = None
+    # PyTorch targets run once per memory format listed (others have only their own layout).
+    memory_formats: tuple[str, ...] = ("contiguous",)
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -104,6 +108,7 @@ class SweepConfig:
             "name": self.name,
             "isolation": self.isolation,
             "dynamic_batch": self.dynamic_batch,
+            "memory_formats": list(self.memory_formats),
             "models": [dict(m) for m in self.models],
             "targets": list(self.targets),
             "precisions": list(self.precisions),
@@ -162,6 +167,7 @@ class SweepConfig:
                 seed=data.get("seed", 0),
                 isolation=data.get("isolation", "group"),
                 dynamic_batch=data.get("dynamic_batch", False),
+                memory_formats=selection.choices(_as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
                 shard=parse_shard(data["shard"]) if "shard" in data else None,
             )  # fmt: skip
         except UsageError as exc:
@@ -187,6 +193,7 @@ class SweepConfig:
                 sources, targets, self.precisions, self.batches, Path(self.artifacts), opset=self.opset,
                 threads=self.threads, atol=self.atol, rtol=self.rtol, per_output=dict(self.per_output),
                 seed=self.seed, protocol=self.protocol, transfers=self.transfers, dynamic_batch=self.dynamic_batch,
+                memory_formats=self.memory_formats,
             )  # fmt: skip
         seen: dict[tuple[str, ...], CaseGroup] = {}
         for g in groups:
@@ -248,7 +255,8 @@ FLAG_KEYS = {
     "--input-mode": "input_modes", "--targets": "targets", "--precision": "precisions", "--batch": "batches",
     "--onnx": "onnx", "--model": "model", "--input-shape": "input_shape", "--load-inputs": "load_inputs",
     "--load-outputs": "load_outputs", "--transfers": "transfers", "--timeout": "timeout",
-    "--isolation": "isolation", "--dynamic-batch": "dynamic_batch", "--seed": "seed", "--threads": "threads",
+    "--isolation": "isolation", "--dynamic-batch": "dynamic_batch",
+    "--memory-format": "memory_formats", "--seed": "seed", "--threads": "threads",
     "--quick": "quick", "--artifacts": "artifacts", "--name": "name", "--shard": "shard",
 }  # fmt: skip
 # What a sweep file leaves to the command line: where things go, its name, the quick protocol

@@ -208,16 +208,23 @@ def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
     the same device and layout, and merged against kept on the same target."""
     from ccnbench.analysis import reference_target
 
-    index = {(str(m.group.target), m.group.source.layout): i for i, m in enumerate(members)}
+    index = {_slot(m.group): i for i, m in enumerate(members)}
     pairs = []
     for i, m in enumerate(members):
-        target, layout = str(m.group.target), m.group.source.layout
-        ref = index.get((reference_target(target), layout))
+        target, layout, fmt = _slot(m.group)
+        ref = index.get((reference_target(target), layout, fmt))
         if ref is not None and ref != i:
             pairs.append((i, ref))
-        if layout == "merged" and (target, "kept") in index:
-            pairs.append((i, index[(target, "kept")]))
+        if layout == "merged" and (target, "kept", fmt) in index:
+            pairs.append((i, index[(target, "kept", fmt)]))
+        if fmt != "contiguous" and (target, layout, "contiguous") in index:  # what the format buys
+            pairs.append((i, index[(target, layout, "contiguous")]))
     return pairs
+
+
+def _slot(group: CaseGroup) -> tuple[str, str, str]:
+    """A member's place in its contest: target, layout and memory format."""
+    return (str(group.target), group.source.layout, group.options.memory_format)
 
 
 def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:

@@ -45,14 +45,21 @@ class CaseGroup:
     def case_keys(self) -> list[CaseKey]:
         return [
             CaseKey(
-                self.source.label, self.source.digest, self.source.layout, str(self.target), self.precision, b
+                self.source.label,
+                self.source.digest,
+                self.source.layout,
+                str(self.target),
+                self.precision,
+                b,
+                self.options.memory_format,
             )
             for b in self.batches
         ]
 
     @property
     def label(self) -> str:
-        return f"{self.source.label} {self.source.layout} {self.target} {self.precision}"
+        target = self.case_keys()[0].target_label if self.batches else str(self.target)
+        return f"{self.source.label} {self.source.layout} {target} {self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         options = asdict(self.options)

@@ -39,7 +39,7 @@ class Choice:
     @property
     def label(self) -> str:
         k = self.case.key
-        return f"{k.target} {k.layout} {k.precision}"
+        return f"{k.target_label} {k.layout} {k.precision}"
 
     @property
     def ships(self) -> str | None:
@@ -121,6 +121,7 @@ class Recommendation:
             if c is None:
                 return None
             return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
+                    "memory_format": c.case.key.memory_format,
                     "precision": c.case.key.precision, "ships": c.ships, "shippable": c.ships is not None,
                     "median_ms": c.median, "p99_ms": c.p99,
                     "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
@@ -170,7 +171,7 @@ def recommend(
                 rejected.append(_why_rejected(c, best))
         not_measured = sorted(
             {
-                f"{c.key.target} {c.key.precision}: {c.status}: {c.message}"
+                f"{c.key.target_label} {c.key.precision}: {c.status}: {c.message}"
                 for c in members
                 if c.status != "ok"
             }
@@ -199,11 +200,17 @@ def deliverable(ships: str | None) -> str:
     return ships or "needs the model's Python code at run time"
 
 
-def simplicity(case: CaseResult) -> tuple[int, int, str]:
+def simplicity(case: CaseResult) -> tuple[int, int, int, str]:
     """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before
-    merged; then the target's name, so that equally simple formats are always picked in one order."""
+    merged, weights as PyTorch makes them before a converted memory format; then the target's name,
+    so that equally simple formats are always picked in one order."""
     backend = Target.parse(case.key.target).backend
-    return (0 if backend == "torch" else 1, 0 if case.key.layout == "kept" else 1, case.key.target)
+    return (
+        0 if backend == "torch" else 1,
+        0 if case.key.layout == "kept" else 1,
+        0 if case.key.memory_format == "contiguous" else 1,
+        case.key.target,
+    )
 
 
 def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
@@ -225,11 +232,11 @@ def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
     f = fastest.key
     why = (
         "shipping the simpler format"
-        if simplicity(pick)[:2] < simplicity(fastest)[:2]
+        if simplicity(pick)[:3] < simplicity(fastest)[:3]
         else "shipping the first of equally simple formats by target name"
     )
     note = (
-        f"a tie (inside ±{EQUIVALENCE:.0%}) with the fastest, {f.target} {f.layout} {f.precision} "
+        f"a tie (inside ±{EQUIVALENCE:.0%}) with the fastest, {f.target_label} {f.layout} {f.precision} "
         f"(this one takes {ratio.format()} its time): {why}"
     )
     return [pick, *(c for c in passing if c is not pick)], note
@@ -245,4 +252,4 @@ def _why_rejected(case: CaseResult, best: Choice | None) -> str:
         reason = f"produced {worst.nonfinite} NaN/Inf values in {worst.name}"
     else:
         reason = f"failed agreement ({worst.name}: max abs {worst.max_abs:.1e}, needs atol {worst.required_atol:.1e} > {worst.atol:.0e})"
-    return f"{k.target} {k.layout} {k.precision}{faster} {reason}"
+    return f"{k.target_label} {k.layout} {k.precision}{faster} {reason}"

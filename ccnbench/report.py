@@ -209,7 +209,7 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
             rows.append(
                 (
                     c.key.layout,
-                    c.key.target,
+                    c.key.target_label,
                     c.key.precision,
                     str(c.key.batch),
                     *(cells[h] for h in REPORT_COLUMNS),

@@ -35,7 +35,12 @@ STATUSES = ("ok", "failed", "timeout", "unavailable")
 
 @dataclass(frozen=True)
 class CaseKey:
-    """What identifies a case across runs: the model, its layout, the target, precision and batch."""
+    """What identifies a case across runs: the model, its layout, the target, precision and batch,
+    and for PyTorch targets the memory format of the weights.
+
+    ``memory_format`` came later: its default is left out of the stored key, so files written
+    before it and after it hold the same keys for the same cases and still match.
+    """
 
     model: str
     digest: str
@@ -43,14 +48,27 @@ class CaseKey:
     target: str
     precision: str
     batch: int
+    memory_format: str = "contiguous"
 
     def __str__(self) -> str:
-        return f"{self.model}/{self.layout}/{self.target}/{self.precision}/b{self.batch}"
+        text = f"{self.model}/{self.layout}/{self.target}/{self.precision}/b{self.batch}"
+        return text if self.memory_format == "contiguous" else f"{text}/{self.memory_format}"
 
     @property
-    def group(self) -> tuple[str, str, str, str, str]:
+    def target_label(self) -> str:
+        """The target as tables and answers show it: with the memory format unless it is the default."""
+        return self.target if self.memory_format == "contiguous" else f"{self.target} {self.memory_format}"
+
+    @property
+    def group(self) -> tuple[str, ...]:
         """Cases that share one prepared runner (all batch sizes of a target)."""
-        return (self.model, self.digest, self.layout, self.target, self.precision)
+        return (self.model, self.digest, self.layout, self.target, self.precision, self.memory_format)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        if self.memory_format == "contiguous":
+            del data["memory_format"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ class CaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "key": self.key.__dict__,
+            "key": self.key.to_dict(),
             "status": self.status,
             "verdict": self.verdict,
             "message": self.message,

@@ -84,7 +84,7 @@ def check_table(results: Sequence[CaseResult]) -> Table:
         table.add_row(
             r.key.model,
             r.key.layout,
-            r.key.target,
+            r.key.target_label,
             r.key.precision,
             str(r.key.batch),
             *cells,
@@ -151,7 +151,7 @@ def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
         cells["verdict"] = verdict_text(c)
         k = c.key
         table.add_row(
-            k.model, k.layout, k.target, k.precision, str(k.batch), *(cells[col] for col in BENCH_COLUMNS),
+            k.model, k.layout, k.target_label, k.precision, str(k.batch), *(cells[col] for col in BENCH_COLUMNS),
             end_section=nxt is None or (nxt.key.model, nxt.key.precision, nxt.key.batch) != (k.model, k.precision, k.batch),
         )  # fmt: skip
     return table

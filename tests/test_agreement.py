@@ -90,3 +90,44 @@ def test_round_trip_keeps_non_finite_values_as_valid_json():
     again = Agreement.from_dict(json.loads(text))
     assert again.outputs[0].required_atol == math.inf and not again.passed
     assert math.isnan(again.outputs[0].cosine)
+
+
+def test_least_cosine_fails_an_output_inside_the_tolerance():
+    ref = _ref()
+    y = ref * 1.001 + 1e-3  # within atol/rtol 1e-2, but not in the direction of ref
+    y[0] = -y[0]
+    loose = Tolerance(1e1, 0.0)
+    assert compare([y], [ref], ["logits"], TolerancePolicy("fp32", per_output={"logits": loose})).passed
+    strict = Tolerance(1e1, 0.0, min_cosine=0.999)
+    out = compare([y], [ref], ["logits"], TolerancePolicy("fp32", per_output={"logits": strict})).outputs[0]
+    assert not out.passed and out.min_cosine == 0.999 and out.cosine < 0.999
+    with pytest.raises(UsageError):
+        Tolerance(1e-3, 1e-3, min_cosine=2.0)
+
+
+def test_tolerance_from_evidence_separates_or_says_it_cannot():
+    from ccnbench.agreement import tolerance_from_evidence
+
+    # Separable: the geometric mean of the worst correct case and the least bug, one digit.
+    tol, note = tolerance_from_evidence([(2e-3, 1e-6), (5e-4, 1e-7)], [(5e-3, 1e-7), (1e-1, 1e-2)])
+    assert tol == Tolerance(3e-3, 3e-3) and note.startswith("separable")
+    # Overlapping on t: the bugs under the tolerance are rejected by cosine where it separates them.
+    tol, note = tolerance_from_evidence([(2e-3, 1e-6)], [(1e-3, 1e-4), (1e-1, 1e-2)])
+    assert tol.atol == 3e-3 and tol.min_cosine == pytest.approx(1 - 1e-5)
+    assert "no tolerance separates" in note and "cosine must also be" in note
+    # Neither separates: it says how many bugs still pass.
+    tol, note = tolerance_from_evidence([(2e-3, 1e-6)], [(1e-3, 1e-7)])
+    assert "cannot tell 1 bug(s)" in note
+
+
+def test_default_fp16_tolerance_comes_from_the_committed_evidence():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "results" / "fp16-evidence" / "evidence.json"
+    summary = json.loads(path.read_text())["summary"]
+    for precision in ("fp32", "fp16"):
+        s = summary[precision]
+        assert s["correct_failing"] == [] and s["bugs_passing"] == [], precision
+    rule = summary["fp16"]["rule"]
+    assert DEFAULT_TOLERANCES["fp16"] == Tolerance(rule["atol"], rule["rtol"], rule["min_cosine"])

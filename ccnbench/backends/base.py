@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Where a target's tensors live: ONNX Runtime's TensorRT provider runs on the CUDA device.
 DEVICE_KINDS = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
+# How a PyTorch target stores its convolution weights. channels_last_3d sends every Conv3d to
+# cuDNN on CUDA, the merged layout's depthwise first convolution included (see torch_eager.py).
+MEMORY_FORMATS = ("contiguous", "channels_last_3d")
 
 
 @dataclass(frozen=True, order=True)
@@ -68,9 +71,17 @@ class BuildOptions:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     # torch.compile: one graph for every batch size instead of one per size (less compile time).
     dynamic_batch: bool = False
+    # PyTorch targets: the memory format of the module's weights (see MEMORY_FORMATS).
+    memory_format: str = "contiguous"
     # TensorRT (native and through ONNX Runtime).
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.memory_format not in MEMORY_FORMATS:
+            raise UsageError(
+                f"unknown memory format {self.memory_format!r}; choose from {', '.join(MEMORY_FORMATS)}"
+            )
 
 
 @dataclass
@@ -141,6 +152,9 @@ class Backend(abc.ABC):
     # Whether its runner may be timed in one process beside other formats of the same model (a
     # contest, see ccnbench/contest.py). False for a crash-prone backend: it then gets its own worker.
     shares_process: bool = True
+    # The memory formats its runner can hold the weights in (MEMORY_FORMATS); only PyTorch's
+    # own targets have a choice, every file format fixes its own layout.
+    memory_formats: tuple[str, ...] = ("contiguous",)
     description: str = ""
 
     @property

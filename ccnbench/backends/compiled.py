@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.backends.torch_eager import TorchRunner, cuda_unavailable_reason, module_for_target, warm_torch
 from ccnbench.source import ModelSource
 
@@ -47,6 +47,7 @@ class CompileBackend(Backend):
     devices = ("cpu", "cuda")
     description = "torch.compile with inductor, one specialised graph per batch size"
     mode: str | None = None
+    memory_formats = MEMORY_FORMATS
 
     def precisions(self, device: str) -> tuple[str, ...]:
         return ("fp32", "fp16", "bf16")
@@ -67,7 +68,7 @@ class CompileBackend(Backend):
         setattr(torch._dynamo.config, limit, max(8, 2 * len(options.batch_sizes)))
         skips_before = cudagraph_skips()
         with Stopwatch() as sw:
-            module, details = module_for_target(source, target, options.precision)
+            module, details = module_for_target(source, target, options.precision, options.memory_format)
             # Static: one specialised graph per batch size. Dynamic batch: one graph for all sizes
             # (batch 1 still gets its own, as dynamo specialises sizes 0 and 1), far less compile time.
             dynamic = None if options.dynamic_batch else False

@@ -1,4 +1,19 @@
-"""PyTorch eager: the reference every other target is compared with."""
+"""PyTorch eager: the reference every other target is compared with.
+
+Why the merged layout can lose on CUDA, and what the memory format changes. PyTorch picks a
+kernel per convolution in ``_select_conv_backend`` (aten/src/ATen/native/Convolution.cpp, asked
+from Python as ``torch._C._select_conv_backend``): a convolution is *depthwise* when the input is
+on CUDA, 4-D or 5-D, has as many channels as groups (more than one), and the output channels are a
+multiple of them (``ConvParams::is_depthwise``). A depthwise convolution goes to cuDNN only when
+``use_cudnn_depthwise`` says so: always when ``cudnn_conv_suggest_memory_format`` of the input or
+the weight is channels-last ("always use cudnn_depthwise for channels_last format"), otherwise only
+for fp16 4-D inputs; a contiguous 5-D one runs PyTorch's own ``CudaDepthwise3d`` kernel, in fp32
+and fp16 alike. The merged first convolution of model and decision fusion over separate inputs,
+Conv3d(N -> N·F, groups=N), is exactly that case; every other convolution here has groups=1 or
+several input channels per group and goes to cuDNN. Holding the weights in ``channels_last_3d``
+(``BuildOptions.memory_format``) makes the weight suggest channels-last, so the depthwise
+convolution goes to cuDNN as well; ``conv_backends`` records the choice for each case.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.models.cast import CastIO
 from ccnbench.source import ModelSource
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_MEMORY_FORMATS = dict(
+    zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last_3d), strict=True)
+)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -62,17 +80,45 @@ def warm_torch(device_kind: str, threads: int) -> None:
 
 
 def module_for_target(
-    source: ModelSource, target: Target, precision: str
+    source: ModelSource, target: Target, precision: str, memory_format: str = "contiguous"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The source's module on the target's device, computing in ``precision`` behind float32 I/O."""
+    """The source's module on the target's device, computing in ``precision`` behind float32 I/O,
+    its 4-D and 5-D weights in ``memory_format``."""
     details: dict[str, Any] = {}
     if target.is_cuda:
         details.update(configure_cuda_numerics(precision))
     dtype = TORCH_DTYPES[precision]
     module = source.module().to(device=target.device_kind, dtype=dtype).eval()
+    if memory_format != "contiguous":
+        module = module.to(memory_format=TORCH_MEMORY_FORMATS[memory_format])
+        details["memory_format"] = memory_format
     if dtype != torch.float32:
         module = CastIO(module, dtype)
     return module, details
+
+
+def conv_backends(module: nn.Module, inputs: Sequence[Tensor]) -> list[str]:
+    """The kernel PyTorch picks for each Conv3d of ``module`` when it runs on ``inputs`` (on the
+    module's device), in call order: ``Cudnn``, ``CudaDepthwise3d``, ``Mkldnn``, ... The answer
+    of ``torch._C._select_conv_backend`` for the tensors each convolution really receives."""
+    picked: list[str] = []
+
+    def ask(conv: nn.Module, args: tuple[Tensor, ...]) -> None:
+        x = args[0]
+        choice = torch._C._select_conv_backend(
+            x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation),
+            False, [0] * len(conv.stride), conv.groups,
+        )  # fmt: skip
+        picked.append(str(choice).rpartition(".")[2])
+
+    hooks = [m.register_forward_pre_hook(ask) for m in module.modules() if isinstance(m, nn.Conv3d)]
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return picked
 
 
 def as_tuple(y: Any) -> tuple[Tensor, ...]:
@@ -112,6 +158,8 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     description = "PyTorch eager under inference_mode"
 
+    memory_formats = MEMORY_FORMATS
+
     def precisions(self, device: str) -> tuple[str, ...]:
         return ("fp32", "fp16", "bf16")
 
@@ -126,8 +174,11 @@ class TorchBackend(Backend):
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         torch.set_num_threads(options.threads)
         with Stopwatch() as sw:
-            module, details = module_for_target(source, target, options.precision)
+            module, details = module_for_target(source, target, options.precision, options.memory_format)
             stream = torch.cuda.Stream() if target.is_cuda else None
+        if target.is_cuda:  # which convolutions cuDNN runs: the merged layout's speed depends on it
+            inputs = [x.to(target.device_kind) for x in source.make_inputs(1)]
+            details["conv_backends"] = conv_backends(module, inputs)
         return TorchRunner(
             target, source.output_names, sw.seconds, details, True, module=module, _stream=stream
         )
