@@ -29,6 +29,7 @@ def plan(
     protocol: Protocol | None = None,
     transfers: bool = False,
     dynamic_batch: bool = False,
+    io: str = "fp32",
 ) -> list[CaseGroup]:
     """Every source × target × precision as a case group over the batch sizes."""
     options = {
@@ -37,6 +38,7 @@ def plan(
         "artifacts_dir": Path(artifacts_dir),
         "opset": opset,
         "dynamic_batch": dynamic_batch,
+        "io": io,
     }
     return [
         CaseGroup(
