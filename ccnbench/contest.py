@@ -33,6 +33,7 @@ import numpy as np
 
 from ccnbench import execute
 from ccnbench.backends import backend_of
+from ccnbench.backends.settings import ProcessSettings, applied
 from ccnbench.execute import CaseGroup, _artifact_summary, _describe, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
@@ -105,17 +106,23 @@ class _Member:
     inputs: dict[int, Any]
     flops: int | None
     results: dict[int, CaseResult]
+    settings: ProcessSettings | None = None  # what the process had right after this member was prepared
 
 
 def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
     """Yield a CaseResult per member and batch size (failures included), timing last."""
+    baseline = ProcessSettings.read()
     with contextlib.ExitStack() as stack:
+        stack.callback(baseline.apply)  # the process gets its own settings back after the contest
         members: list[_Member] = []
         for group in contest.groups:
+            baseline.apply()  # prepared from the process's settings, not the previous member's
             member, early = _prepare(group, contest.id, stack)
-            yield from early
             if member is not None:
+                member.settings = ProcessSettings.read()  # its threads, TF32, cuDNN autotuning
                 members.append(member)
+            baseline.apply()
+            yield from early
         batches = contest.groups[0].batches
         for batch in batches:
             alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
@@ -194,7 +201,8 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
     calls = []
     for m in members:
         call = bound_call(m.runner, stage(m.inputs[batch], m.runner))
-        warm_up(call, m.runner, protocol)
+        with _own_settings(m):
+            warm_up(call, m.runner, protocol)
         calls.append(call)
     pairs = partners(members)
     order = list(range(len(members)))
@@ -209,7 +217,12 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         while True:
             rng.shuffle(order)  # no member always follows the same one
             for i in order:
-                samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
+                # The previous member's idle threads (ONNX Runtime's spinning intra-op pool, OpenMP
+                # and TBB workers) keep the cores busy for a moment after its last call: a pause
+                # lets them go to sleep instead of timing the next member against them.
+                time.sleep(protocol.settle_seconds)
+                with _own_settings(members[i]):
+                    samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
                 blocks[i].append(Block(process, round_, samples))
                 medians[i].append(float(np.median(samples)))
             round_ += 1
@@ -232,3 +245,8 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         )
         for i, m in enumerate(members)
     }
+
+
+def _own_settings(member: _Member) -> contextlib.AbstractContextManager[None]:
+    """The member's process-wide settings while it runs (see ccnbench.backends.settings)."""
+    return applied(member.settings) if member.settings is not None else contextlib.nullcontext()

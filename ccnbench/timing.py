@@ -41,6 +41,7 @@ class Protocol:
     # ``repeats`` fresh processes so the intervals carry the between-process variance.
     contest: bool = True
     block_seconds: float = 0.05
+    settle_seconds: float = 0.01  # pause before each block: the previous member's idle threads stop spinning
     min_rounds: int = 6
     contest_seconds: float = 3.0
     target_width: float = 0.03
