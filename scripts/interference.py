@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/interference.py                      # cpu-default threads, 5+5 processes
     PYTHONPATH=. python scripts/interference.py --settle 0           # without the settle pause
-    PYTHONPATH=. python scripts/interference.py --processes 2 --seconds 1 --preset tiny   # a smoke run
+    PYTHONPATH=. python scripts/interference.py --processes 2 --rounds 6 --preset tiny   # a smoke run
 
 A contest times torch, torch.compile, ONNX Runtime and OpenVINO in one process, block after
 block (``ccnbench.contest``). A runtime's idle threads may keep spinning after its block (ONNX
@@ -50,7 +50,9 @@ def main() -> int:
     parser.add_argument("--layout", default="kept")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per kind (>= 5 to judge)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="timed rounds per process")
+    parser.add_argument(
+        "--rounds", type=int, default=30, help="timed rounds per process (a block per member each)"
+    )
     parser.add_argument("--settle", type=float, default=None, help="settle pause (default: the protocol's)")
     parser.add_argument("--artifacts", default=None, help="ONNX files (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write every figure to this file")
@@ -102,8 +104,9 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _protocol(base: Any, args: argparse.Namespace) -> Any:
-    # Never stop early on convergence: every process times the same length, alone or not.
-    protocol = replace(base, contest_seconds=args.seconds, target_width=0.0, min_rounds=3, repeats=1)
+    # Exactly ``rounds`` rounds (no stopping on convergence or time): every member gets as many
+    # blocks alone as interleaved.
+    protocol = replace(base, contest_seconds=0.0, min_rounds=args.rounds, repeats=1)
     return protocol if args.settle is None else replace(protocol, settle_seconds=args.settle)
 
 
@@ -141,7 +144,7 @@ def _parent(args: argparse.Namespace) -> int:
     header = (
         f"{args.variant} {args.layout} @{args.preset}, batch {args.batch}, {default_threads()} threads "
         f"(cpu-default), settle {settle * 1000:g} ms, {args.processes} processes per kind, "
-        f"{args.seconds:g} s of rounds each, {time.perf_counter() - start:.0f} s in all"
+        f"{args.rounds} rounds each, {time.perf_counter() - start:.0f} s in all"
     )
     print(_markdown(header, report))
     if args.json:
@@ -153,7 +156,7 @@ def _parent(args: argparse.Namespace) -> int:
 
 def _passed(args: argparse.Namespace) -> list[str]:
     passed = ["--targets", args.targets, "--preset", args.preset, "--variant", args.variant, "--layout",
-              args.layout, "--batch", str(args.batch), "--seconds", str(args.seconds), "--artifacts",
+              args.layout, "--batch", str(args.batch), "--rounds", str(args.rounds), "--artifacts",
               args.artifacts]  # fmt: skip
     return passed + (["--settle", str(args.settle)] if args.settle is not None else [])
 
