@@ -118,6 +118,11 @@ class ModelSource:
         """What this source's layout did to the model, for the results (None: nothing to say)."""
         return None
 
+    @property
+    def graph_layout(self) -> str:
+        """The layout the module's graph really has, which files are stamped and named with."""
+        return self.layout
+
     def oracle_is_cacheable(self) -> bool:
         """Whether the oracle's outputs are a function of ``digest`` alone (safe to cache on disk)."""
         return False
