@@ -320,70 +320,84 @@ def export_cmd(
     """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32 or
     fp16) or to .pt2 packages."""
     from ccnbench import selection
-    from ccnbench.backends import BuildOptions
-    from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
     packages = _wants_packages(file_format, engine)
-    if model is None:
-        variant, preset, input_mode, seed = (
-            variant or "all",
-            preset or "small",
-            input_mode or "separate",
-            seed or 0,
-        )
-    elif given := [n for n, v in (("--variant", variant), ("--preset", preset), ("--input-mode", input_mode),
-                                  ("--seed", seed)) if v is not None]:  # fmt: skip
+    if model is not None:
+        given = [n for n, v in (("--variant", variant), ("--preset", preset), ("--input-mode", input_mode),
+                                ("--seed", seed)) if v is not None]  # fmt: skip
+        if given:
+            raise UsageError(
+                f"{given[0]} describes ccnbench's own variants; --model exports your module as it is"
+            )
+        engine_batches = _engine_batches(engine, engine_batch)
+        exported = _export_user_model(model, input_shape, branches, layout, precision, io, opset, out, force,
+                                      file_format, device)  # fmt: skip
+        engines = _build_engines([f.artifact for f in exported.files], engine_batches, out)
+        _print_user_export(exported, out, json_output, engines)
+        return
+    if input_shape is not None:
         raise UsageError(
-            f"{given[0]} describes ccnbench's own variants; --model exports your module as it is"
+            "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
         )
-    if packages and model is None:
+    variant, preset, input_mode, seed = (
+        variant or "all",
+        preset or "small",
+        input_mode or "separate",
+        seed or 0,
+    )
+    if packages:
         _export_packages(variant, layout, branches, preset, input_mode, precision, seed, out, force, device,
                          json_output)  # fmt: skip
         return
-    if engine:  # before any export: asking for an engine that cannot be built is an error, not a note
-        reason = TensorRTBackend().availability("cuda")
-        if reason:
-            raise CcnbenchError(f"--engine: {reason}")
-        engine_batches = selection.integers(engine_batch, "--engine-batch")
-    if model is not None:
-        exported = _export_user_model(model, input_shape, branches, layout, precision, io, opset, out, force,
-                                      file_format, device)  # fmt: skip
-        if packages:
-            _print_user_export(exported, out, json_output)
-            return
-        artifacts = [f.artifact for f in exported.files]
-    else:
-        exported = None
-        specs = selection.specs(preset, variant, branches, input_mode, seed)
-        jobs = [
-            (spec, lay, prec)
-            for spec in specs
-            for lay in selection.layouts(layout)
-            for prec in selection.choices(precision, PRECISIONS, "precision")
-        ]
-        artifacts = []
+    engine_batches = _engine_batches(engine, engine_batch)
+    specs = selection.specs(preset, variant, branches, input_mode, seed)
+    jobs = [
+        (spec, lay, prec)
+        for spec in specs
+        for lay in selection.layouts(layout)
+        for prec in selection.choices(precision, PRECISIONS, "precision")
+    ]
+    artifacts = []
     with _progress() as progress:
-        if exported is None:
-            task = progress.add_task("exporting", total=len(jobs))
-            for spec, lay, prec in jobs:
-                progress.update(task, description=f"{spec.label} {lay} {prec}")
-                artifacts.append(export(spec, lay, prec, opset=opset, out_dir=out, io=io, force=force))
-                progress.advance(task)
-        engines = {}
-        if engine:
-            task = progress.add_task("building TensorRT engines", total=len(artifacts))
-            for a in artifacts:
-                progress.update(task, description=f"engine for {a.path.name}")
-                options = BuildOptions(
-                    precision=a.precision, batch_sizes=engine_batches, artifacts_dir=out, io=a.io
-                )
-                engines[a.path] = export_engine(a, options)
-                progress.advance(task)
-    if exported is not None:
-        _print_user_export(exported, out, json_output, engines)
-        return
-    _print_exports(artifacts, engines, out, json_output)
+        task = progress.add_task("exporting", total=len(jobs))
+        for spec, lay, prec in jobs:
+            progress.update(task, description=f"{spec.label} {lay} {prec}")
+            artifacts.append(export(spec, lay, prec, opset=opset, out_dir=out, io=io, force=force))
+            progress.advance(task)
+    _print_exports(artifacts, _build_engines(artifacts, engine_batches, out), out, json_output)
+
+
+def _engine_batches(engine: bool, engine_batch: str) -> tuple[int, ...] | None:
+    """``--engine``'s batch sizes, checked before any export: asking for an engine that cannot be
+    built is an error, not a note after the files are written. None without ``--engine``."""
+    from ccnbench import selection
+    from ccnbench.backends.tensorrt import TensorRTBackend
+
+    if not engine:
+        return None
+    reason = TensorRTBackend().availability("cuda")
+    if reason:
+        raise CcnbenchError(f"--engine: {reason}")
+    return selection.integers(engine_batch, "--engine-batch")
+
+
+def _build_engines(artifacts: Any, batches: tuple[int, ...] | None, out: Path) -> dict[Any, Any]:
+    """A TensorRT engine beside each ONNX file (``--engine``), by file path; {} without it."""
+    from ccnbench.backends import BuildOptions
+    from ccnbench.backends.tensorrt import export_engine
+
+    engines: dict[Any, Any] = {}
+    if batches is None:
+        return engines
+    with _progress() as progress:
+        task = progress.add_task("building TensorRT engines", total=len(artifacts))
+        for a in artifacts:
+            progress.update(task, description=f"engine for {a.path.name}")
+            options = BuildOptions(precision=a.precision, batch_sizes=batches, artifacts_dir=out, io=a.io)
+            engines[a.path] = export_engine(a, options)
+            progress.advance(task)
+    return engines
 
 
 def _export_user_model(

@@ -85,6 +85,10 @@ def test_flags_that_make_no_sense_for_a_users_model_are_refused_by_name(extra, w
 def test_a_users_model_without_its_input_shape_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["export", "--model", f"{FIXTURES}:two_view", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--model needs --input-shape" in result.output
+    result = runner.invoke(
+        app, ["export", "--preset", "tiny", "--input-shape", "1x8x8x8", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--input-shape goes with --model" in result.output
 
 
 @pytest.mark.slow
