@@ -217,10 +217,7 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         while True:
             rng.shuffle(order)  # no member always follows the same one
             for i in order:
-                # The previous member's idle threads (ONNX Runtime's spinning intra-op pool, OpenMP
-                # and TBB workers) keep the cores busy for a moment after its last call: a pause
-                # lets them go to sleep instead of timing the next member against them.
-                time.sleep(protocol.settle_seconds)
+                settle(protocol.settle_seconds)
                 with _own_settings(members[i]):
                     samples = time_block(calls[i], members[i].runner, protocol.block_seconds)
                 blocks[i].append(Block(process, round_, samples))
@@ -245,6 +242,36 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         )
         for i, m in enumerate(members)
     }
+
+
+# settle(): the process counts as idle once its CPU time grows by less than a quarter of the wall
+# time over three consecutive 2 ms windows (a sleeping main thread and sleeping pools use ~nothing).
+_SETTLE_WINDOW = 0.002
+_SETTLE_QUIET_WINDOWS = 3
+_SETTLE_BUSY_FRACTION = 0.25
+
+
+def settle(limit: float) -> float:
+    """Wait (at most ``limit`` seconds) until the threads of the member timed before are idle.
+
+    After its last call a runtime's threads keep spinning for a while: ONNX Runtime's intra-op
+    pool (measured here: ~0.1 s of CPU time after a run on a loaded 2-core machine; up to seconds
+    on some CPUs), OpenMP (PyTorch) and TBB (OpenVINO) workers less. The next member's block
+    would compete with them for the cores. Turning spinning off would change what a user deploys,
+    so the contest waits instead, watching the process's CPU time (every thread's) stand still.
+    Returns the seconds waited.
+    """
+    start = time.perf_counter()
+    if limit <= 0:
+        return 0.0
+    quiet, wall, cpu = 0, start, time.process_time()
+    while quiet < _SETTLE_QUIET_WINDOWS and wall - start < limit:
+        time.sleep(_SETTLE_WINDOW)
+        now_wall, now_cpu = time.perf_counter(), time.process_time()
+        busy = (now_cpu - cpu) / max(now_wall - wall, 1e-9)
+        quiet = quiet + 1 if busy < _SETTLE_BUSY_FRACTION else 0
+        wall, cpu = now_wall, now_cpu
+    return wall - start
 
 
 def _own_settings(member: _Member) -> contextlib.AbstractContextManager[None]:

@@ -1,7 +1,7 @@
 """Do contest members disturb each other? Each runtime timed interleaved with the others vs alone.
 
     PYTHONPATH=. python scripts/interference.py                      # cpu-default threads, 5+5 processes
-    PYTHONPATH=. python scripts/interference.py --settle 0           # without the settle pause
+    PYTHONPATH=. python scripts/interference.py --settle 0           # without the settle (before issue 20)
     PYTHONPATH=. python scripts/interference.py --processes 2 --rounds 6 --preset tiny   # a smoke run
 
 A contest times torch, torch.compile, ONNX Runtime and OpenVINO in one process, block after
@@ -13,7 +13,7 @@ measures that with the contest code itself, at the thread count of the ``cpu-def
   member (the same model, layout and batch), and every block is labelled with the member that
   ran just before it, so each member's blocks split into "after torch:cpu", "after ort:cpu", ...;
 - *alone*: ``--processes`` fresh processes per member run a contest of that member only (same
-  protocol, same settle pause, nothing else prepared in the process).
+  protocol, same settle, nothing else prepared in the process).
 
 Per process a member's figure is the median of its block medians (of the blocks after one
 predecessor, for interleaved). Per member the alone processes give a mean and a 95 % t-interval
@@ -53,7 +53,9 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=30, help="timed rounds per process (a block per member each)"
     )
-    parser.add_argument("--settle", type=float, default=None, help="settle pause (default: the protocol's)")
+    parser.add_argument(
+        "--settle", type=float, default=None, help="longest settle, s (default: the protocol's)"
+    )
     parser.add_argument("--artifacts", default=None, help="ONNX files (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write every figure to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "all" or one target
@@ -83,13 +85,20 @@ def _worker(args: argparse.Namespace) -> None:
     blocks: list[dict[str, Any]] = []
     timed = contest.time_block
 
+    settle, waited = contest.settle, [0.0]
+
     def labelled(call: Any, runner: Any, seconds: float) -> tuple[float, ...]:
         samples = timed(call, runner, seconds)
         previous = blocks[-1]["target"] if blocks else None
-        blocks.append({"target": names[id(runner)], "after": previous, "median": statistics.median(samples)})
+        blocks.append({"target": names[id(runner)], "after": previous, "median": statistics.median(samples),
+                       "settle_ms": waited[0] * 1000})  # fmt: skip
         return samples
 
-    contest.time_block = labelled  # the contest's own loop, observed
+    def timed_settle(limit: float) -> float:
+        waited[0] = settle(limit)
+        return waited[0]
+
+    contest.time_block, contest.settle = labelled, timed_settle  # the contest's own loop, observed
     prepare = contest.execute.prepare
 
     def named(group: Any) -> Any:
@@ -143,7 +152,7 @@ def _parent(args: argparse.Namespace) -> int:
     report = _judge(targets, records)
     header = (
         f"{args.variant} {args.layout} @{args.preset}, batch {args.batch}, {default_threads()} threads "
-        f"(cpu-default), settle {settle * 1000:g} ms, {args.processes} processes per kind, "
+        f"(cpu-default), settle at most {settle * 1000:g} ms, {args.processes} processes per kind, "
         f"{args.rounds} rounds each, {time.perf_counter() - start:.0f} s in all"
     )
     print(_markdown(header, report))
@@ -197,12 +206,14 @@ def _judge(targets: list[str], records: dict[str, list[list[dict[str, Any]]]]) -
             if not together:
                 continue
             value, t_low, t_high = _interval(together)
+            settles = [b["settle_ms"] for p in records["all"] for b in p
+                       if b["target"] == target and (after is None or b["after"] == after)]  # fmt: skip
             rows.append({
                 "target": target, "after": after or "any member",
                 "alone_ms": mean, "alone_low": low, "alone_high": high, "alone_processes": len(alone),
                 "interleaved_ms": value, "interleaved_low": t_low, "interleaved_high": t_high,
                 "interleaved_processes": len(together), "ratio": value / mean,
-                "agrees": bool(low <= value <= high),
+                "agrees": bool(low <= value <= high), "settle_ms": statistics.fmean(settles),
             })  # fmt: skip
     return rows
 
@@ -211,15 +222,15 @@ def _markdown(header: str, rows: list[dict[str, Any]]) -> str:
     lines = [
         f"Interleaved vs alone: {header}",
         "",
-        "| member | timed after | alone ms [95 % interval] (K) | interleaved ms [95 % interval] (K) | ratio | agrees |",
-        "|---|---|---|---|---|---|",
+        "| member | timed after | alone ms [95 % interval] (K) | interleaved ms [95 % interval] (K) | ratio | agrees | settle ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['target']} | {r['after']} | {r['alone_ms']:.3f} [{r['alone_low']:.3f}, {r['alone_high']:.3f}] "
             f"({r['alone_processes']}) | {r['interleaved_ms']:.3f} [{r['interleaved_low']:.3f}, "
             f"{r['interleaved_high']:.3f}] ({r['interleaved_processes']}) | {r['ratio']:.3f} | "
-            f"{'yes' if r['agrees'] else 'NO'} |"
+            f"{'yes' if r['agrees'] else 'NO'} | {r['settle_ms']:.1f} |"
         )
     return "\n".join(lines)
 

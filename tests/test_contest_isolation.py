@@ -1,5 +1,7 @@
 """Members of one contest process leave each other alone: settings, idle threads."""
 
+import threading
+import time
 from dataclasses import replace
 
 import torch
@@ -56,11 +58,11 @@ def test_each_member_runs_with_its_own_settings_and_the_process_gets_its_own_bac
     assert ProcessSettings.read() == before
 
 
-def test_every_block_follows_a_settle_pause(artifacts_dir, monkeypatch):
-    """The previous member's idle threads get ``settle_seconds`` to stop spinning before a block."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(contest.time, "sleep", sleeps.append)
-    protocol = replace(PROTOCOL, settle_seconds=0.02)
+def test_every_block_follows_a_settle(artifacts_dir, monkeypatch):
+    """The previous member's idle threads get up to ``settle_seconds`` to stop before each block."""
+    limits: list[float] = []
+    monkeypatch.setattr(contest, "settle", lambda limit: limits.append(limit) or 0.0)
+    protocol = replace(PROTOCOL, settle_seconds=0.25)
     sources = selection.sources(preset="tiny", variants="early", layouts_="all")
     groups = check.plan(
         sources, parse_targets(["torch:cpu"]), ["fp32"], [1], artifacts_dir, protocol=protocol
@@ -68,4 +70,24 @@ def test_every_block_follows_a_settle_pause(artifacts_dir, monkeypatch):
     (match,), _ = contest.plan(groups)
     cases = list(contest.run_contest(match))
     blocks = sum(len(c.latency.blocks) for c in cases)
-    assert sleeps.count(0.02) == blocks > 0
+    assert limits == [0.25] * blocks and blocks > 0
+
+
+def test_settle_waits_while_another_thread_spins_and_returns_once_the_process_is_idle():
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        started = time.perf_counter()
+        waited = contest.settle(0.2)
+        assert time.perf_counter() - started >= 0.2 and waited >= 0.2  # busy all along: the cap
+    finally:
+        stop.set()
+        spinner.join()
+    assert contest.settle(30.0) < 30.0  # idle: returns on its own, long before the cap
+    assert contest.settle(0.0) == 0.0

@@ -14,7 +14,7 @@ def _script():
 
 
 def _blocks(*pairs):
-    return [{"target": t, "after": a, "median": m} for t, a, m in pairs]
+    return [{"target": t, "after": a, "median": m, "settle_ms": 1.0} for t, a, m in pairs]
 
 
 def test_a_member_slowed_by_its_predecessor_is_flagged_and_an_undisturbed_one_agrees():
