@@ -1,7 +1,5 @@
 """Members of one contest process leave each other alone: settings, idle threads."""
 
-import threading
-import time
 from dataclasses import replace
 
 import torch
@@ -23,7 +21,9 @@ def test_settings_apply_and_restore():
     assert ProcessSettings.read() == before
 
 
-def test_each_member_runs_with_its_own_settings_and_the_process_gets_its_own_back(artifacts_dir, monkeypatch):
+def test_each_member_runs_with_its_own_settings_after_a_settle_and_the_process_gets_its_own_back(
+    artifacts_dir, monkeypatch
+):
     """Kept sets one thread and no cuDNN autotuning, merged two threads and autotuning (as a CUDA
     member at another precision would): every call of each member, its checks and every timed
     block, sees its own settings, whichever member was prepared or timed last."""
@@ -46,9 +46,12 @@ def test_each_member_runs_with_its_own_settings_and_the_process_gets_its_own_bac
         return runner
 
     monkeypatch.setattr(TorchBackend, "prepare", prepare_with_settings)
+    limits: list[float] = []  # and before every block, a settle of up to settle_seconds
+    monkeypatch.setattr(contest, "settle", lambda limit: limits.append(limit) or 0.0)
+    protocol = replace(PROTOCOL, settle_seconds=0.25)
     sources = selection.sources(preset="tiny", variants="early", layouts_="all")
     groups = check.plan(
-        sources, parse_targets(["torch:cpu"]), ["fp32"], [1], artifacts_dir, protocol=PROTOCOL
+        sources, parse_targets(["torch:cpu"]), ["fp32"], [1], artifacts_dir, protocol=protocol
     )
     before = ProcessSettings.read()
     (match,), _ = contest.plan(groups)
@@ -56,38 +59,35 @@ def test_each_member_runs_with_its_own_settings_and_the_process_gets_its_own_bac
     assert all(c.passed and c.latency is not None for c in cases), [c.message for c in cases]
     assert seen == {"kept": {own["kept"]}, "merged": {own["merged"]}}
     assert ProcessSettings.read() == before
+    assert limits == [0.25] * sum(len(c.latency.blocks) for c in cases) and limits
 
 
-def test_every_block_follows_a_settle(artifacts_dir, monkeypatch):
-    """The previous member's idle threads get up to ``settle_seconds`` to stop before each block."""
-    limits: list[float] = []
-    monkeypatch.setattr(contest, "settle", lambda limit: limits.append(limit) or 0.0)
-    protocol = replace(PROTOCOL, settle_seconds=0.25)
-    sources = selection.sources(preset="tiny", variants="early", layouts_="all")
-    groups = check.plan(
-        sources, parse_targets(["torch:cpu"]), ["fp32"], [1], artifacts_dir, protocol=protocol
-    )
-    (match,), _ = contest.plan(groups)
-    cases = list(contest.run_contest(match))
-    blocks = sum(len(c.latency.blocks) for c in cases)
-    assert limits == [0.25] * blocks and blocks > 0
+class _Clock:
+    """Wall and process CPU time for ``settle``: other threads spin (CPU time grows as fast as the
+    wall clock) until ``spin_until``, then sleep."""
+
+    def __init__(self, spin_until: float) -> None:
+        self.wall, self.cpu, self.spin_until = 0.0, 0.0, spin_until
+
+    def sleep(self, seconds: float) -> None:
+        busy = max(0.0, min(self.wall + seconds, self.spin_until) - self.wall)
+        self.wall += seconds
+        self.cpu += busy
 
 
-def test_settle_waits_while_another_thread_spins_and_returns_once_the_process_is_idle():
-    stop = threading.Event()
+def _settle_with(clock: _Clock, limit: float, monkeypatch) -> float:
+    monkeypatch.setattr(contest.time, "sleep", clock.sleep)
+    monkeypatch.setattr(contest.time, "perf_counter", lambda: clock.wall)
+    monkeypatch.setattr(contest.time, "process_time", lambda: clock.cpu)
+    return contest.settle(limit)
 
-    def spin():
-        while not stop.is_set():
-            pass
 
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    try:
-        started = time.perf_counter()
-        waited = contest.settle(0.2)
-        assert time.perf_counter() - started >= 0.2 and waited >= 0.2  # busy all along: the cap
-    finally:
-        stop.set()
-        spinner.join()
-    assert contest.settle(30.0) < 30.0  # idle: returns on its own, long before the cap
-    assert contest.settle(0.0) == 0.0
+def test_settle_waits_until_the_other_threads_stop_spinning(monkeypatch):
+    waited = _settle_with(_Clock(spin_until=0.1), 0.5, monkeypatch)
+    assert 0.1 <= waited <= 0.1 + 4 * contest._SETTLE_WINDOW  # three quiet windows after the spinning
+    assert _settle_with(_Clock(spin_until=0.0), 0.5, monkeypatch) <= 4 * contest._SETTLE_WINDOW
+
+
+def test_settle_gives_up_at_its_limit(monkeypatch):
+    assert 0.2 <= _settle_with(_Clock(spin_until=10.0), 0.2, monkeypatch) < 0.2 + 2 * contest._SETTLE_WINDOW
+    assert _settle_with(_Clock(spin_until=10.0), 0.0, monkeypatch) == 0.0
