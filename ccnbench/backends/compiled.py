@@ -110,10 +110,12 @@ class CompileBackend(Backend):
 def own_frame(module: torch.nn.Module) -> Callable[..., Any]:
     """``module``'s call behind a code object of its own, for ``torch.compile``.
 
-    Dynamo keeps compiled graphs per code object, and ``torch.compile(module)`` compiles
-    ``nn.Module.__call__``, one code object for every module in the process: the graphs of every
-    member of a contest would pile up in one cache and hit its recompile limit. A fresh code
-    object per runner gives each member its own cache (its guards still check its module).
+    Dynamo keeps compiled graphs per code object, and ``torch.compile(module)`` enters through
+    code every module shares (``nn.Module.__call__``, or the class's ``forward`` for kept and merged
+    copies of one class): the graphs of every member of a contest would pile up in one cache and
+    hit its recompile limit, which is why a ``torch._dynamo.reset()`` used to precede each build
+    and wiped the other members' compiled code. A fresh code object per runner gives each member
+    its own cache (its guards still check its module).
     """
 
     def call(*inputs: Tensor) -> Any:
