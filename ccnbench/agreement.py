@@ -157,6 +157,11 @@ class Agreement:
         return max((o.max_abs for o in self.outputs), default=0.0)
 
     @property
+    def nonfinite(self) -> tuple[OutputAgreement, ...]:
+        """The outputs holding NaN or Inf: a failure whatever the tolerance or the reference."""
+        return tuple(o for o in self.outputs if o.nonfinite)
+
+    @property
     def worst(self) -> OutputAgreement:
         """The output furthest from passing (largest required atol relative to its atol)."""
         return max(self.outputs, key=lambda o: o.required_atol / max(o.atol, 1e-300))
@@ -208,7 +213,7 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
         diff = torch.where(finite, diff, torch.full_like(diff, math.inf))
     scale = ref.abs()
     excess = diff - tol.rtol * scale
-    required = float(excess.max().clamp(min=0.0)) if diff.numel() else 0.0
+    required = math.inf if nonfinite else float(excess.max().clamp(min=0.0)) if diff.numel() else 0.0
     passed = nonfinite == 0 and bool((diff <= tol.atol + tol.rtol * scale).all())
     rel = diff / scale.clamp(min=1e-12)
     cos = torch.nn.functional.cosine_similarity(
@@ -217,7 +222,8 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
     if tol.min_cosine is not None:
         passed = passed and float(cos) >= tol.min_cosine
     top1 = None
-    if name != "regression" and y.ndim == 2 and y.shape[1] > 1:
+    # argmax ranks NaN first: rows of NaN would "agree" with a NaN reference.
+    if name != "regression" and y.ndim == 2 and y.shape[1] > 1 and not nonfinite:
         top1 = float((y.argmax(dim=1) == ref.argmax(dim=1)).double().mean())
     return OutputAgreement(
         name=name,

@@ -30,6 +30,7 @@ def plan(
     transfers: bool = False,
     dynamic_batch: bool = False,
     memory_formats: Sequence[str] = ("contiguous",),
+    io: str = "fp32",
 ) -> list[CaseGroup]:
     """Every source × target × precision as a case group over the batch sizes, and for the
     PyTorch targets one per memory format asked for (the others have only their own layout)."""
@@ -41,6 +42,7 @@ def plan(
         "artifacts_dir": Path(artifacts_dir),
         "opset": opset,
         "dynamic_batch": dynamic_batch,
+        "io": io,
     }
     return [
         CaseGroup(

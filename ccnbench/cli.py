@@ -307,15 +307,17 @@ def env(json_output: JsonFlag = False) -> None:
 
 @app.command("export")
 def export_cmd(
-    variant: ExportVariants = "all",
+    variant: _unset(ExportVariants) = None,
     layout: Layout = "kept",
     branches: BranchList = None,
-    preset: Preset = "small",
-    input_mode: InputMode = "separate",
+    preset: _unset(Preset) = None,
+    input_mode: _unset(InputMode) = None,
     precision: ExportPrecisions = "fp32",
     io: IoType = "fp32",
     opset: Opset = 18,
-    seed: Seed = 0,
+    seed: _unset(Seed, int | None) = None,
+    model: UserModel = None,
+    input_shape: InputShape = None,
     out: ExportOut = Path("artifacts"),
     force: Force = False,
     engine: EngineFlag = False,
@@ -324,21 +326,40 @@ def export_cmd(
     device: Pt2Device = "cpu",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export variants to validated ONNX files (kept or merged, fp32 or fp16) or to .pt2 packages."""
+    """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32 or
+    fp16) or to .pt2 packages."""
     from ccnbench import selection
-    from ccnbench.backends import BuildOptions
-    from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
     from ccnbench.export import PRECISIONS, export
 
-    if _wants_packages(file_format, engine):
+    packages = _wants_packages(file_format, engine)
+    if model is not None:
+        given = [n for n, v in (("--variant", variant), ("--preset", preset), ("--input-mode", input_mode),
+                                ("--seed", seed)) if v is not None]  # fmt: skip
+        if given:
+            raise UsageError(
+                f"{given[0]} describes ccnbench's own variants; --model exports your module as it is"
+            )
+        engine_batches = _engine_batches(engine, engine_batch)
+        exported = _export_user_model(model, input_shape, branches, layout, precision, io, opset, out, force,
+                                      file_format, device)  # fmt: skip
+        engines = _build_engines([f.artifact for f in exported.files], engine_batches, out)
+        _print_user_export(exported, out, json_output, engines)
+        return
+    if input_shape is not None:
+        raise UsageError(
+            "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
+        )
+    variant, preset, input_mode, seed = (
+        variant or "all",
+        preset or "small",
+        input_mode or "separate",
+        seed or 0,
+    )
+    if packages:
         _export_packages(variant, layout, branches, preset, input_mode, precision, seed, out, force, device,
                          json_output)  # fmt: skip
         return
-    if engine:  # before any export: asking for an engine that cannot be built is an error, not a note
-        reason = TensorRTBackend().availability("cuda")
-        if reason:
-            raise CcnbenchError(f"--engine: {reason}")
-        engine_batches = selection.integers(engine_batch, "--engine-batch")
+    engine_batches = _engine_batches(engine, engine_batch)
     specs = selection.specs(preset, variant, branches, input_mode, seed)
     jobs = [
         (spec, lay, prec)
@@ -353,17 +374,112 @@ def export_cmd(
             progress.update(task, description=f"{spec.label} {lay} {prec}")
             artifacts.append(export(spec, lay, prec, opset=opset, out_dir=out, io=io, force=force))
             progress.advance(task)
-        engines = {}
-        if engine:
-            task = progress.add_task("building TensorRT engines", total=len(artifacts))
-            for a in artifacts:
-                progress.update(task, description=f"engine for {a.path.name}")
-                options = BuildOptions(
-                    precision=a.precision, batch_sizes=engine_batches, artifacts_dir=out, io=a.io
-                )
-                engines[a.path] = export_engine(a, options)
-                progress.advance(task)
-    _print_exports(artifacts, engines, out, json_output)
+    _print_exports(artifacts, _build_engines(artifacts, engine_batches, out), out, json_output)
+
+
+def _engine_batches(engine: bool, engine_batch: str) -> tuple[int, ...] | None:
+    """``--engine``'s batch sizes, checked before any export: asking for an engine that cannot be
+    built is an error, not a note after the files are written. None without ``--engine``."""
+    from ccnbench import selection
+    from ccnbench.backends.tensorrt import TensorRTBackend
+
+    if not engine:
+        return None
+    reason = TensorRTBackend().availability("cuda")
+    if reason:
+        raise CcnbenchError(f"--engine: {reason}")
+    return selection.integers(engine_batch, "--engine-batch")
+
+
+def _build_engines(artifacts: Any, batches: tuple[int, ...] | None, out: Path) -> dict[Any, Any]:
+    """A TensorRT engine beside each ONNX file (``--engine``), by file path; {} without it."""
+    from ccnbench.backends import BuildOptions
+    from ccnbench.backends.tensorrt import export_engine
+
+    engines: dict[Any, Any] = {}
+    if batches is None:
+        return engines
+    with _progress() as progress:
+        task = progress.add_task("building TensorRT engines", total=len(artifacts))
+        for a in artifacts:
+            progress.update(task, description=f"engine for {a.path.name}")
+            options = BuildOptions(precision=a.precision, batch_sizes=batches, artifacts_dir=out, io=a.io)
+            engines[a.path] = export_engine(a, options)
+            progress.advance(task)
+    return engines
+
+
+def _export_user_model(
+    model: str, input_shape: str | None, branches: Any, layout: str, precision: str, io: str, opset: int,
+    out: Path, force: bool, file_format: str, device: str,
+) -> Any:  # fmt: skip
+    """``export --model``: the factory's module in each layout, written and graded in float64."""
+    from ccnbench import pt2, selection
+    from ccnbench.backends.aoti import AotiBackend
+    from ccnbench.export import PRECISIONS
+    from ccnbench.model_export import export_model
+
+    if file_format == "pt2":
+        if io != "fp32":
+            raise UsageError("--io sets an ONNX file's input type; a .pt2 package takes float32 inputs")
+        if device not in pt2.DEVICES:
+            raise UsageError(f"--device {device!r}: a .pt2 package is built for {' or '.join(pt2.DEVICES)}")
+        reason = AotiBackend().availability(device)
+        if reason:
+            raise CcnbenchError(f"--format pt2: {reason}")
+    allowed = pt2.PRECISIONS[device] if file_format == "pt2" else PRECISIONS
+    precisions = selection.choices(precision, allowed, "precision")
+    sources = selection.sources(layouts_=layout, branches=branches, model=model, shape=input_shape)
+    with _progress() as progress:
+        task = progress.add_task("exporting and checking against the float64 kept module", total=None)
+        return export_model(sources, precisions, out, file_format=file_format, device=device, io=io,
+                            opset=opset, force=force,
+                            on_file=lambda what: progress.update(task, description=what))  # fmt: skip
+
+
+def _print_user_export(
+    exported: Any, out: Path, json_output: bool, engines: dict[Any, Any] | None = None
+) -> None:
+    """The files of ``export --model`` with their Conv counts and agreement, then what the merge did."""
+    engines = engines or {}
+    if json_output:
+        data = exported.to_dict()
+        for f, file in zip(data["files"], exported.files):
+            if file.artifact.path in engines:
+                f["engine"] = engines[file.artifact.path]
+        _print_json(data)
+    else:
+        table = Table(title=f"Your model's files in {out}, each checked against the kept module in float64")
+        table.add_column("file", overflow="fold")
+        for col in ("layout", "size", "Conv", "seconds", "max abs", "verdict"):
+            table.add_column(col, justify="left" if col in ("layout", "verdict") else "right", no_wrap=True)
+        for f in exported.files:
+            a = f.artifact
+            seconds = "reused" if a.reused else f"{a.export_seconds:.1f}"
+            conv = "-" if getattr(a, "conv_count", None) is None else str(a.conv_count)
+            verdicts = sorted({r.verdict for r in f.validation})
+            max_abs = f"{f.max_abs:.1e}" if f.max_abs is not None else "-"
+            table.add_row(
+                a.path.name, a.layout, _mib(a.size_bytes), conv, seconds, max_abs, ", ".join(verdicts)
+            )
+        console.print(table)
+        for source, note in exported.merges():
+            if note.get("merged"):
+                for line in note["description"].splitlines():
+                    console.print(
+                        f"merged ({source.num_inputs} branches): {line}", markup=False, highlight=False
+                    )
+        for source, reason in exported.not_merged:
+            console.print(f"merged ({source.num_inputs} branches): not written, the branches stay kept: {reason}",
+                          style="yellow", markup=False, highlight=False)  # fmt: skip
+        cases = [r for f in exported.files for r in f.validation]
+        _print_problems(cases)
+        for built in engines.values():
+            console.print(
+                f"engine {built['engine']}: {_mib(built['size_bytes'])}", markup=False, highlight=False
+            )
+    if not exported.passed:
+        raise typer.Exit(1)
 
 
 def _export_packages(

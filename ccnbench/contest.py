@@ -36,6 +36,7 @@ import numpy as np
 
 from ccnbench import execute, stats
 from ccnbench.backends import backend_of
+from ccnbench.backends.settings import ProcessSettings, applied
 from ccnbench.execute import CaseGroup, _artifact_summary, _describe, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
@@ -116,19 +117,25 @@ class _Member:
     flops: int | None
     results: dict[int, CaseResult]
     prepared: execute.Prepared
+    settings: ProcessSettings | None = None  # what the process had right after this member was prepared
 
 
 def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
     """Yield a CaseResult per member and batch size (failures included), timing last."""
+    baseline = ProcessSettings.read()
     with contextlib.ExitStack() as stack:
+        stack.callback(baseline.apply)  # the process gets its own settings back after the contest
         execute.warm_runtimes(contest.groups)
         members: list[_Member] = []
         for index in memory_order(contest, process):
+            baseline.apply()  # prepared from the process's settings, not the previous member's
             member, early = _prepare(contest.groups[index], contest.id, stack)
-            yield from early
             if member is not None:
+                member.settings = ProcessSettings.read()  # its threads, TF32, cuDNN autotuning
                 members.append(member)
-        _memory_pass(contest, members, process)
+            baseline.apply()
+            yield from early
+        _memory_pass(contest, members, process, baseline)
         batches = contest.groups[0].batches
         for batch in batches:
             alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
@@ -151,7 +158,7 @@ def memory_order(contest: Contest, process: int) -> list[int]:
     return order
 
 
-def _memory_pass(contest: Contest, members: list[_Member], process: int) -> None:
+def _memory_pass(contest: Contest, members: list[_Member], process: int, baseline: ProcessSettings) -> None:
     """Replace each member's memory by its own-baseline figure (``execute.measure_memory``), in
     the seeded shuffled order, once every member has run at every batch size."""
     protocol = contest.groups[0].protocol
@@ -165,12 +172,13 @@ def _memory_pass(contest: Contest, members: list[_Member], process: int) -> None
         memory = {}
         if enabled:
             try:
+                baseline.apply()  # prepared again from the process's settings, as the first time
                 memory = execute.measure_memory(m.prepared)
             except Exception as exc:  # the first preparation's figure stays, marked
                 note = {"memory_pass": "first-preparation", "memory_pass_error": _describe(exc)}
         for batch, result in m.results.items():
-            stats = memory.get(batch, result.memory)
-            m.results[batch] = replace(result, memory=stats, details={**result.details, **note})
+            figure = memory.get(batch, result.memory)
+            m.results[batch] = replace(result, memory=figure, details={**result.details, **note})
 
 
 def _prepare(
@@ -247,7 +255,8 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
     calls = []
     for m in members:
         call = bound_call(m.runner, stage(m.inputs[batch], m.runner))
-        warm_up(call, m.runner, protocol)
+        with _own_settings(m):
+            warm_up(call, m.runner, protocol)
         calls.append(call)
     pairs = partners(members)
     order = list(range(len(members)))
@@ -262,7 +271,9 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         while True:
             rng.shuffle(order)  # no member always follows the same one
             for i in order:
-                block = time_block(calls[i], members[i].runner, protocol.block_seconds, process, round_)
+                settle(protocol.settle_seconds)
+                with _own_settings(members[i]):
+                    block = time_block(calls[i], members[i].runner, protocol.block_seconds, process, round_)
                 blocks[i].append(block)
                 medians[i].append(block.median)
             round_ += 1
@@ -285,3 +296,38 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         )
         for i, m in enumerate(members)
     }
+
+
+# settle(): the process counts as idle once its CPU time grows by less than a quarter of the wall
+# time over three consecutive 2 ms windows (a sleeping main thread and sleeping pools use ~nothing).
+_SETTLE_WINDOW = 0.002
+_SETTLE_QUIET_WINDOWS = 3
+_SETTLE_BUSY_FRACTION = 0.25
+
+
+def settle(limit: float) -> float:
+    """Wait (at most ``limit`` seconds) until the threads of the member timed before are idle.
+
+    After its last call a runtime's threads keep spinning for a while: ONNX Runtime's intra-op
+    pool (measured here: ~0.1 s of CPU time after a run on a loaded 2-core machine; up to seconds
+    on some CPUs), OpenMP (PyTorch) and TBB (OpenVINO) workers less. The next member's block
+    would compete with them for the cores. Turning spinning off would change what a user deploys,
+    so the contest waits instead, watching the process's CPU time (every thread's) stand still.
+    Returns the seconds waited.
+    """
+    start = time.perf_counter()
+    if limit <= 0:
+        return 0.0
+    quiet, wall, cpu = 0, start, time.process_time()
+    while quiet < _SETTLE_QUIET_WINDOWS and wall - start < limit:
+        time.sleep(_SETTLE_WINDOW)
+        now_wall, now_cpu = time.perf_counter(), time.process_time()
+        busy = (now_cpu - cpu) / max(now_wall - wall, 1e-9)
+        quiet = quiet + 1 if busy < _SETTLE_BUSY_FRACTION else 0
+        wall, cpu = now_wall, now_cpu
+    return wall - start
+
+
+def _own_settings(member: _Member) -> contextlib.AbstractContextManager[None]:
+    """The member's process-wide settings while it runs (see ccnbench.backends.settings)."""
+    return applied(member.settings) if member.settings is not None else contextlib.nullcontext()

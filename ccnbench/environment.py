@@ -159,26 +159,35 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent.parent
+#: The commit to record when the project is not its own git work tree (a copy sent to another
+#: machine, or unpacked inside someone else's repository): the caller names it.
+GIT_COMMIT_VARIABLE = "CCNBENCH_GIT_COMMIT"
+
+
+def _git_commit(root: Path | None = None) -> str:
+    """The project's own commit (``-dirty`` with uncommitted changes) when ``root`` (the project
+    directory) is the top of its own git work tree; else ``$CCNBENCH_GIT_COMMIT``; else "unknown".
+
+    A copy of the project inside another repository must not report that repository's commit,
+    so ``git rev-parse --show-toplevel`` has to be the project root itself.
+    """
+    root = (root or Path(__file__).resolve().parent.parent).resolve()
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is not None and Path(top).resolve() == root:
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        if commit:
+            dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+            return commit + ("-dirty" if dirty else "")
+    return os.environ.get(GIT_COMMIT_VARIABLE, "").strip() or "unknown"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git -C root args`` stdout, stripped; None when git is missing or fails."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    if out.returncode != 0:
-        return ""
-    dirty = subprocess.run(
-        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def describe(env: Environment | None = None) -> dict[str, Any]:
@@ -190,7 +199,7 @@ def describe(env: Environment | None = None) -> dict[str, Any]:
         cuda = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     rows: dict[str, Any] = {
         "ccnbench": env.ccnbench,
-        "git commit": env.git_commit or "(not a git checkout)",
+        "git commit": env.git_commit or "unknown",
         "python": env.python,
         "platform": env.platform,
         "cpu": env.cpu,

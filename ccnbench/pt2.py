@@ -138,7 +138,7 @@ def package_name(source: ModelSource, device: str, precision: str) -> str:
     key = json.dumps(
         {
             "model": identity,
-            "layout": source.layout,
+            "layout": source.graph_layout,
             "precision": precision,
             "machine": machine_key(device),
             "torch": torch.__version__,
@@ -148,7 +148,7 @@ def package_name(source: ModelSource, device: str, precision: str) -> str:
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     stem = source.label if source.spec is not None else "user-" + _file_stem(source.label)
-    return f"{stem}-{source.layout}-{precision}-{device}-{digest}{SUFFIX}"
+    return f"{stem}-{source.graph_layout}-{precision}-{device}-{digest}{SUFFIX}"
 
 
 def package(
@@ -213,7 +213,7 @@ def _build(source: ModelSource, device: str, precision: str, path: Path) -> Pack
     metadata = {
         "ccnbench": __version__,
         "model": source.label,
-        "layout": source.layout,
+        "layout": source.graph_layout,
         "precision": precision,
     }
     buffer = io.BytesIO()  # the packager insists on a name ending in .pt2 or a buffer; atomic write after
@@ -235,7 +235,7 @@ def _build(source: ModelSource, device: str, precision: str, path: Path) -> Pack
         sha256=fileio.sha256(path),
         size_bytes=path.stat().st_size,
         model=source.label,
-        layout=source.layout,
+        layout=source.graph_layout,
         precision=precision,
         device=device,
         machine=machine_key(device),

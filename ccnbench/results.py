@@ -114,6 +114,9 @@ class CaseResult:
             return self.status
         if self.agreement is None:
             return "ok"
+        # NaN or Inf is never a reference, even where the target computed the oracle itself.
+        if self.agreement.nonfinite:
+            return "FAIL"
         if self.is_reference:
             return "reference"
         return "pass" if self.agreement.passed else "FAIL"

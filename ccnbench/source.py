@@ -119,6 +119,11 @@ class ModelSource:
         """What this source's layout did to the model, for the results (None: nothing to say)."""
         return None
 
+    @property
+    def graph_layout(self) -> str:
+        """The layout the module's graph really has, which files are stamped and named with."""
+        return self.layout
+
     def oracle_is_cacheable(self) -> bool:
         """Whether the oracle's outputs are a function of ``digest`` alone (safe to cache on disk)."""
         return False
@@ -297,18 +302,32 @@ class FactorySource(ModelSource):
             return None
         return self._merge_outcome().to_dict()
 
+    @property
+    def graph_layout(self) -> str:
+        """The layout the module really has: ``merged`` only when something merged (a merge
+        that found nothing runs, and exports, the module as written: ``kept``)."""
+        note = self.layout_note()
+        return "kept" if note is not None and not note["merged"] else self.layout
+
     def artifact(
-        self, precision: str = "fp32", io: str = "fp32", opset: int = 18, artifacts_dir: Path | None = None
+        self,
+        precision: str = "fp32",
+        io: str = "fp32",
+        opset: int = 18,
+        artifacts_dir: Path | None = None,
+        force: bool = False,
     ) -> Artifact:
         from ccnbench.export import DEFAULT_ARTIFACTS, export_module
 
-        key = (self.factory, self.code_digest, self.layout, precision, io, opset, str(artifacts_dir))
-        if key not in _artifacts:
+        layout = self.graph_layout  # a file says what its graph is, whatever was asked for
+        key = (self.factory, self.code_digest, layout, precision, io, opset, str(artifacts_dir))
+        if force or key not in _artifacts:
             module = self.module()
             name = _safe(self.label.removeprefix("user:"))
             shape = "x".join(map(str, self.input_shape))
+            io_tag = "-io16" if io == "fp16" else ""
             # The weights are part of the name: a changed checkpoint never reuses a stale export.
-            stem = f"user-{name}-{self.layout}-{self.num_inputs}x{shape}-{precision}-op{opset}-{weights_digest(module)}"
+            stem = f"user-{name}-{layout}-{self.num_inputs}x{shape}-{precision}{io_tag}-op{opset}-{weights_digest(module)}"
             out = Path(artifacts_dir or DEFAULT_ARTIFACTS) / f"{stem}.onnx"
             _artifacts[key] = export_module(
                 module,
@@ -319,7 +338,8 @@ class FactorySource(ModelSource):
                 precision,
                 io,
                 opset,
-                layout=self.layout,
+                force=force,
+                layout=layout,
             )
         return _artifacts[key]
 

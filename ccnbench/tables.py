@@ -104,19 +104,32 @@ def unavailable_lines(results: Sequence[CaseResult]) -> list[str]:
 
 
 def failure_lines(results: Sequence[CaseResult]) -> list[str]:
-    lines = []
+    """One line per failed case; non-finite outputs one line per model, layout, target and precision
+    (every batch size), naming the outputs that held NaN or Inf."""
+    lines: list[str | tuple[str, ...]] = []
+    nonfinite: dict[tuple[str, ...], tuple[list[int], dict[str, int]]] = {}
     for r in results:
         if r.status in ("failed", "timeout"):
             lines.append(f"{r.key}: {r.status}: {r.message}")
+        elif r.status == "ok" and r.agreement is not None and r.agreement.nonfinite:
+            batches, counts = nonfinite.setdefault(r.key.group, ([], {}))
+            if not batches:
+                lines.append(r.key.group)  # placeholder, replaced below, keeps the order of the cases
+            batches.append(r.key.batch)
+            for o in r.agreement.nonfinite:
+                counts[o.name] = counts.get(o.name, 0) + o.nonfinite
         elif r.status == "ok" and r.agreement is not None and not r.agreement.passed:
             w = r.agreement.worst
-            why = (
-                f"{w.nonfinite} non-finite values"
-                if w.nonfinite
-                else f"max abs {w.max_abs:.2e} needs atol {w.required_atol:.2e} > {w.atol:.0e}"
-            )
+            why = f"max abs {w.max_abs:.2e} needs atol {w.required_atol:.2e} > {w.atol:.0e}"
             lines.append(f"{r.key}: output {w.name}: {why}")
-    return lines
+    return [line if isinstance(line, str) else _nonfinite_line(line, *nonfinite[line]) for line in lines]
+
+
+def _nonfinite_line(group: tuple[str, ...], batches: list[int], counts: dict[str, int]) -> str:
+    model, _, layout, target, precision = group
+    outputs = ", ".join(f"{name} ({n} NaN/Inf values)" for name, n in counts.items())
+    where = f"batch {batches[0]}" if len(batches) == 1 else f"batches {', '.join(map(str, batches))}"
+    return f"{model}/{layout}/{target}/{precision} ({where}): non-finite outputs: {outputs}"
 
 
 BENCH_COLUMNS = (

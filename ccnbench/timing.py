@@ -42,6 +42,9 @@ class Protocol:
     # ``repeats`` fresh processes so the intervals carry the between-process variance.
     contest: bool = True
     block_seconds: float = 0.05
+    # Before each block, wait at most this long for the previous member's idle threads to stop
+    # spinning (contest.settle); without it a member is timed against its predecessor's threads.
+    settle_seconds: float = 0.5
     min_rounds: int = 6
     contest_seconds: float = 3.0
     target_width: float = 0.03
@@ -65,6 +68,7 @@ QUICK = Protocol(
     min_seconds=0.1,
     max_seconds=5.0,
     contest_seconds=1.0,
+    settle_seconds=0.1,
 )
 
 

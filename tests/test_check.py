@@ -1,6 +1,7 @@
 """`ccnbench check` and the in-process path it shares with the sweep workers."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,55 @@ def test_poisoned_weight_fails_even_with_huge_tolerances(artifacts_dir):
     for case in report["cases"]:
         assert case["status"] == "ok" and case["verdict"] == "FAIL"
         assert case["agreement"]["outputs"][0]["nonfinite"] > 0
+
+
+def _poisoned_onnx(artifacts_dir, path):
+    """ccnbench's tiny merged model fusion with one float weight of the ONNX file set to NaN."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from ccnbench.export import export
+
+    proto = onnx.load(
+        str(export(spec_from_preset("tiny", "model", branches=2), "merged", out_dir=artifacts_dir).path)
+    )
+    weight = next(
+        t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1
+    )
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_a_file_that_outputs_nan_fails_even_where_it_is_its_own_reference(artifacts_dir, tmp_path):
+    poisoned = _poisoned_onnx(artifacts_dir, tmp_path / "poisoned.onnx")
+    args = ["check", "--onnx", str(poisoned), "--targets", "ort:cpu", "--batch", "1,2",
+            "--artifacts", str(artifacts_dir)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stdout.splitlines() if "non-finite outputs" in line]
+    assert len(lines) == 1, result.stdout  # one line for both batch sizes
+    assert lines[0].startswith("onnx:poisoned.onnx/merged/ort:cpu/fp32 (batches 1, 2): non-finite outputs")
+    assert "logits (" in lines[0]
+    table = [line for line in result.stdout.splitlines() if "onnx:poisoned.onnx" in line and "│" in line]
+    assert len(table) == 2 and all("FAIL" in line and "reference" not in line for line in table)
+
+
+def test_non_finite_outputs_fail_the_verdict_and_the_exit_code_whatever_the_source():
+    from ccnbench.agreement import Agreement, OutputAgreement
+    from ccnbench.results import CaseKey, CaseResult
+
+    nan = OutputAgreement(
+        "logits", math.inf, math.inf, math.inf, math.nan, None, 1e30, 1e30, math.inf, 3, False
+    )
+    key = CaseKey("onnx:x.onnx", "d", "kept", "ort:cpu", "fp32", 1)
+    for details in ({"is_reference": True}, {}):  # its own reference (a bare file), or graded by a module
+        case = CaseResult(key, "ok", agreement=Agreement((nan,)), details=details)
+        assert case.verdict == "FAIL" and not case.passed
+        assert check.exit_code([case]) == 1
 
 
 def test_users_own_module_is_checked_against_its_float64_self(artifacts_dir):
