@@ -126,7 +126,9 @@ def failure_lines(results: Sequence[CaseResult]) -> list[str]:
 
 
 def _nonfinite_line(group: tuple[str, ...], batches: list[int], counts: dict[str, int]) -> str:
-    model, _, layout, target, precision = group
+    model, _, layout, target, precision, memory_format = group
+    if memory_format != "contiguous":
+        target = f"{target} {memory_format}"  # as CaseKey.target_label shows it
     outputs = ", ".join(f"{name} ({n} NaN/Inf values)" for name, n in counts.items())
     where = f"batch {batches[0]}" if len(batches) == 1 else f"batches {', '.join(map(str, batches))}"
     return f"{model}/{layout}/{target}/{precision} ({where}): non-finite outputs: {outputs}"
