@@ -117,7 +117,7 @@ def test_recommend_chooses_between_memory_formats_and_names_the_format():
     assert rec.runner_up.label == "torch:cuda merged fp32" and not rec.runner_up_ratio.tie
     assert rec.to_dict()["best"]["memory_format"] == CL3D
 
-    tied = contest_cases({("torch:cuda", "merged"): 2.0, ("ort:cuda", "merged"): 1.98}, noise=0.05, rounds=4)
+    tied = contest_cases({("torch:cuda", "merged"): 2.0, ("ort:cuda", "merged"): 1.98}, noise=0.005)
     cases = [c if c.key.target == "torch:cuda" else _converted(c) for c in tied]
     (rec,) = recommend(cases)
     assert rec.best.label == "torch:cuda merged fp32" and "simpler format" in rec.line()
