@@ -32,6 +32,7 @@ from ccnbench.config import (  # noqa: F401 - re-exported: the configuration use
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.execute import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult, RunResult
+from ccnbench.timing import LatencyStats
 
 # --- running ------------------------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ def execute(
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
     groups = config.expand()
-    done = run.done_keys()
+    done = _done_keys(run, groups)
     pending = [g for g in groups if not set(g.case_keys()) <= done]
     events.on_total(sum(len(g.batches) for g in groups))
     for case in run.cases:
@@ -133,11 +134,42 @@ def execute(
         if deadline and time.monotonic() > deadline:
             break
         _run_isolated(batch, config.timeout, logs, writer, deadline)
-    finished = set(writer.run.done_keys())
+    finished = _done_keys(writer.run, groups)
     complete = all(set(g.case_keys()) <= finished for g in groups)
     writer.run = replace(writer.run, complete=complete)
     results.save(writer.run, run_dir)
     return writer.run
+
+
+def _done_keys(run: RunResult, groups: Sequence[CaseGroup]) -> set[CaseKey]:
+    """Cases that need nothing more: recorded, and for a case timed in a contest, with blocks from
+    every one of its ``repeats`` processes (a contest cut between its processes is not complete)."""
+    repeats = {k: max(1, g.protocol.repeats) if g.protocol else 1 for g in groups for k in g.case_keys()}
+    return {c.key for c in run.cases if not _processes(c) or len(_processes(c)) >= repeats.get(c.key, 1)}
+
+
+def _processes(case: CaseResult | None) -> set[int]:
+    """The contest processes a case has blocks from (empty: not timed in a contest, or not ok)."""
+    if case is None or case.status != "ok" or case.contest is None or case.latency is None:
+        return set()
+    return {b.process for b in case.latency.blocks}
+
+
+def _drop_process(case: CaseResult, process: int) -> CaseResult | None:
+    """The case without its blocks from ``process`` (about to be measured again); None if nothing is left."""
+    assert case.latency is not None
+    blocks = [b for b in case.latency.blocks if b.process != process]
+    if not blocks:
+        return None
+    lat = case.latency
+    latency = LatencyStats.from_blocks(
+        blocks,
+        lat.batch,
+        lat.clock,
+        flops_per_sample=lat.flops_per_sample,
+        warmup_iterations=lat.warmup_iterations,
+    )
+    return replace(case, latency=latency)
 
 
 class _RunWriter:
@@ -204,10 +236,21 @@ def _run_contest(
     """
     protocol = match.groups[0].protocol
     repeats = max(1, protocol.repeats if protocol else 1)
-    merged: dict[CaseKey, CaseResult] = {}
-    for process in range(repeats):
+    recorded = {c.key: c for c in writer.run.cases}
+    keys = [k for g in match.groups for k in g.case_keys()]
+    # A resumed contest: keep the processes every member already has, run the others.
+    merged = {k: recorded[k] for k in keys if _processes(recorded.get(k))}
+    have = set.intersection(*(_processes(recorded.get(k)) for k in keys)) if keys else set()
+    todo = [p for p in range(repeats) if p not in have]
+    for process in todo:
         if deadline and time.monotonic() > deadline:
             break
+        for key, case in list(merged.items()):  # a process measured again replaces its old blocks
+            if process in _processes(case):
+                del merged[key]
+                kept = _drop_process(case, process)
+                if kept is not None:
+                    merged[key] = kept
         payload = {"contest": match.to_dict(), "process": process}
         log_path = logs / f"{_safe(match.id)}-p{process}.log"
         outcome, code, _, seen = _spawn(
@@ -220,8 +263,8 @@ def _run_contest(
         writer.events.on_note(
             f"{match.label}: process {process} {_ending(outcome, code, timeout, log_path)[1]}"
         )
-        if process == 0:
-            return [g for g in match.groups if not set(g.case_keys()) <= seen]
+        if process == todo[0]:
+            return [g for g in match.groups if not set(g.case_keys()) <= seen | set(merged)]
         break  # later processes only add rounds: keep what the earlier ones measured
     return []
 

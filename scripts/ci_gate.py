@@ -26,6 +26,7 @@ tests/fixtures/slowdown/). Exit code: 0 pass, 1 fail.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -78,7 +79,11 @@ def bench(code: Path, out: Path, artifacts: Path, extra_path: str = "") -> RunRe
     start = time.monotonic()
     with (out.parent / f"{out.name}.log").open("w") as console:
         code_rc = subprocess.run(
-            [sys.executable, "-m", "ccnbench", *args], cwd=code, env=env, stdout=console, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ccnbench", *args],
+            cwd=code,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
         ).returncode
     try:
         run = results.load(out)
@@ -93,8 +98,10 @@ def pool(runs: list[RunResult]) -> RunResult:
     """One run whose contest cases hold the processes of all ``runs`` (renumbered after each other)."""
     cases = {c.key: c for c in runs[0].cases}
     offset = 0
-    for earlier, run in zip(runs, runs[1:]):
-        offset += 1 + max((b.process for c in earlier.cases if c.latency for b in c.latency.blocks), default=0)
+    for earlier, run in itertools.pairwise(runs):
+        offset += 1 + max(
+            (b.process for c in earlier.cases if c.latency for b in c.latency.blocks), default=0
+        )
         for case in run.cases:
             if case.latency is not None and case.latency.blocks:
                 blocks = [Block(b.process + offset, b.round, b.samples_ms) for b in case.latency.blocks]
