@@ -150,6 +150,7 @@ def main() -> int:
     threshold = comparing.parse_threshold(os.environ.get("CCNBENCH_GATE_THRESHOLD", "15%"))
     base_ref = os.environ.get("CCNBENCH_GATE_BASE", "HEAD^")
     head_path = os.environ.get("CCNBENCH_GATE_HEAD_PATH", "")
+    head_path = str(Path(head_path).resolve()) if head_path else ""
     keep = os.environ.get("CCNBENCH_GATE_OUT")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ccnbench-gate-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -152,3 +152,24 @@ def test_gate_fails_when_the_head_sweep_does_not_complete(monkeypatch, tmp_path)
 
     gate, _ = _fake_gate(monkeypatch, tmp_path, {("base", 1): results.load(AMD / "a.json")})
     assert gate.main() == 1
+
+
+def test_gate_without_a_measurable_base_judges_speed_against_this_machines_baseline(
+    monkeypatch, tmp_path, capsys
+):
+    from dataclasses import replace
+
+    from ccnbench import environment, results
+
+    here = environment.collect(threads=1)
+    base = replace(results.load(AMD / "a.json"), environment=here)
+    head = replace(_slowed(results.load(AMD / "b.json")), environment=here)
+    results.save(base, tmp_path / "baselines" / "this-machine")
+    foreign = results.load(AMD / "b.json")  # an unknown machine: never chosen for speed
+    results.save(foreign, tmp_path / "baselines" / "a-foreign-one")
+    gate, _ = _fake_gate(monkeypatch, tmp_path / "runs", {("head", 1): head}, base_exists=False)
+    monkeypatch.setattr(gate, "BASELINES", tmp_path / "baselines")
+    monkeypatch.setattr(gate, "ROOT", tmp_path)
+    assert gate.main() == 1
+    out = capsys.readouterr().out
+    assert "baselines/this-machine (this machine and software)" in out and "| regression |" in out
