@@ -67,6 +67,7 @@ class Side:
     kind: str
     rows: dict[str, Row]
     environment: Environment | None = None
+    machine: dict[str, Any] | None = None  # a pytest-benchmark file's machine, from its machine_info
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def load_side(path: Path | str) -> Side:
     file = path
     data = results.read_json(file)
     if isinstance(data, dict) and "benchmarks" in data and "machine_info" in data:
-        return Side("pytest-benchmark", _rows_from_pytest_benchmark(data))
+        return Side("pytest-benchmark", _rows_from_pytest_benchmark(data), machine=_benchmark_machine(data))
     run = RunResult.from_dict(data, source=str(file))
     return Side("ccnbench", rows_from_run(run), run.environment)
 
@@ -218,7 +219,36 @@ def machine_differences(base: Side, new: Side) -> list[str]:
     files are judged by their own ``machine_info``."""
     if base.environment is not None and new.environment is not None:
         return environment.differences(base.environment, new.environment)
+    if base.kind == new.kind == "pytest-benchmark":
+        reasons = [f"{side} file: unknown machine (no CPU in its machine_info)"
+                   for side, m in (("base", base.machine), ("new", new.machine)) if not m]  # fmt: skip
+        if not reasons and base.machine and new.machine:
+            for name in base.machine.keys() | new.machine.keys():
+                a, b = base.machine.get(name), new.machine.get(name)
+                if a != b:
+                    reasons.append(f"{name}: {a} -> {b}")
+        return sorted(reasons)
     return []
+
+
+def _benchmark_machine(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of pytest-benchmark's machine_info (py-cpuinfo) that ``environment.differences``
+    compares for a run; None without a CPU description."""
+    info = data.get("machine_info") or {}
+    cpu = info.get("cpu") or {}
+    if not cpu.get("brand_raw"):
+        return None
+    flags = set(cpu.get("flags") or ())
+    return {
+        "cpu": cpu.get("brand_raw"),
+        "cpu_vendor": cpu.get("vendor_id_raw"),
+        "cpu_family": cpu.get("family"),
+        "cpu_model_number": cpu.get("model"),
+        "cpu_stepping": cpu.get("stepping"),
+        "cpu_flags": [f for f in environment.ISA_FLAGS if f in flags],
+        "cpu_cores_logical": cpu.get("count"),
+        "python": info.get("python_version"),
+    }
 
 
 def rows_from_run(run: RunResult) -> dict[str, Row]:

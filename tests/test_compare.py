@@ -171,7 +171,7 @@ def test_a_change_beyond_the_threshold_but_inside_the_noise_is_not_a_regression(
 # --- like with like -------------------------------------------------------------------------------
 
 AMD = Path(__file__).parent / "fixtures" / "ci-quick-amd-epyc"
-XEON_BASELINE = Path(__file__).parent.parent / "results" / "baseline-ci" / "intel-xeon-sapphire-rapids"
+XEON_BASELINE = Path(__file__).parent.parent / "results" / "baseline-ci" / "intel-xeon"
 
 
 def _elsewhere(run_result):
@@ -283,3 +283,30 @@ def test_a_case_whose_processes_disagree_is_not_a_regression_by_one_process():
     real = {KEY: row([-0.70 + 0.26, -0.71 + 0.26]), "ref": ref}
     assert _kinds(compare(base, mode, threshold=0.15))[KEY] == "unchanged"
     assert _kinds(compare(base, real, threshold=0.15))[KEY] == "regression"
+
+
+def test_pytest_benchmark_files_are_judged_like_with_like_by_their_machine_info(tmp_path):
+    def bench_file(name, ort_seconds, cpu):
+        benches = [{"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"median": s},
+                    "extra_info": {"model": "early-n3", "layout": "kept", "target": t, "batch": 8}}
+                   for t, s in (("torch:cpu", 0.004), ("ort:cpu", ort_seconds))]  # fmt: skip
+        path = tmp_path / name
+        path.write_text(
+            json.dumps({"machine_info": {"python_version": "3.11.7", "cpu": cpu}, "benchmarks": benches})
+        )
+        return str(path)
+
+    xeon = {"brand_raw": "Intel(R) Xeon(R) Processor", "vendor_id_raw": "GenuineIntel", "family": 6, "model": 207,
+            "stepping": 2, "count": 2, "flags": ["avx2", "amx_tile", "sse"]}  # fmt: skip
+    epyc = {**xeon, "brand_raw": "AMD EPYC", "vendor_id_raw": "AuthenticAMD", "family": 25, "model": 17}
+    base = bench_file("a.json", 0.001, xeon)
+    same = cli.invoke(app, ["compare", base, bench_file("b.json", 0.003, xeon)])
+    assert same.exit_code == 1 and "| regression |" in same.output
+    other = cli.invoke(app, ["compare", base, bench_file("c.json", 0.003, epyc)])
+    assert (
+        other.exit_code == 0
+        and "not judged" in other.output
+        and "cpu_vendor: GenuineIntel -> AuthenticAMD" in other.output
+    )
+    unknown = cli.invoke(app, ["compare", base, bench_file("d.json", 0.003, {})])
+    assert unknown.exit_code == 0 and "new file: unknown machine" in unknown.output
