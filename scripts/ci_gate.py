@@ -183,7 +183,11 @@ def main() -> int:
             heads += [second_head] if second_head else []
             bases += [second_base] if second_base else []
             result = judge(pool(bases), pool(heads), threshold, force_speed=True)
-        against = f"base {sha[:12] if sha else base_ref} measured here ({len(bases)} runs, head {len(heads)})"
+        against = f"base {sha[:12] if sha else base_ref} measured here ({len(bases)} base runs, {len(heads)} head runs)"
+        if result.unlike:
+            log(
+                "base and head were both measured on this machine in this job: speed is judged (--force-speed)"
+            )
     else:
         baseline, against = committed_baseline(first_head)
         if baseline is None:
