@@ -16,7 +16,7 @@ A schema-1 run has no intervals; its point value is then compared with the other
 Where both runs have several contest processes, the change is judged by a two-sample t-test on
 the processes themselves (each process's paired log ratio to its reference is one unit), which
 is what stays honest at 2-4 processes: its variance is the larger of the case's own and the one
-pooled over every case of the comparison, so a case whose processes disagree (a process "mode")
+pooled over the cases of its target at its batch size, so a case whose processes disagree (a process "mode")
 widens its own test instead of counting as a regression.
 
 Speed is judged only **like with like**: ratios between runtimes differ by CPU, so when the two
@@ -58,6 +58,7 @@ class Row:
     reference_key: str | None = None
     ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
     processes: tuple[float, ...] = ()  # per contest process: its paired log ratio to the reference
+    pool: str = ""  # rows whose process variances are pooled: one target at one batch size
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,7 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
             None if ref == case.key else str(ref),
             ratio,
             per_process,
+            f"{case.key.target}/b{case.key.batch}",
         )
     return rows
 
@@ -335,7 +337,7 @@ def compare(
     notes: list[str] = []
     ratios: dict[str, list[float]] = {}
     judge_speed = force_speed or not unlike
-    pooled = _pooled_variance(base, new) if relative and metric == "p50" else None
+    pooled = _pooled_variances(base, new) if relative and metric == "p50" else {}
     for key in sorted(set(base) | set(new)):
         b, n = base.get(key), new.get(key)
         if b is None or n is None:
@@ -366,7 +368,7 @@ def compare(
         ratios.setdefault(n.target, []).append(1 + slowdown)
         if by == "case":
             judged = (
-                _judge_processes(slowdown, threshold, b.processes, n.processes, pooled)
+                _judge_processes(slowdown, threshold, b.processes, n.processes, pooled.get(n.pool))
                 if by_process
                 else None
             )
@@ -405,16 +407,18 @@ def _sum_squares(values: tuple[float, ...]) -> float:
     return sum((v - mean) ** 2 for v in values)
 
 
-def _pooled_variance(base: Mapping[str, Row], new: Mapping[str, Row]) -> tuple[float, int] | None:
-    """The between-process variance of the per-process log ratios, pooled over every case and
-    both runs (within each run, so a real change does not inflate it), with its degrees of freedom."""
-    total, df = 0.0, 0
+def _pooled_variances(base: Mapping[str, Row], new: Mapping[str, Row]) -> dict[str, tuple[float, int]]:
+    """Per pool (a target at a batch size: their noise differs), the between-process variance of
+    the per-process log ratios, pooled over its cases and both runs (within each run, so a real
+    change does not inflate it), with its degrees of freedom."""
+    sums: dict[str, list[float]] = {}
     for rows in (base, new):
         for row in rows.values():
             if len(row.processes) >= 2:
-                total += _sum_squares(row.processes)
-                df += len(row.processes) - 1
-    return (total / df, df) if df else None
+                acc = sums.setdefault(row.pool, [0.0, 0])
+                acc[0] += _sum_squares(row.processes)
+                acc[1] += len(row.processes) - 1
+    return {pool: (total / df, int(df)) for pool, (total, df) in sums.items()}
 
 
 def _judge_processes(
@@ -426,7 +430,7 @@ def _judge_processes(
 ) -> tuple[str, str] | None:
     """A change beyond the threshold counts only if a two-sample t-test on the processes resolves
     it (95 %, two-sided). The variance is the larger of the case's own (pooled over its two runs)
-    and the one pooled over all cases; None when neither exists (one process a side, no other case)."""
+    and its pool's (``_pooled_variances``); None when neither exists (one process a side, alone)."""
     kind = _kind(slowdown, threshold)
     df_own = len(base) + len(new) - 2
     options = [((_sum_squares(base) + _sum_squares(new)) / df_own, df_own)] if df_own > 0 else []
