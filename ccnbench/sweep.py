@@ -32,7 +32,6 @@ from ccnbench.config import (  # noqa: F401 - re-exported: the configuration use
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.execute import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult, RunResult
-from ccnbench.timing import LatencyStats
 
 # --- running ------------------------------------------------------------------------------------
 
@@ -155,23 +154,6 @@ def _processes(case: CaseResult | None) -> set[int]:
     return {b.process for b in case.latency.blocks}
 
 
-def _drop_process(case: CaseResult, process: int) -> CaseResult | None:
-    """The case without its blocks from ``process`` (about to be measured again); None if nothing is left."""
-    assert case.latency is not None
-    blocks = [b for b in case.latency.blocks if b.process != process]
-    if not blocks:
-        return None
-    lat = case.latency
-    latency = LatencyStats.from_blocks(
-        blocks,
-        lat.batch,
-        lat.clock,
-        flops_per_sample=lat.flops_per_sample,
-        warmup_iterations=lat.warmup_iterations,
-    )
-    return replace(case, latency=latency)
-
-
 class _RunWriter:
     """Holds the run and appends every finished case to its journal (compacted by ``results.save``)."""
 
@@ -236,21 +218,16 @@ def _run_contest(
     """
     protocol = match.groups[0].protocol
     repeats = max(1, protocol.repeats if protocol else 1)
-    recorded = {c.key: c for c in writer.run.cases}
+    # A resumed contest keeps every block it has and runs as many fresh processes as its
+    # least-measured member lacks, numbered after the existing ones (blocks pair by process).
+    recorded = {c.key: _processes(c) for c in writer.run.cases}
     keys = [k for g in match.groups for k in g.case_keys()]
-    # A resumed contest: keep the processes every member already has, run the others.
-    merged = {k: recorded[k] for k in keys if _processes(recorded.get(k))}
-    have = set.intersection(*(_processes(recorded.get(k)) for k in keys)) if keys else set()
-    todo = [p for p in range(repeats) if p not in have]
+    merged = {c.key: c for c in writer.run.cases if c.key in keys and recorded[c.key]}
+    first = 1 + max((p for k in keys for p in recorded.get(k, ())), default=-1)
+    todo = list(range(first, first + repeats - min((len(recorded.get(k, ())) for k in keys), default=0)))
     for process in todo:
         if deadline and time.monotonic() > deadline:
             break
-        for key, case in list(merged.items()):  # a process measured again replaces its old blocks
-            if process in _processes(case):
-                del merged[key]
-                kept = _drop_process(case, process)
-                if kept is not None:
-                    merged[key] = kept
         payload = {"contest": match.to_dict(), "process": process}
         log_path = logs / f"{_safe(match.id)}-p{process}.log"
         outcome, code, _, seen = _spawn(
