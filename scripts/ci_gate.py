@@ -8,8 +8,9 @@ hits both, and compares them with the head's ``ccnbench compare`` (--force-speed
 were measured here, although the base's older code may not record the machine fingerprint).
 
 Cost: one base run and one head run of the ci-quick sweep (2 processes each). Only when that
-first pair shows a speed regression is a second pair measured, and the decision is taken on all
-four runs together (4 processes a side), so one unlucky process cannot fail the gate alone.
+first pair shows a speed regression is a second pair measured; a regression then stands only if
+all four runs together (4 processes a side) *and* each pair on its own find it, so neither one
+unlucky process nor one run disturbed by other jobs can fail the gate alone.
 
 When the base cannot be measured (no parent commit, the base's code fails), or with
 ``CCNBENCH_GATE_BASE=baseline``, the committed baselines under results/baseline-ci/ are used: one
@@ -127,6 +128,20 @@ def judge(base: RunResult, head: RunResult, threshold: float, force_speed: bool)
     )
 
 
+def confirmed(pooled: comparing.Comparison, pairs: list[comparing.Comparison]) -> comparing.Comparison:
+    """``pooled``, where a regression stands only if every pair on its own also found it: load from
+    other jobs moves one run's ratios, a real slow-down moves every head run's."""
+    found = [{c.key for c in pair.changes if c.kind == "regression"} for pair in pairs]
+    changes = []
+    for change in pooled.changes:
+        if change.kind == "regression" and not all(change.key in keys for keys in found):
+            change = replace(
+                change, kind="unchanged", detail=f"{change.detail} (not reproduced by every pair)"
+            )
+        changes.append(change)
+    return replace(pooled, changes=tuple(changes))
+
+
 def committed_baseline(head: RunResult) -> tuple[RunResult | None, str]:
     """The committed baseline whose machine and software match ``head`` (else any, to judge
     agreement and crashes only), and a sentence saying which."""
@@ -182,7 +197,10 @@ def main() -> int:
             second_head, second_base = measure("head", 2), measure("base", 2)
             heads += [second_head] if second_head else []
             bases += [second_base] if second_base else []
-            result = judge(pool(bases), pool(heads), threshold, force_speed=True)
+            pairs = [result]
+            if second_head and second_base:
+                pairs.append(judge(second_base, second_head, threshold, force_speed=True))
+            result = confirmed(judge(pool(bases), pool(heads), threshold, force_speed=True), pairs)
         against = f"base {sha[:12] if sha else base_ref} measured here ({len(bases)} base runs, {len(heads)} head runs)"
         if result.unlike:
             log(

@@ -122,6 +122,33 @@ def test_gate_fails_a_thirty_percent_slowdown_confirmed_by_a_second_pair(monkeyp
     assert "| regression |" in out and "(4+4 processes)" in out and "FAIL against base" in out
 
 
+def test_gate_passes_a_regression_the_second_pair_does_not_reproduce(monkeypatch, tmp_path, capsys):
+    from ccnbench import results
+
+    a, b = results.load(AMD / "a.json"), results.load(AMD / "b.json")
+    runs = {("base", 1): a, ("head", 1): _slowed(b), ("head", 2): a, ("base", 2): b}  # one disturbed head run
+    gate, measured = _fake_gate(monkeypatch, tmp_path, runs)
+    assert gate.main() == 0
+    assert measured == ["base-1", "head-1", "head-2", "base-2"]
+    assert "| regression |" not in capsys.readouterr().out
+
+
+def test_a_regression_stands_only_if_every_pair_found_it():
+    from ccnbench import results
+
+    gate = _gate_module()
+    a, b = results.load(AMD / "a.json"), results.load(AMD / "b.json")
+    slow = gate.judge(a, _slowed(b), 0.15, force_speed=True)
+    assert slow.failed
+    assert gate.confirmed(slow, [slow, slow]).failed
+    kept = gate.confirmed(slow, [slow, gate.judge(b, a, 0.15, force_speed=True)])
+    regressions = {c.key for c in slow.changes if c.kind == "regression"}
+    demoted = [c for c in kept.changes if c.key in regressions]
+    assert not kept.failed and all("not reproduced by every pair" in c.detail for c in demoted)
+        "not reproduced by every pair" in c.detail for c in kept.changes if c.slowdown and c.slowdown > 0.15
+    )
+
+
 def test_gate_pools_runs_into_one_contest_with_their_processes_renumbered():
     from ccnbench import results
 
