@@ -396,8 +396,8 @@ def compare(
 
 
 def _unjudged(kind: str, detail: str, judge_speed: bool) -> tuple[str, str]:
-    """Across machines a speed change is reported, not judged."""
-    if judge_speed or kind not in ("regression", "improvement"):
+    """Across machines a speed change is reported, not judged (nor is the lack of one)."""
+    if judge_speed or kind not in ("regression", "improvement", "unchanged"):
         return kind, detail
     return "not judged", f"{kind} across machines: {detail}" if detail else f"{kind} across machines"
 
