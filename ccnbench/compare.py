@@ -16,8 +16,8 @@ A schema-1 run has no intervals; its point value is then compared with the other
 Where both runs have several contest processes, the change is judged by a two-sample t-test on
 the processes themselves (each process's paired log ratio to its reference is one unit), which
 is what stays honest at 2-4 processes: its variance is the larger of the case's own and the one
-pooled over the cases of its target at its batch size, so a case whose processes disagree (a process "mode")
-widens its own test instead of counting as a regression.
+pooled over the cases of its target at its batch size, so a case whose processes disagree (a
+process "mode") widens its own test instead of counting as a regression.
 
 Speed is judged only **like with like**: ratios between runtimes differ by CPU, so when the two
 runs' machine or software fingerprints differ (or one run has none: an unknown machine), speed
@@ -221,8 +221,10 @@ def machine_differences(base: Side, new: Side) -> list[str]:
     if base.environment is not None and new.environment is not None:
         return environment.differences(base.environment, new.environment)
     if base.kind == new.kind == "pytest-benchmark":
-        reasons = [f"{side} file: unknown machine (no CPU in its machine_info)"
-                   for side, m in (("base", base.machine), ("new", new.machine)) if not m]  # fmt: skip
+        reasons = []
+        for side, machine in (("base", base.machine), ("new", new.machine)):
+            if not machine:
+                reasons.append(f"{side} file: unknown machine (no CPU in its machine_info)")
         if not reasons and base.machine and new.machine:
             for name in base.machine.keys() | new.machine.keys():
                 a, b = base.machine.get(name), new.machine.get(name)
@@ -328,7 +330,7 @@ def compare(
     force_speed: bool = False,
 ) -> Comparison:
     """Judge ``new`` against ``base``. ``unlike``: why the runs are not like with like (see
-    ``unlike()``); speed is then not judged unless ``force_speed``."""
+    ``machine_differences``); speed is then not judged unless ``force_speed``."""
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if by not in GROUPINGS:
