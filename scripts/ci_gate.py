@@ -9,8 +9,10 @@ were measured here, although the base's older code may not record the machine fi
 
 Cost: one base run and one head run of the ci-quick sweep (2 processes each). Only when that
 first pair shows a speed regression is a second pair measured; a regression then stands only if
-all four runs together (4 processes a side) *and* each pair on its own find it, so neither one
-unlucky process nor one run disturbed by other jobs can fail the gate alone.
+all four runs together (4 processes a side) find it *and* either each pair on its own resolves it
+or at least TARGET_CASES cases of its target are slower beyond the threshold in every pair (a
+target-wide slow-down), so neither one unlucky process nor one run or case disturbed by other
+jobs can fail the gate alone.
 
 When the base cannot be measured (no parent commit, the base's code fails), or with
 ``CCNBENCH_GATE_BASE=baseline``, the committed baselines under results/baseline-ci/ are used: one
@@ -34,6 +36,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +49,7 @@ from ccnbench.results import RunResult  # noqa: E402
 from ccnbench.timing import Block, LatencyStats  # noqa: E402
 
 SWEEP = "ci-quick"
+TARGET_CASES = 3  # cases of one target slower in every pair that make a target-wide slow-down
 BASELINES = ROOT / "results" / "baseline-ci"
 
 
@@ -128,13 +132,22 @@ def judge(base: RunResult, head: RunResult, threshold: float, force_speed: bool)
     )
 
 
-def confirmed(pooled: comparing.Comparison, pairs: list[comparing.Comparison]) -> comparing.Comparison:
-    """``pooled``, where a regression stands only if every pair on its own also found it: load from
-    other jobs moves one run's ratios, a real slow-down moves every head run's."""
+def confirmed(
+    pooled: comparing.Comparison, pairs: list[comparing.Comparison], target_cases: int = TARGET_CASES
+) -> comparing.Comparison:
+    """``pooled``, where a regression stands only if every pair on its own resolved it too, or if
+    at least ``target_cases`` cases of its target are slower beyond the threshold in every pair
+    (a target-wide slow-down). Load from other jobs moves one run's ratios, or one case's in every
+    run; a real slow-down of a target moves many of its cases in every head run."""
     found = [{c.key for c in pair.changes if c.kind == "regression"} for pair in pairs]
+    beyond = [{c.key for c in p.changes if (c.slowdown or 0) > pooled.threshold} for p in pairs]
+    wide = [c for c in pooled.changes if c.kind == "regression" and all(c.key in b for b in beyond)]
+    per_target = Counter(c.target for c in wide)
     changes = []
     for change in pooled.changes:
-        if change.kind == "regression" and not all(change.key in keys for keys in found):
+        resolved = all(change.key in keys for keys in found)
+        target_wide = change in wide and per_target[change.target] >= target_cases
+        if change.kind == "regression" and not (resolved or target_wide):
             change = replace(
                 change, kind="unchanged", detail=f"{change.detail} (not reproduced by every pair)"
             )
