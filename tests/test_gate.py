@@ -198,3 +198,20 @@ def test_gate_without_a_measurable_base_judges_speed_against_this_machines_basel
     assert gate.main() == 1
     out = capsys.readouterr().out
     assert "baselines/this-machine (this machine and software)" in out and "| regression |" in out
+
+
+def test_a_target_wide_slowdown_stands_though_no_pair_resolves_a_case_alone():
+    from ccnbench.compare import Change, Comparison
+
+    gate = _gate_module()
+
+    def comparison(kind, cases, slowdown=0.3):
+        changes = tuple(Change(f"case{i}", kind, "ort:cpu", slowdown=slowdown) for i in range(cases))
+        return Comparison("p50", 0.15, True, "case", changes)
+
+    slower = comparison("unchanged", 3)  # beyond the threshold in each pair, within its noise
+    assert gate.confirmed(comparison("regression", 3), [slower, slower]).failed
+    two = comparison("unchanged", 2)
+    assert not gate.confirmed(comparison("regression", 2), [two, two]).failed  # not target-wide
+    faster = comparison("unchanged", 3, slowdown=0.05)
+    assert not gate.confirmed(comparison("regression", 3), [slower, faster]).failed  # one pair disagrees
