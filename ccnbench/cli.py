@@ -721,24 +721,34 @@ def compare(
     fail_on_missing: Annotated[
         bool, typer.Option("--fail-on-missing", help="Also fail when a baseline case is missing from NEW.")
     ] = False,
+    force_speed: Annotated[
+        bool,
+        typer.Option(
+            "--force-speed",
+            help="Judge speed changes even when the runs' machine or software differ or are unknown "
+            "(only for a BASE you know was measured like NEW).",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Regression gate: exit 1 on a new agreement failure, a new crash, or a slow-down beyond the threshold."""
+    """Regression gate: exit 1 on a new agreement failure, a new crash, or a slow-down beyond the threshold
+    (speed only between runs from the same machine and software)."""
     from ccnbench import compare as comparing
     from ccnbench.errors import UsageError
 
-    base_kind, base_rows = comparing.load_rows(base)
-    new_kind, new_rows = comparing.load_rows(new)
-    if base_kind != new_kind:
-        raise UsageError(f"cannot compare a {base_kind} file with a {new_kind} file")
+    base_side, new_side = comparing.load_side(base), comparing.load_side(new)
+    if base_side.kind != new_side.kind:
+        raise UsageError(f"cannot compare a {base_side.kind} file with a {new_side.kind} file")
     result = comparing.compare(
-        base_rows,
-        new_rows,
+        base_side.rows,
+        new_side.rows,
         metric=metric,
         threshold=comparing.parse_threshold(threshold),
         relative=not absolute,
         by=by,
         fail_on_missing=fail_on_missing,
+        unlike=comparing.machine_differences(base_side, new_side),
+        force_speed=force_speed,
     )
     if json_output:
         _print_json(result.to_dict())

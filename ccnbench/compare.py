@@ -12,20 +12,35 @@ When both runs come from contests (schema 2), a case's ratio to its reference is
 ratio (same process, same round) with its 95 % interval, and a change only counts when it is
 beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
 A schema-1 run has no intervals; its point value is then compared with the other's interval.
+
+Where both runs have several contest processes, the change is judged by a two-sample t-test on
+the processes themselves (each process's paired log ratio to its reference is one unit), which
+is what stays honest at 2-4 processes: its variance is the larger of the case's own and the one
+pooled over the cases of its target at its batch size, so a case whose processes disagree (a
+process "mode") widens its own test instead of counting as a regression.
+
+Speed is judged only **like with like**: ratios between runtimes differ by CPU, so when the two
+runs' machine or software fingerprints differ (or one run has none: an unknown machine), speed
+changes are reported as "not judged" and only agreement failures, crashes and missing cases
+count. ``force_speed`` judges them anyway, for a base known to be from this machine (the CI gate
+measures its base in the same job).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccnbench import results, stats
+from ccnbench import environment, results, stats
 from ccnbench.analysis import reference_target
+from ccnbench.environment import Environment
 from ccnbench.errors import UsageError
 from ccnbench.results import CaseKey, RunResult
+from ccnbench.timing import LatencyStats
 
 METRICS = ("p50", "p99", "throughput")
 GROUPINGS = ("case", "target")
@@ -42,12 +57,26 @@ class Row:
     metrics: Mapping[str, float]
     reference_key: str | None = None
     ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
+    processes: tuple[float, ...] = ()  # per contest process: its paired log ratio to the reference
+    pool: str = ""  # rows whose process variances are pooled: one target at one batch size
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison as read from disk: its kind, rows and (for a run) environment."""
+
+    kind: str
+    rows: dict[str, Row]
+    environment: Environment | None = None
+    machine: dict[str, Any] | None = None  # a pytest-benchmark file's machine, from its machine_info
 
 
 @dataclass(frozen=True)
 class Change:
     key: str
-    kind: str  # regression, improvement, unchanged, new failure, new crash, fixed, only in base, only in new, reference
+    # regression, improvement, unchanged, not judged (speed across machines), new failure,
+    # new crash, fixed, only in base, only in new, reference
+    kind: str
     target: str = ""
     base: float | None = None
     new: float | None = None
@@ -67,6 +96,8 @@ class Comparison:
     changes: tuple[Change, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     fail_on_missing: bool = False
+    unlike: tuple[str, ...] = ()  # why the runs are not like with like (machine, software)
+    speed_judged: bool = True
 
     @property
     def failures(self) -> list[Change]:
@@ -93,6 +124,8 @@ class Comparison:
             "relative": self.relative,
             "by": self.by,
             "counts": self.counts(),
+            "speed_judged": self.speed_judged,
+            "unlike": list(self.unlike),
             "notes": list(self.notes),
             "changes": [c.to_dict() for c in self.changes],
         }
@@ -105,6 +138,14 @@ class Comparison:
             f"Metric {self.metric} ({mode}), threshold {self.threshold:.0%}, judged per {self.by}.",
             "",
         ]
+        if self.unlike:
+            verdict = (
+                "speed judged anyway (forced)"
+                if self.speed_judged
+                else "speed changes are **not judged** (different machines); agreement, crashes and "
+                "missing cases are"
+            )
+            lines += [f"Not like with like: {'; '.join(self.unlike)}. {verdict}.", ""]
         shown = [c for c in self.changes if c.kind not in ("unchanged", "reference")]
         order = [
             "new crash",
@@ -114,6 +155,7 @@ class Comparison:
             "only in new",
             "fixed",
             "improvement",
+            "not judged",
         ]
         shown.sort(key=lambda c: (order.index(c.kind) if c.kind in order else len(order), c.key))
         if shown:
@@ -153,17 +195,63 @@ def parse_threshold(text: str | float) -> float:
 
 def load_rows(path: Path | str) -> tuple[str, dict[str, Row]]:
     """A ccnbench run (directory or results.json) or a pytest-benchmark JSON file."""
+    side = load_side(path)
+    return side.kind, side.rows
+
+
+def load_side(path: Path | str) -> Side:
+    """``load_rows`` plus the run's environment (None for a pytest-benchmark file)."""
     path = Path(path)
     if path.is_dir():  # a run directory, or the shards of one sweep: read as one run
         runs = results.load_runs([path])
         if len(runs) != 1:
             raise UsageError(f"{path} holds {len(runs)} different runs; give one run (or the shards of one)")
-        return "ccnbench", rows_from_run(runs[0])
+        return Side("ccnbench", rows_from_run(runs[0]), runs[0].environment)
     file = path
     data = results.read_json(file)
     if isinstance(data, dict) and "benchmarks" in data and "machine_info" in data:
-        return "pytest-benchmark", _rows_from_pytest_benchmark(data)
-    return "ccnbench", rows_from_run(RunResult.from_dict(data, source=str(file)))
+        return Side("pytest-benchmark", _rows_from_pytest_benchmark(data), machine=_benchmark_machine(data))
+    run = RunResult.from_dict(data, source=str(file))
+    return Side("ccnbench", rows_from_run(run), run.environment)
+
+
+def machine_differences(base: Side, new: Side) -> list[str]:
+    """Why the two sides' speeds are not comparable ([] when like with like); pytest-benchmark
+    files are judged by their own ``machine_info``."""
+    if base.environment is not None and new.environment is not None:
+        return environment.differences(base.environment, new.environment)
+    if base.kind == new.kind == "pytest-benchmark":
+        reasons = []
+        for side, machine in (("base", base.machine), ("new", new.machine)):
+            if not machine:
+                reasons.append(f"{side} file: unknown machine (no CPU in its machine_info)")
+        if not reasons and base.machine and new.machine:
+            for name in base.machine.keys() | new.machine.keys():
+                a, b = base.machine.get(name), new.machine.get(name)
+                if a != b:
+                    reasons.append(f"{name}: {a} -> {b}")
+        return sorted(reasons)
+    return []
+
+
+def _benchmark_machine(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of pytest-benchmark's machine_info (py-cpuinfo) that ``environment.differences``
+    compares for a run; None without a CPU description."""
+    info = data.get("machine_info") or {}
+    cpu = info.get("cpu") or {}
+    if not cpu.get("brand_raw"):
+        return None
+    flags = set(cpu.get("flags") or ())
+    return {
+        "cpu": cpu.get("brand_raw"),
+        "cpu_vendor": cpu.get("vendor_id_raw"),
+        "cpu_family": cpu.get("family"),
+        "cpu_model_number": cpu.get("model"),
+        "cpu_stepping": cpu.get("stepping"),
+        "cpu_flags": [f for f in environment.ISA_FLAGS if f in flags],
+        "cpu_cores_logical": cpu.get("count"),
+        "python": info.get("python_version"),
+    }
 
 
 def rows_from_run(run: RunResult) -> dict[str, Row]:
@@ -180,7 +268,9 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
         ref = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
         ref_case = cases.get(ref)
         ratio = stats.pair(case, ref_case) if ref != case.key else None
-        ratio = ratio if ratio is not None and ratio.computable else None  # paired ratios only
+        paired = ratio is not None and ratio.computable and ratio.scope != "unpaired"
+        ratio = ratio if paired else None  # paired ratios only: one contest of one run
+        per_process = process_log_ratios(case.latency, ref_case.latency) if paired else ()
         rows[str(case.key)] = Row(
             str(case.key),
             case.key.target,
@@ -189,8 +279,16 @@ def rows_from_run(run: RunResult) -> dict[str, Row]:
             metrics,
             None if ref == case.key else str(ref),
             ratio,
+            per_process,
+            f"{case.key.target}/b{case.key.batch}",
         )
     return rows
+
+
+def process_log_ratios(num: LatencyStats | None, den: LatencyStats | None) -> tuple[float, ...]:
+    """Per contest process: the median over its rounds of the paired log ratios
+    (``stats.paired_logs``). The processes are the gate's units."""
+    return tuple(statistics.median(v) for _, v in sorted(stats.paired_logs(num, den).items()))
 
 
 def _rows_from_pytest_benchmark(data: dict[str, Any]) -> dict[str, Row]:
@@ -221,7 +319,11 @@ def compare(
     relative: bool = True,
     by: str = "case",
     fail_on_missing: bool = False,
+    unlike: tuple[str, ...] | list[str] = (),
+    force_speed: bool = False,
 ) -> Comparison:
+    """Judge ``new`` against ``base``. ``unlike``: why the runs are not like with like (see
+    ``machine_differences``); speed is then not judged unless ``force_speed``."""
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if by not in GROUPINGS:
@@ -229,6 +331,8 @@ def compare(
     changes: list[Change] = []
     notes: list[str] = []
     ratios: dict[str, list[float]] = {}
+    judge_speed = force_speed or not unlike
+    pooled = _pooled_variances(base, new) if relative and metric == "p50" else {}
     for key in sorted(set(base) | set(new)):
         b, n = base.get(key), new.get(key)
         if b is None or n is None:
@@ -246,25 +350,101 @@ def compare(
         if relative and n.reference_key is None and b.reference_key is None:
             changes.append(Change(key, "reference", n.target, detail="the reference target itself"))
             continue
-        bv, nv = _value(b, base, metric, relative), _value(n, new, metric, relative)
+        paired = relative and metric == "p50"
+        by_process = paired and len(b.processes) + len(n.processes) >= 3 and b.processes and n.processes
+        if by_process:
+            bv, nv = math.exp(statistics.fmean(b.processes)), math.exp(statistics.fmean(n.processes))
+        else:
+            bv, nv = _value(b, base, metric, relative), _value(n, new, metric, relative)
         if bv is None or nv is None:
             notes.append(f"{key}: no {metric}{' or no reference case' if relative else ''}; not compared")
             continue
         slowdown = (bv / nv - 1) if metric == "throughput" else (nv / bv - 1)
         ratios.setdefault(n.target, []).append(1 + slowdown)
         if by == "case":
-            paired = relative and metric == "p50"
-            intervals = (b.ratio, n.ratio) if paired else (None, None)
-            kind, detail = _judge(slowdown, threshold, (bv, nv), *intervals)
+            judged = (
+                _judge_processes(slowdown, threshold, b.processes, n.processes, pooled.get(n.pool))
+                if by_process
+                else None
+            )
+            if judged is None:
+                intervals = (b.ratio, n.ratio) if paired else (None, None)
+                judged = _judge(slowdown, threshold, (bv, nv), *intervals)
+            kind, detail = _unjudged(*judged, judge_speed)
             changes.append(Change(key, kind, n.target, bv, nv, slowdown, detail))
     if by == "target":
         for target, values in sorted(ratios.items()):
             gm = math.exp(sum(math.log(v) for v in values) / len(values)) - 1
-            detail = f"geometric mean of {len(values)} cases"
-            changes.append(
-                Change(f"{target} (all cases)", _kind(gm, threshold), target, slowdown=gm, detail=detail)
+            kind, detail = _unjudged(
+                _kind(gm, threshold), f"geometric mean of {len(values)} cases", judge_speed
             )
-    return Comparison(metric, threshold, relative, by, tuple(changes), tuple(notes), fail_on_missing)
+            changes.append(Change(f"{target} (all cases)", kind, target, slowdown=gm, detail=detail))
+    if unlike and not judge_speed:
+        notes.append("speed not judged: the runs come from different machines or software; "
+                     "--force-speed judges it anyway")  # fmt: skip
+    elif unlike:
+        notes.append("speed judged although the runs are not like with like (--force-speed)")
+    return Comparison(
+        metric, threshold, relative, by, tuple(changes), tuple(notes), fail_on_missing,
+        tuple(unlike), judge_speed,
+    )  # fmt: skip
+
+
+def _unjudged(kind: str, detail: str, judge_speed: bool) -> tuple[str, str]:
+    """Across machines a speed change is reported, not judged (nor is the lack of one)."""
+    if judge_speed or kind not in ("regression", "improvement", "unchanged"):
+        return kind, detail
+    return "not judged", f"{kind} across machines: {detail}" if detail else f"{kind} across machines"
+
+
+def _sum_squares(values: tuple[float, ...]) -> float:
+    mean = statistics.fmean(values)
+    return sum((v - mean) ** 2 for v in values)
+
+
+def _pooled_variances(base: Mapping[str, Row], new: Mapping[str, Row]) -> dict[str, tuple[float, int]]:
+    """Per pool (a target at a batch size: their noise differs), the between-process variance of
+    the per-process log ratios, pooled over its cases and both runs (within each run, so a real
+    change does not inflate it), with its degrees of freedom."""
+    sums: dict[str, list[float]] = {}
+    for rows in (base, new):
+        for row in rows.values():
+            if len(row.processes) >= 2:
+                acc = sums.setdefault(row.pool, [0.0, 0])
+                acc[0] += _sum_squares(row.processes)
+                acc[1] += len(row.processes) - 1
+    return {pool: (total / df, int(df)) for pool, (total, df) in sums.items()}
+
+
+def _judge_processes(
+    slowdown: float,
+    threshold: float,
+    base: tuple[float, ...],
+    new: tuple[float, ...],
+    pooled: tuple[float, int] | None,
+) -> tuple[str, str] | None:
+    """A change beyond the threshold counts only if a two-sample t-test on the processes resolves
+    it (95 %, two-sided). The variance is the larger of the case's own (pooled over its two runs)
+    and its pool's (``_pooled_variances``); None when neither exists (one process a side, alone)."""
+    kind = _kind(slowdown, threshold)
+    df_own = len(base) + len(new) - 2
+    options = [((_sum_squares(base) + _sum_squares(new)) / df_own, df_own)] if df_own > 0 else []
+    options += [pooled] if pooled else []
+    if not options:
+        return None
+    from scipy.stats import t as student
+
+    variance, df = max(options)
+    shift = statistics.fmean(new) - statistics.fmean(base)
+    half = float(student.ppf(0.975, df)) * math.sqrt(variance * (1 / len(base) + 1 / len(new)))
+    detail = (
+        f"{math.exp(statistics.fmean(base)):.3f} -> {math.exp(statistics.fmean(new)):.3f}, "
+        f"{math.expm1(shift):+.1%} [{math.expm1(shift - half):+.1%}, {math.expm1(shift + half):+.1%}] "
+        f"({len(base)}+{len(new)} processes)"
+    )
+    if kind != "unchanged" and abs(shift) <= half:
+        return "unchanged", f"{detail} (beyond the threshold, within the noise)"
+    return kind, detail
 
 
 def _status_change(b: Row, n: Row) -> Change | None:

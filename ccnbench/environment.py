@@ -1,13 +1,23 @@
-"""The environment fingerprint: what a result was measured on, so two runs can be compared."""
+"""The environment fingerprint: what a result was measured on, so two runs can be compared.
+
+Ratios between runtimes differ by CPU (ONNX Runtime over eager PyTorch on one tree: 0.37 on a
+Xeon, 0.49 on an EPYC), so speed is only comparable between runs on the same machine with the
+same software. The fingerprint therefore names the CPU precisely (vendor, model name, family /
+model / stepping, the ISA flags the kernels dispatch on, cores) and the versions that run the
+models; ``machine_id`` hashes the hardware part so per-machine baselines can be keyed by it, and
+``differences`` says which fields two runs do not share.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +59,14 @@ class Environment:
     gpus: list[GpuInfo] = field(default_factory=list)
     timer_overhead_ns: float | None = None  # the CPU loop around a call that does nothing
     timer_overhead_cuda_ns: float | None = None  # the same with CUDA events on a stream
+    # The machine, precisely (empty in runs recorded before these fields: an unknown machine).
+    openvino: str = ""
+    cpu_vendor: str = ""
+    cpu_family: str = ""
+    cpu_model_number: str = ""
+    cpu_stepping: str = ""
+    cpu_flags: list[str] = field(default_factory=list)  # the ISA_FLAGS this CPU has
+    machine_id: str = ""  # hash of the hardware fields (``machine_id``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +83,58 @@ class Environment:
         return (
             f"{self.cpu} ({self.cpu_cores_physical} cores, {self.threads} threads), {gpu}, torch {self.torch}"
         )
+
+
+# ISA extensions the CPU kernels of PyTorch, ONNX Runtime and OpenVINO dispatch on.
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+    "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve",
+)  # fmt: skip
+# What a run's speed depends on besides the code: two runs compare like with like when these match.
+MACHINE_FIELDS = (
+    "cpu", "cpu_vendor", "cpu_family", "cpu_model_number", "cpu_stepping", "cpu_flags",
+    "cpu_cores_physical", "cpu_cores_logical", "gpus",
+)  # fmt: skip
+SOFTWARE_FIELDS = ("python", "torch", "onnxruntime", "openvino", "threads")
+
+
+def machine_id(env: Environment) -> str:
+    """A stable 12-hex id of the hardware fields (GPU by name and memory, not by its clocks now)."""
+    hardware = {name: getattr(env, name) for name in MACHINE_FIELDS if name != "gpus"}
+    hardware["gpus"] = [[g.name, g.memory_mib] for g in env.gpus]
+    text = json.dumps(hardware, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def known_machine(env: Environment) -> bool:
+    """The run recorded a precise fingerprint (runs from before it are an unknown machine)."""
+    return bool(env.machine_id and env.cpu_vendor)
+
+
+def differences(base: Environment, new: Environment) -> list[str]:
+    """Why two runs' speeds are not comparable, one phrase per reason; [] means like with like.
+
+    A run without the precise fingerprint is an unknown machine: that is a reason by itself, and
+    only its software fields it did record are compared.
+    """
+    reasons = []
+    for side, env in (("base", base), ("new", new)):
+        if not known_machine(env):
+            reasons.append(f"{side} run: unknown machine (recorded before machine fingerprints)")
+    unknown = bool(reasons)
+    for name in SOFTWARE_FIELDS if unknown else MACHINE_FIELDS + SOFTWARE_FIELDS:
+        a, b = getattr(base, name), getattr(new, name)
+        if name == "gpus":
+            a, b = [g.name for g in a], [g.name for g in b]
+        if a != b and not (unknown and "" in (a, b)):
+            reasons.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return reasons
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value) if value != "" else "?"
 
 
 def default_threads() -> int:
@@ -91,7 +161,8 @@ def collect(
     onnx = optional("onnx")
     onnxscript = optional("onnxscript")
     ort = optional("onnxruntime")
-    return Environment(
+    cpu = cpu_fingerprint()
+    env = Environment(
         ccnbench=__version__,
         git_commit=_git_commit(),
         command=" ".join(["ccnbench", *sys.argv[1:]]) if sys.argv else "",
@@ -111,7 +182,44 @@ def collect(
         gpus=gpu_info(),
         timer_overhead_ns=timer_overhead_ns,
         timer_overhead_cuda_ns=timer_overhead_cuda_ns,
+        openvino=openvino_version(),
+        **cpu,
     )
+    return replace(env, machine_id=machine_id(env))
+
+
+def openvino_version() -> str:
+    """OpenVINO's version without importing its runtime (that costs a second), or ''."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("openvino")
+    except (ImportError, PackageNotFoundError):
+        return ""
+
+
+def cpu_fingerprint(cpuinfo: str | None = None) -> dict[str, Any]:
+    """Vendor, family/model/stepping numbers and the ISA_FLAGS present, from /proc/cpuinfo
+    (``cpuinfo`` is its text, for tests); empty fields where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor describes them all
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {
+        "cpu_vendor": fields.get("vendor_id") or fields.get("CPU implementer", "") or platform.machine(),
+        "cpu_family": fields.get("cpu family") or fields.get("CPU architecture", ""),
+        "cpu_model_number": fields.get("model") or fields.get("CPU part", ""),
+        "cpu_stepping": fields.get("stepping") or fields.get("CPU variant", ""),
+        "cpu_flags": [f for f in ISA_FLAGS if f in flags],
+    }
 
 
 def tensorrt_version() -> str:
@@ -203,6 +311,10 @@ def describe(env: Environment | None = None) -> dict[str, Any]:
         "python": env.python,
         "platform": env.platform,
         "cpu": env.cpu,
+        "cpu id": f"{env.cpu_vendor} family {env.cpu_family} model {env.cpu_model_number} "
+        f"stepping {env.cpu_stepping}",
+        "cpu flags": " ".join(env.cpu_flags) or "-",
+        "machine id": env.machine_id or "(unknown)",
         "cpu cores (physical/logical)": f"{env.cpu_cores_physical}/{env.cpu_cores_logical}",
         "threads per CPU target": env.threads,
         "torch": env.torch + (f" (CUDA {env.torch_cuda})" if env.torch_cuda else " (CPU build)"),
@@ -211,6 +323,7 @@ def describe(env: Environment | None = None) -> dict[str, Any]:
         "onnxscript": env.onnxscript or "not installed",
         "onnxruntime": env.onnxruntime or "not installed",
         "onnxruntime providers": ", ".join(env.onnxruntime_providers) or "-",
+        "openvino": env.openvino or "not installed",
         "tensorrt": env.tensorrt,
     }
     for i, gpu in enumerate(env.gpus):

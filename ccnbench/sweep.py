@@ -104,7 +104,7 @@ def execute(
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
     groups = config.expand()
-    done = run.done_keys()
+    done = _done_keys(run, groups)
     pending = [g for g in groups if not set(g.case_keys()) <= done]
     events.on_total(sum(len(g.batches) for g in groups))
     for case in run.cases:
@@ -133,11 +133,25 @@ def execute(
         if deadline and time.monotonic() > deadline:
             break
         _run_isolated(batch, config.timeout, logs, writer, deadline)
-    finished = set(writer.run.done_keys())
+    finished = _done_keys(writer.run, groups)
     complete = all(set(g.case_keys()) <= finished for g in groups)
     writer.run = replace(writer.run, complete=complete)
     results.save(writer.run, run_dir)
     return writer.run
+
+
+def _done_keys(run: RunResult, groups: Sequence[CaseGroup]) -> set[CaseKey]:
+    """Cases that need nothing more: recorded, and for a case timed in a contest, with blocks from
+    every one of its ``repeats`` processes (a contest cut between its processes is not complete)."""
+    repeats = {k: max(1, g.protocol.repeats) if g.protocol else 1 for g in groups for k in g.case_keys()}
+    return {c.key for c in run.cases if not _processes(c) or len(_processes(c)) >= repeats.get(c.key, 1)}
+
+
+def _processes(case: CaseResult | None) -> set[int]:
+    """The contest processes a case has blocks from (empty: not timed in a contest, or not ok)."""
+    if case is None or case.status != "ok" or case.contest is None or case.latency is None:
+        return set()
+    return {b.process for b in case.latency.blocks}
 
 
 class _RunWriter:
@@ -287,10 +301,16 @@ def _run_contests(
     """
     protocol = chain[0].groups[0].protocol
     repeats = max(1, protocol.repeats if protocol else 1)
-    merged: dict[CaseKey, CaseResult] = {}
     members = [g for match in chain for g in match.groups]
     per_contest = timeout * max(len(match.groups) for match in chain)
-    for process in range(repeats):
+    # A resumed chain keeps every block it has and runs as many fresh processes as its
+    # least-measured member lacks, numbered after the existing ones (blocks pair by process).
+    recorded = {c.key: _processes(c) for c in writer.run.cases}
+    keys = [k for g in members for k in g.case_keys()]
+    merged = {c.key: c for c in writer.run.cases if c.key in keys and recorded[c.key]}
+    first = 1 + max((p for k in keys for p in recorded.get(k, ())), default=-1)
+    todo = list(range(first, first + repeats - min((len(recorded.get(k, ())) for k in keys), default=0)))
+    for process in todo:
         if deadline and time.monotonic() > deadline:
             break
         payload = {"contests": [match.to_dict() for match in chain], "process": process}
@@ -304,8 +324,8 @@ def _run_contests(
         writer.events.on_note(
             f"{chain[0].label}: process {process} {_ending(outcome, code, per_contest, log_path)[1]}"
         )
-        if process == 0:
-            return [g for g in members if not set(g.case_keys()) <= seen]
+        if process == todo[0]:
+            return [g for g in members if not set(g.case_keys()) <= seen | set(merged)]
         break  # later processes only add rounds: keep what the earlier ones measured
     return []
 

@@ -1,6 +1,7 @@
 """The regression gate on hand-made result pairs."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -165,3 +166,147 @@ def test_a_change_beyond_the_threshold_but_inside_the_noise_is_not_a_regression(
     change = next(c for c in result.changes if c.key == KEY)
     assert change.slowdown > 0.15  # beyond the threshold ...
     assert change.kind == "unchanged" and "within the noise" in change.detail  # ... but not resolved
+
+
+# --- like with like -------------------------------------------------------------------------------
+
+AMD = Path(__file__).parent / "fixtures" / "ci-quick-amd-epyc"
+XEON_BASELINE = Path(__file__).parent.parent / "results" / "baseline-ci" / "intel-xeon"
+
+
+def _elsewhere(run_result):
+    """The same run as if recorded on another machine."""
+    from dataclasses import replace
+
+    env = replace(run_result.environment, cpu_model_number="999", machine_id="0123456789ab")
+    return replace(run_result, environment=env)
+
+
+def _sides(base_run, new_run):
+    from ccnbench.compare import Side, machine_differences
+
+    base = Side("ccnbench", rows_from_run(base_run), base_run.environment)
+    new = Side("ccnbench", rows_from_run(new_run), new_run.environment)
+    return base.rows, new.rows, machine_differences(base, new)
+
+
+def test_speed_is_not_judged_across_machines_unless_forced():
+    base = run(case("torch:cpu", 10.0), case("ort:cpu", 5.0))
+    new = _elsewhere(run(case("torch:cpu", 10.0), case("ort:cpu", 8.0)))
+    b, n, unlike = _sides(base, new)
+    assert unlike == ["cpu_model_number: " + base.environment.cpu_model_number + " -> 999"]
+    result = compare(b, n, threshold=0.10, unlike=unlike)
+    assert _kinds(result)[KEY] == "not judged" and not result.failed and not result.speed_judged
+    assert "not judged" in result.markdown() and "cpu_model_number" in result.markdown()
+    forced = compare(b, n, threshold=0.10, unlike=unlike, force_speed=True)
+    assert _kinds(forced)[KEY] == "regression" and forced.failed
+
+
+def test_across_machines_agreement_failures_crashes_and_missing_cases_still_fail():
+    base = run(
+        case("torch:cpu", 10), case("ort:cpu", 5), case("ort:cpu", 5, batch=8), case("torch:cpu", 9, batch=2)
+    )
+    new = _elsewhere(
+        run(
+            case("torch:cpu", 10),
+            case("ort:cpu", 5, passed=False),
+            case("ort:cpu", 0, batch=8, status="failed"),
+        )
+    )
+    b, n, unlike = _sides(base, new)
+    result = compare(b, n, unlike=unlike, fail_on_missing=True)
+    kinds = _kinds(result)
+    assert kinds[KEY] == "new failure" and kinds["model-n3/kept/ort:cpu/fp32/b8"] == "new crash"
+    assert kinds["model-n3/kept/torch:cpu/fp32/b2"] == "only in base"
+    assert len(result.failures) == 3 and not result.speed_judged
+
+
+def test_by_target_across_machines_is_not_judged_either():
+    base = run(case("torch:cpu", 10.0), case("ort:cpu", 5.0))
+    b, n, unlike = _sides(base, _elsewhere(run(case("torch:cpu", 10.0), case("ort:cpu", 10.0))))
+    result = compare(b, n, by="target", unlike=unlike)
+    assert [c.kind for c in result.changes if c.target == "ort:cpu"] == ["not judged"] and not result.failed
+
+
+def _slowed(run_result, target="ort:cpu", factor=1.3):
+    """``run_result`` with every block of ``target`` ``factor`` times slower (an injected slow-down)."""
+    from dataclasses import replace
+
+    from ccnbench.timing import Block, LatencyStats
+
+    cases = []
+    for c in run_result.cases:
+        if c.key.target == target and c.latency is not None:
+            blocks = [
+                Block(b.process, b.round, tuple(s * factor for s in b.samples_ms)) for b in c.latency.blocks
+            ]
+            c = replace(c, latency=LatencyStats.from_blocks(blocks, c.latency.batch, c.latency.clock))
+        cases.append(c)
+    return replace(run_result, cases=tuple(cases))
+
+
+def test_amd_runs_against_the_xeon_baseline_speed_is_not_judged(tmp_path):
+    plain = cli.invoke(app, ["compare", str(XEON_BASELINE), str(AMD / "a.json"), "--threshold", "15%"])
+    assert plain.exit_code == 0, plain.output
+    assert (
+        "unknown machine" in plain.output
+        and "not judged" in plain.output
+        and "| regression |" not in plain.output
+    )
+    forced = cli.invoke(
+        app, ["compare", str(XEON_BASELINE), str(AMD / "a.json"), "--threshold", "15%", "--force-speed"]
+    )
+    assert forced.exit_code == 1 and "| regression |" in forced.output  # what CI used to say on an EPYC
+
+
+def test_amd_a_a_passes_and_an_injected_thirty_percent_fails_when_forced(tmp_path):
+    a, b = results.load(AMD / "a.json"), results.load(AMD / "b.json")
+    same = compare(rows_from_run(a), rows_from_run(b), threshold=0.15, fail_on_missing=True)
+    assert not same.failed and set(same.counts()) == {"reference", "unchanged"}
+    slow = compare(rows_from_run(a), rows_from_run(_slowed(b)), threshold=0.15, fail_on_missing=True)
+    regressions = [c for c in slow.changes if c.kind == "regression"]
+    assert slow.failed and {c.target for c in regressions} == {"ort:cpu"} and len(regressions) >= 18
+    assert all(0.2 < c.slowdown < 0.4 for c in regressions)
+
+
+def test_a_case_whose_processes_disagree_is_not_a_regression_by_one_process():
+    # The gate's unit is a contest process: one process of four in a slow "mode" (+40 %) moves the
+    # mean by 20 %, beyond the threshold, but the case's own spread says it is not resolved.
+    from ccnbench.compare import Row
+
+    def row(values):
+        return Row(KEY, "ort:cpu", "ok", True, {"p50": 1.0}, "ref", None, tuple(values))
+
+    ref = Row("ref", "torch:cpu", "ok", True, {"p50": 2.0})
+    base = {KEY: row([-0.70, -0.71]), "ref": ref}
+    mode = {KEY: row([-0.70, -0.70 + 0.34]), "ref": ref}
+    real = {KEY: row([-0.70 + 0.26, -0.71 + 0.26]), "ref": ref}
+    assert _kinds(compare(base, mode, threshold=0.15))[KEY] == "unchanged"
+    assert _kinds(compare(base, real, threshold=0.15))[KEY] == "regression"
+
+
+def test_pytest_benchmark_files_are_judged_like_with_like_by_their_machine_info(tmp_path):
+    def bench_file(name, ort_seconds, cpu):
+        benches = [{"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"median": s},
+                    "extra_info": {"model": "early-n3", "layout": "kept", "target": t, "batch": 8}}
+                   for t, s in (("torch:cpu", 0.004), ("ort:cpu", ort_seconds))]  # fmt: skip
+        path = tmp_path / name
+        path.write_text(
+            json.dumps({"machine_info": {"python_version": "3.11.7", "cpu": cpu}, "benchmarks": benches})
+        )
+        return str(path)
+
+    xeon = {"brand_raw": "Intel(R) Xeon(R) Processor", "vendor_id_raw": "GenuineIntel", "family": 6, "model": 207,
+            "stepping": 2, "count": 2, "flags": ["avx2", "amx_tile", "sse"]}  # fmt: skip
+    epyc = {**xeon, "brand_raw": "AMD EPYC", "vendor_id_raw": "AuthenticAMD", "family": 25, "model": 17}
+    base = bench_file("a.json", 0.001, xeon)
+    same = cli.invoke(app, ["compare", base, bench_file("b.json", 0.003, xeon)])
+    assert same.exit_code == 1 and "| regression |" in same.output
+    other = cli.invoke(app, ["compare", base, bench_file("c.json", 0.003, epyc)])
+    assert (
+        other.exit_code == 0
+        and "not judged" in other.output
+        and "cpu_vendor: GenuineIntel -> AuthenticAMD" in other.output
+    )
+    unknown = cli.invoke(app, ["compare", base, bench_file("d.json", 0.003, {})])
+    assert unknown.exit_code == 0 and "new file: unknown machine" in unknown.output

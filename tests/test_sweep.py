@@ -96,16 +96,17 @@ def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, 
     proc.wait()
     partial = results.load(run_dir)
     assert 2 <= len(partial.cases) < 12 and not partial.complete
-    before = {c.key: c.latency.samples_ms for c in partial.cases}
+    before = {c.key: {(b.process, b.round, b.samples_ms) for b in c.latency.blocks} for c in partial.cases}
 
     result = runner.invoke(app, ["bench", "--resume", str(run_dir), "--no-report"])
     assert result.exit_code == 0, result.output
     full = results.load(run_dir)
     assert full.complete and len(full.cases) == 12
     assert not journal.exists()  # compacted into results.json
-    for case in full.cases:
-        if case.key in before:  # finished cases were kept, not redone
-            assert case.latency.samples_ms == before[case.key]
+    for case in full.cases:  # a contest cut between its processes gets the missing ones
+        assert case.latency.processes >= 3  # the quick protocol's repeats
+        if case.key in before:  # what was measured was kept, not redone
+            assert before[case.key] <= {(b.process, b.round, b.samples_ms) for b in case.latency.blocks}
 
 
 def test_bench_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, artifacts_dir):
@@ -206,3 +207,47 @@ def test_bench_flag_conflicts_and_bad_runs_are_one_line(args, words):
     assert result.exit_code in (1, 2)
     assert result.output.strip().startswith("error: ") and words in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_resume_runs_the_missing_processes_of_a_contest_cut_between_them(
+    tmp_path, artifacts_dir, monkeypatch
+):
+    """A contest whose second process was cut (a deadline, a kill) is not complete, and --resume
+    runs that process only, keeping the first one's blocks. The worker is faked: no process starts."""
+    from ccnbench import contest
+    from ccnbench.timing import Block, LatencyStats
+
+    spawned = []
+
+    def fake_spawn(payload, groups, timeout, log_path, writer, deadline, merged=None):
+        match, process = contest.Contest.from_dict(payload["contest"]), payload["process"]
+        spawned.append(process)
+        if process == 1 and spawned.count(1) == 1:
+            return "deadline", None, None, set()  # the first try of process 1 is cut
+        seen = set()
+        for group in match.groups:
+            for key in group.case_keys():
+                blocks = [Block(process, r, (1.0 + process, 1.1 + process)) for r in range(4)]
+                case = results.CaseResult(key, "ok", latency=LatencyStats.from_blocks(blocks, key.batch, "perf_counter"),
+                                          contest=match.id)  # fmt: skip
+                merged[key] = contest.merge_processes(merged.get(key), case)
+                writer.record(merged[key])
+                seen.add(key)
+        return "exited", 0, None, seen
+
+    monkeypatch.setattr(sweep, "_spawn", fake_spawn)
+    config = _config(artifacts_dir, layouts=["kept", "merged"], protocol={"contest": True, "repeats": 2})
+    run_dir = tmp_path / "run"
+    cut = sweep.execute(sweep.start(config, run_dir), config, run_dir)
+    assert spawned == [0, 1] and len(cut.cases) == 4
+    assert {c.latency.processes for c in cut.cases} == {1}
+    assert not cut.complete and not results.load(run_dir).complete  # fewer processes than repeats
+
+    again, stored = sweep.resume(run_dir)
+    finished = sweep.execute(again, stored, run_dir)
+    assert spawned == [0, 1, 1]  # only the missing process ran (a fresh one, numbered after process 0)
+    assert finished.complete and len(finished.cases) == 4
+    for case in results.load(run_dir).cases:
+        assert sorted({(b.process, b.round) for b in case.latency.blocks}) == [
+            (p, r) for p in (0, 1) for r in range(4)
+        ]
