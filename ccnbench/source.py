@@ -39,6 +39,20 @@ _artifacts: dict[tuple[Any, ...], Artifact] = {}
 _merges: dict[tuple[str, str], MergeOutcome] = {}
 
 
+def _resolved(artifacts_dir: Path | str | None) -> str:
+    """The artifacts folder as a cache key: absolute, so a relative folder seen from another
+    working directory is another folder."""
+    from ccnbench.export import DEFAULT_ARTIFACTS
+
+    return str(Path(artifacts_dir or DEFAULT_ARTIFACTS).resolve())
+
+
+def _cached(key: tuple[Any, ...]) -> bool:
+    """An export described earlier in this process whose file is still on disk."""
+    artifact = _artifacts.get(key)
+    return artifact is not None and Path(artifact.path).exists()
+
+
 class ModelSource:
     """The interface every source has; ``from_spec``/``from_factory``/``from_onnx`` build one."""
 
@@ -198,8 +212,8 @@ class VariantSource(ModelSource):
     ) -> Artifact:
         from ccnbench.export import DEFAULT_ARTIFACTS, export
 
-        key = (self.digest, self.layout, precision, io, opset, str(artifacts_dir))
-        if key not in _artifacts:
+        key = (self.digest, self.layout, precision, io, opset, _resolved(artifacts_dir))
+        if not _cached(key):
             out = Path(artifacts_dir or DEFAULT_ARTIFACTS)
             _artifacts[key] = export(self.spec, self.layout, precision, opset=opset, out_dir=out, io=io)
         return _artifacts[key]
@@ -320,8 +334,8 @@ class FactorySource(ModelSource):
         from ccnbench.export import DEFAULT_ARTIFACTS, export_module
 
         layout = self.graph_layout  # a file says what its graph is, whatever was asked for
-        key = (self.factory, self.code_digest, layout, precision, io, opset, str(artifacts_dir))
-        if force or key not in _artifacts:
+        key = (self.factory, self.code_digest, layout, precision, io, opset, _resolved(artifacts_dir))
+        if force or not _cached(key):
             module = self.module()
             name = _safe(self.label.removeprefix("user:"))
             shape = "x".join(map(str, self.input_shape))

@@ -220,12 +220,12 @@ def test_resume_runs_the_missing_processes_of_a_contest_cut_between_them(
     spawned = []
 
     def fake_spawn(payload, groups, timeout, log_path, writer, deadline, merged=None):
-        match, process = contest.Contest.from_dict(payload["contest"]), payload["process"]
+        chain, process = [contest.Contest.from_dict(c) for c in payload["contests"]], payload["process"]
         spawned.append(process)
         if process == 1 and spawned.count(1) == 1:
             return "deadline", None, None, set()  # the first try of process 1 is cut
         seen = set()
-        for group in match.groups:
+        for match, group in ((m, g) for m in chain for g in m.groups):
             for key in group.case_keys():
                 blocks = [Block(process, r, (1.0 + process, 1.1 + process)) for r in range(4)]
                 case = results.CaseResult(key, "ok", latency=LatencyStats.from_blocks(blocks, key.batch, "perf_counter"),

@@ -111,11 +111,18 @@ class CompileBackend(Backend):
         return runner
 
 
+_compiler_warmed: set[str] = set()  # device kinds whose compiler this process has warmed
+
+
 def warm_compiler(device_kind: str, threads: int) -> None:
     """torch's one-time costs plus the compiler's: importing dynamo and inductor and compiling
     one trivial function (code cache, C++ or triton toolchain, compile workers), so the first
-    compiled member's build time is its own compilation only."""
+    compiled member's build time is its own compilation only. The compiler's part runs once per
+    process and device: a second reset would wipe members compiled since."""
     warm_torch(device_kind, threads)
+    if device_kind in _compiler_warmed:
+        return
+    _compiler_warmed.add(device_kind)
     compiled = torch.compile(lambda x: x * 2 + 1, dynamic=False, fullgraph=True)
     compiled(torch.ones(4, device=device_kind))
     torch._dynamo.reset()  # leave no guards behind for the members
