@@ -87,12 +87,12 @@ def _worker(args: argparse.Namespace) -> None:
 
     settle, waited = contest.settle, [0.0]
 
-    def labelled(call: Any, runner: Any, seconds: float) -> tuple[float, ...]:
-        samples = timed(call, runner, seconds)
+    def labelled(call: Any, runner: Any, seconds: float, *where: int) -> Any:
+        block = timed(call, runner, seconds, *where)
         previous = blocks[-1]["target"] if blocks else None
-        blocks.append({"target": names[id(runner)], "after": previous, "median": statistics.median(samples),
+        blocks.append({"target": names[id(runner)], "after": previous, "median": block.median,
                        "settle_ms": waited[0] * 1000})  # fmt: skip
-        return samples
+        return block
 
     def timed_settle(limit: float) -> float:
         waited[0] = settle(limit)
