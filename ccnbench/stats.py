@@ -27,14 +27,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from ccnbench.timing import LatencyStats
 
-if TYPE_CHECKING:
-    from ccnbench.results import CaseResult
+
+class Timed(Protocol):
+    """What ``pair`` reads of a case (``results.CaseResult`` is one): stats sits below results
+    in the dependency order, so it names the fields instead of importing the class."""
+
+    status: str
+    contest: str | None
+    run: str | None
+    latency: LatencyStats | None
+
 
 CONFIDENCE = 0.95
 # Two formats whose ratio is known to lie within ±5 % of parity are a tie: the same speed for
@@ -185,7 +193,7 @@ def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int,
     return groups
 
 
-def pair(num: CaseResult | None, den: CaseResult | None) -> Interval | None:
+def pair(num: Timed | None, den: Timed | None) -> Interval | None:
     """The one way two cases are compared: num's latency over den's (over 1: num is slower).
 
     Paired, with its interval, only when both ran (status ok) in the same contest of the same
