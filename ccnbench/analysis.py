@@ -15,10 +15,10 @@ from ccnbench.stats import NOISY_CV, UNPAIRED, Interval, pair
 
 
 def reference_target(target: str) -> str:
-    """Eager PyTorch on the same kind of device: what a user would run without ccnbench."""
+    """Eager PyTorch on the same kind of device (``Target.reference``), as text."""
     from ccnbench.backends import Target
 
-    return "torch:cuda" if Target.parse(target).is_cuda else "torch:cpu"
+    return str(Target.parse(target).reference)
 
 
 def index(cases: Iterable[CaseResult]) -> dict[CaseKey, CaseResult]:

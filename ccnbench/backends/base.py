@@ -53,6 +53,15 @@ class Target:
     def is_cuda(self) -> bool:
         return self.device_kind == "cuda"
 
+    @property
+    def reference(self) -> Target:
+        """Eager PyTorch on the same kind of device: what a user would run without ccnbench."""
+        return Target("torch", self.device_kind)
+
+    @property
+    def is_reference(self) -> bool:
+        return self == self.reference
+
     def __str__(self) -> str:
         return f"{self.backend}:{self.device}"
 
