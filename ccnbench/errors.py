@@ -27,3 +27,8 @@ class MissingDependency(CcnbenchError):
 
 class ResultsError(CcnbenchError):
     """A results file is corrupt, foreign or of an unsupported schema version."""
+
+
+def one_line(exc: BaseException | str, limit: int = 400) -> str:
+    """An exception (or a runtime's message) as one line a table or a log can hold."""
+    return " ".join(str(exc).split())[:limit]
