@@ -1,8 +1,11 @@
-"""Derived numbers every view shares: speed-ups against the reference target and merged vs kept.
+"""Derived numbers every view shares: which case is a case's reference, speed-ups against it
+and merged vs kept.
 
-Cases timed in one contest of one run give paired speed-ups with 95 % intervals
-(``ccnbench.stats.pair``); the point value is then the paired one, so every view shows the same
-number. Other cases get the ratio of medians, marked unpaired, without an interval.
+The reference of a case (:func:`reference_key`) is the same case on eager PyTorch on the same kind
+of device (``Target.reference``); every view finds it here. Ratios come from ``ccnbench.stats.pair``,
+the one pairing rule: cases timed in one contest of one run give paired speed-ups with 95 %
+intervals, so every view shows the same number; other cases get the ratio of medians, marked
+unpaired, without an interval.
 """
 
 from __future__ import annotations
@@ -10,14 +13,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ccnbench.backends.base import Target
 from ccnbench.results import CaseKey, CaseResult, RunResult
 from ccnbench.stats import NOISY_CV, UNPAIRED, Interval, pair
 
 
-def reference_target(target: str) -> str:
-    """Eager PyTorch on the same kind of device (``Target.reference``), as text."""
-    from ccnbench.backends import Target
+def reference_key(key: CaseKey) -> CaseKey:
+    """The case a case's speed-up is measured against: the same model, layout, precision, batch
+    and memory format on eager PyTorch on the same kind of device (``Target.reference``). A
+    reference case is its own reference."""
+    return replace(key, target=str(Target.parse(key.target).reference))
 
+
+def is_reference(key: CaseKey) -> bool:
+    return reference_key(key) == key
+
+
+def reference_target(target: str) -> str:
+    """Kept only while ``contest.partners`` still calls it: use :func:`reference_key`."""
     return str(Target.parse(target).reference)
 
 
@@ -33,17 +46,16 @@ def median_ms(case: CaseResult | None) -> float | None:
 
 def speedup_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
     """Reference latency / this latency (paired within their contest, else unpaired); >1 is faster."""
-    if case.key.target == reference_target(case.key.target):
+    if is_reference(case.key):
         return None
-    ref = cases.get(CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)}))
-    return pair(ref, case)
+    return pair(cases.get(reference_key(case.key)), case)
 
 
 def merged_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
     """For a merged case: kept latency / merged latency on the same target (paired, else unpaired)."""
     if case.key.layout != "merged":
         return None
-    return pair(cases.get(CaseKey(**{**case.key.__dict__, "layout": "kept"})), case)
+    return pair(cases.get(replace(case.key, layout="kept")), case)
 
 
 def speedup_vs_reference(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
@@ -77,7 +89,7 @@ def reproducibility(first: RunResult, second: RunResult) -> dict[str, float | in
             (median_ms(case), median_ms(other), raw),
         )
         for x, y, into in pairs:
-            if x and y and not (into is ref and key.target == reference_target(key.target)):
+            if x and y and not (into is ref and is_reference(key)):
                 into.append(y / x)
 
     def share(values: list[float], within: float) -> float:

@@ -733,10 +733,11 @@ def compare(
 ) -> None:
     """Regression gate: exit 1 on a new agreement failure, a new crash, or a slow-down beyond the threshold
     (speed only between runs from the same machine and software)."""
+    from ccnbench import comparable
     from ccnbench import compare as comparing
     from ccnbench.errors import UsageError
 
-    base_side, new_side = comparing.load_side(base), comparing.load_side(new)
+    base_side, new_side = comparable.load_side(base), comparable.load_side(new)
     if base_side.kind != new_side.kind:
         raise UsageError(f"cannot compare a {base_side.kind} file with a {new_side.kind} file")
     result = comparing.compare(
@@ -747,7 +748,7 @@ def compare(
         relative=not absolute,
         by=by,
         fail_on_missing=fail_on_missing,
-        unlike=comparing.machine_differences(base_side, new_side),
+        unlike=comparable.machine_differences(base_side, new_side),
         force_speed=force_speed,
     )
     if json_output:

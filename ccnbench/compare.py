@@ -24,6 +24,8 @@ runs' machine or software fingerprints differ (or one run has none: an unknown m
 changes are reported as "not judged" and only agreement failures, crashes and missing cases
 count. ``force_speed`` judges them anyway, for a base known to be from this machine (the CI gate
 measures its base in the same job).
+
+The rows judged here, and whether two sides are like with like, come from ``ccnbench.comparable``.
 """
 
 from __future__ import annotations
@@ -31,44 +33,15 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ccnbench import environment, results, stats
-from ccnbench.analysis import reference_target
-from ccnbench.environment import Environment
+from ccnbench import stats
+from ccnbench.comparable import Row
 from ccnbench.errors import UsageError
-from ccnbench.results import CaseKey, RunResult
-from ccnbench.timing import LatencyStats
 
 METRICS = ("p50", "p99", "throughput")
 GROUPINGS = ("case", "target")
-
-
-@dataclass(frozen=True)
-class Row:
-    """One comparable measurement: a case of a run or one pytest-benchmark test."""
-
-    key: str
-    target: str
-    status: str
-    passed: bool | None
-    metrics: Mapping[str, float]
-    reference_key: str | None = None
-    ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
-    processes: tuple[float, ...] = ()  # per contest process: its paired log ratio to the reference
-    pool: str = ""  # rows whose process variances are pooled: one target at one batch size
-
-
-@dataclass(frozen=True)
-class Side:
-    """One side of a comparison as read from disk: its kind, rows and (for a run) environment."""
-
-    kind: str
-    rows: dict[str, Row]
-    environment: Environment | None = None
-    machine: dict[str, Any] | None = None  # a pytest-benchmark file's machine, from its machine_info
 
 
 @dataclass(frozen=True)
@@ -193,124 +166,6 @@ def parse_threshold(text: str | float) -> float:
     return value
 
 
-def load_rows(path: Path | str) -> tuple[str, dict[str, Row]]:
-    """A ccnbench run (directory or results.json) or a pytest-benchmark JSON file."""
-    side = load_side(path)
-    return side.kind, side.rows
-
-
-def load_side(path: Path | str) -> Side:
-    """``load_rows`` plus the run's environment (None for a pytest-benchmark file)."""
-    path = Path(path)
-    if path.is_dir():  # a run directory, or the shards of one sweep: read as one run
-        runs = results.load_runs([path])
-        if len(runs) != 1:
-            raise UsageError(f"{path} holds {len(runs)} different runs; give one run (or the shards of one)")
-        return Side("ccnbench", rows_from_run(runs[0]), runs[0].environment)
-    file = path
-    data = results.read_json(file)
-    if isinstance(data, dict) and "benchmarks" in data and "machine_info" in data:
-        return Side("pytest-benchmark", _rows_from_pytest_benchmark(data), machine=_benchmark_machine(data))
-    run = RunResult.from_dict(data, source=str(file))
-    return Side("ccnbench", rows_from_run(run), run.environment)
-
-
-def machine_differences(base: Side, new: Side) -> list[str]:
-    """Why the two sides' speeds are not comparable ([] when like with like); pytest-benchmark
-    files are judged by their own ``machine_info``."""
-    if base.environment is not None and new.environment is not None:
-        return environment.differences(base.environment, new.environment)
-    if base.kind == new.kind == "pytest-benchmark":
-        reasons = []
-        for side, machine in (("base", base.machine), ("new", new.machine)):
-            if not machine:
-                reasons.append(f"{side} file: unknown machine (no CPU in its machine_info)")
-        if not reasons and base.machine and new.machine:
-            for name in base.machine.keys() | new.machine.keys():
-                a, b = base.machine.get(name), new.machine.get(name)
-                if a != b:
-                    reasons.append(f"{name}: {a} -> {b}")
-        return sorted(reasons)
-    return []
-
-
-def _benchmark_machine(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The fields of pytest-benchmark's machine_info (py-cpuinfo) that ``environment.differences``
-    compares for a run; None without a CPU description."""
-    info = data.get("machine_info") or {}
-    cpu = info.get("cpu") or {}
-    if not cpu.get("brand_raw"):
-        return None
-    flags = set(cpu.get("flags") or ())
-    return {
-        "cpu": cpu.get("brand_raw"),
-        "cpu_vendor": cpu.get("vendor_id_raw"),
-        "cpu_family": cpu.get("family"),
-        "cpu_model_number": cpu.get("model"),
-        "cpu_stepping": cpu.get("stepping"),
-        "cpu_flags": [f for f in environment.ISA_FLAGS if f in flags],
-        "cpu_cores_logical": cpu.get("count"),
-        "python": info.get("python_version"),
-    }
-
-
-def rows_from_run(run: RunResult) -> dict[str, Row]:
-    rows = {}
-    cases = {c.key: c for c in run.cases}
-    for case in run.cases:
-        metrics = {}
-        if case.status == "ok" and case.latency is not None:
-            metrics = {
-                "p50": case.latency.median,
-                "p99": case.latency.p99,
-                "throughput": case.latency.throughput,
-            }
-        ref = CaseKey(**{**case.key.__dict__, "target": reference_target(case.key.target)})
-        ref_case = cases.get(ref)
-        ratio = stats.pair(case, ref_case) if ref != case.key else None
-        paired = ratio is not None and ratio.computable and ratio.scope != "unpaired"
-        ratio = ratio if paired else None  # paired ratios only: one contest of one run
-        per_process = process_log_ratios(case.latency, ref_case.latency) if paired else ()
-        rows[str(case.key)] = Row(
-            str(case.key),
-            case.key.target,
-            case.status,
-            case.agreement.passed if case.agreement else None,
-            metrics,
-            None if ref == case.key else str(ref),
-            ratio,
-            per_process,
-            f"{case.key.target}/b{case.key.batch}",
-        )
-    return rows
-
-
-def process_log_ratios(num: LatencyStats | None, den: LatencyStats | None) -> tuple[float, ...]:
-    """Per contest process: the median over its rounds of the paired log ratios
-    (``stats.paired_logs``). The processes are the gate's units."""
-    return tuple(statistics.median(v) for _, v in sorted(stats.paired_logs(num, den).items()))
-
-
-def _rows_from_pytest_benchmark(data: dict[str, Any]) -> dict[str, Row]:
-    rows = {}
-    for bench in data.get("benchmarks", []):
-        stats, info = bench.get("stats", {}), bench.get("extra_info", {})
-        batch = int(info.get("batch", 1))
-        metrics = (
-            {"p50": stats["median"] * 1e3, "throughput": batch / stats["median"]} if "median" in stats else {}
-        )
-        if {"model", "layout", "target"} <= set(info):
-            key = CaseKey(
-                info["model"], "", info["layout"], info["target"], info.get("precision", "fp32"), batch
-            )
-            ref = CaseKey(**{**key.__dict__, "target": reference_target(key.target)})
-            rows[str(key)] = Row(str(key), key.target, "ok", None, metrics, None if ref == key else str(ref))
-        else:
-            name = bench.get("fullname") or bench["name"]
-            rows[name] = Row(name, "", "ok", None, metrics)
-    return rows
-
-
 def compare(
     base: Mapping[str, Row],
     new: Mapping[str, Row],
@@ -335,43 +190,19 @@ def compare(
     pooled = _pooled_variances(base, new) if relative and metric == "p50" else {}
     for key in sorted(set(base) | set(new)):
         b, n = base.get(key), new.get(key)
-        if b is None or n is None:
-            row = b or n
-            assert row is not None
-            if row.status != "unavailable":
-                changes.append(Change(key, "only in base" if n is None else "only in new", row.target))
-            continue
-        change = _status_change(b, n)
-        if change:
+        settled, change = _before_speed(key, b, n, relative)
+        if not settled:
+            assert b is not None and n is not None
+            timed = _speed_change(key, b, n, (base, new), metric, threshold, relative, pooled)
+            if isinstance(timed, str):
+                notes.append(timed)
+                continue
+            assert timed.slowdown is not None
+            ratios.setdefault(n.target, []).append(1 + timed.slowdown)
+            kind, detail = _unjudged(timed.kind, timed.detail, judge_speed)
+            change = replace(timed, kind=kind, detail=detail) if by == "case" else None
+        if change is not None:
             changes.append(change)
-            continue
-        if n.status != "ok" or b.status != "ok":
-            continue
-        if relative and n.reference_key is None and b.reference_key is None:
-            changes.append(Change(key, "reference", n.target, detail="the reference target itself"))
-            continue
-        paired = relative and metric == "p50"
-        by_process = paired and len(b.processes) + len(n.processes) >= 3 and b.processes and n.processes
-        if by_process:
-            bv, nv = math.exp(statistics.fmean(b.processes)), math.exp(statistics.fmean(n.processes))
-        else:
-            bv, nv = _value(b, base, metric, relative), _value(n, new, metric, relative)
-        if bv is None or nv is None:
-            notes.append(f"{key}: no {metric}{' or no reference case' if relative else ''}; not compared")
-            continue
-        slowdown = (bv / nv - 1) if metric == "throughput" else (nv / bv - 1)
-        ratios.setdefault(n.target, []).append(1 + slowdown)
-        if by == "case":
-            judged = (
-                _judge_processes(slowdown, threshold, b.processes, n.processes, pooled.get(n.pool))
-                if by_process
-                else None
-            )
-            if judged is None:
-                intervals = (b.ratio, n.ratio) if paired else (None, None)
-                judged = _judge(slowdown, threshold, (bv, nv), *intervals)
-            kind, detail = _unjudged(*judged, judge_speed)
-            changes.append(Change(key, kind, n.target, bv, nv, slowdown, detail))
     if by == "target":
         for target, values in sorted(ratios.items()):
             gm = math.exp(sum(math.log(v) for v in values) / len(values)) - 1
@@ -390,16 +221,61 @@ def compare(
     )  # fmt: skip
 
 
+def _before_speed(key: str, b: Row | None, n: Row | None, relative: bool) -> tuple[bool, Change | None]:
+    """Whether a case is settled before its speed is looked at (missing on one side, a status or
+    agreement change, not timed, or the reference itself), and the change it records then."""
+    if b is None or n is None:
+        row = b or n
+        assert row is not None
+        if row.status == "unavailable":
+            return True, None
+        return True, Change(key, "only in base" if n is None else "only in new", row.target)
+    change = _status_change(b, n)
+    if change or n.status != "ok" or b.status != "ok":
+        return True, change
+    if relative and n.reference_key is None and b.reference_key is None:
+        return True, Change(key, "reference", n.target, detail="the reference target itself")
+    return False, None
+
+
+def _speed_change(
+    key: str,
+    b: Row,
+    n: Row,
+    runs: tuple[Mapping[str, Row], Mapping[str, Row]],
+    metric: str,
+    threshold: float,
+    relative: bool,
+    pooled: Mapping[str, tuple[float, int]],
+) -> Change | str:
+    """A timed case's change in speed, judged as if on one machine, or a note saying why it was
+    not compared. Paired ratios with processes on both sides are judged across processes
+    (``_judge_processes``), others by their intervals (``_judge``)."""
+    paired = relative and metric == "p50"
+    by_process = paired and len(b.processes) + len(n.processes) >= 3 and b.processes and n.processes
+    if by_process:
+        bv, nv = math.exp(statistics.fmean(b.processes)), math.exp(statistics.fmean(n.processes))
+    else:
+        bv, nv = _value(b, runs[0], metric, relative), _value(n, runs[1], metric, relative)
+    if bv is None or nv is None:
+        return f"{key}: no {metric}{' or no reference case' if relative else ''}; not compared"
+    slowdown = (bv / nv - 1) if metric == "throughput" else (nv / bv - 1)
+    judged = (
+        _judge_processes(slowdown, threshold, b.processes, n.processes, pooled.get(n.pool))
+        if by_process
+        else None
+    )
+    if judged is None:
+        intervals = (b.ratio, n.ratio) if paired else (None, None)
+        judged = _judge(slowdown, threshold, (bv, nv), *intervals)
+    return Change(key, judged[0], n.target, bv, nv, slowdown, judged[1])
+
+
 def _unjudged(kind: str, detail: str, judge_speed: bool) -> tuple[str, str]:
     """Across machines a speed change is reported, not judged (nor is the lack of one)."""
     if judge_speed or kind not in ("regression", "improvement", "unchanged"):
         return kind, detail
     return "not judged", f"{kind} across machines: {detail}" if detail else f"{kind} across machines"
-
-
-def _sum_squares(values: tuple[float, ...]) -> float:
-    mean = statistics.fmean(values)
-    return sum((v - mean) ** 2 for v in values)
 
 
 def _pooled_variances(base: Mapping[str, Row], new: Mapping[str, Row]) -> dict[str, tuple[float, int]]:
@@ -411,7 +287,7 @@ def _pooled_variances(base: Mapping[str, Row], new: Mapping[str, Row]) -> dict[s
         for row in rows.values():
             if len(row.processes) >= 2:
                 acc = sums.setdefault(row.pool, [0.0, 0])
-                acc[0] += _sum_squares(row.processes)
+                acc[0] += stats.sum_squares(row.processes)
                 acc[1] += len(row.processes) - 1
     return {pool: (total / df, int(df)) for pool, (total, df) in sums.items()}
 
@@ -424,19 +300,13 @@ def _judge_processes(
     pooled: tuple[float, int] | None,
 ) -> tuple[str, str] | None:
     """A change beyond the threshold counts only if a two-sample t-test on the processes resolves
-    it (95 %, two-sided). The variance is the larger of the case's own (pooled over its two runs)
-    and its pool's (``_pooled_variances``); None when neither exists (one process a side, alone)."""
+    it (``stats.shift_interval``, 95 %, two-sided) with the larger of the case's own variance and
+    its pool's (``_pooled_variances``); None when neither exists (one process a side, alone)."""
     kind = _kind(slowdown, threshold)
-    df_own = len(base) + len(new) - 2
-    options = [((_sum_squares(base) + _sum_squares(new)) / df_own, df_own)] if df_own > 0 else []
-    options += [pooled] if pooled else []
-    if not options:
+    test = stats.shift_interval(base, new, pooled)
+    if test is None:
         return None
-    from scipy.stats import t as student
-
-    variance, df = max(options)
-    shift = statistics.fmean(new) - statistics.fmean(base)
-    half = float(student.ppf(0.975, df)) * math.sqrt(variance * (1 / len(base) + 1 / len(new)))
+    shift, half = test
     detail = (
         f"{math.exp(statistics.fmean(base)):.3f} -> {math.exp(statistics.fmean(new)):.3f}, "
         f"{math.expm1(shift):+.1%} [{math.expm1(shift - half):+.1%}, {math.expm1(shift + half):+.1%}] "

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,40 @@ def differences(base: Environment, new: Environment) -> list[str]:
     return reasons
 
 
+def benchmark_machine(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of a pytest-benchmark file's ``machine_info`` (py-cpuinfo) that
+    :func:`differences` compares for a run; None without a CPU description."""
+    info = data.get("machine_info") or {}
+    cpu = info.get("cpu") or {}
+    if not cpu.get("brand_raw"):
+        return None
+    flags = set(cpu.get("flags") or ())
+    return {
+        "cpu": cpu.get("brand_raw"),
+        "cpu_vendor": cpu.get("vendor_id_raw"),
+        "cpu_family": cpu.get("family"),
+        "cpu_model_number": cpu.get("model"),
+        "cpu_stepping": cpu.get("stepping"),
+        "cpu_flags": [f for f in ISA_FLAGS if f in flags],
+        "cpu_cores_logical": cpu.get("count"),
+        "python": info.get("python_version"),
+    }
+
+
+def benchmark_differences(base: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """:func:`differences` for two pytest-benchmark files' machines (``benchmark_machine``)."""
+    reasons = []
+    for side, machine in (("base", base), ("new", new)):
+        if not machine:
+            reasons.append(f"{side} file: unknown machine (no CPU in its machine_info)")
+    if not reasons and base and new:
+        for name in base.keys() | new.keys():
+            a, b = base.get(name), new.get(name)
+            if a != b:
+                reasons.append(f"{name}: {a} -> {b}")
+    return sorted(reasons)
+
+
 def _short(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value)) or "none"
@@ -191,10 +226,8 @@ def collect(
 def openvino_version() -> str:
     """OpenVINO's version without importing its runtime (that costs a second), or ''."""
     try:
-        from importlib.metadata import PackageNotFoundError, version
-
         return version("openvino")
-    except (ImportError, PackageNotFoundError):
+    except PackageNotFoundError:
         return ""
 
 

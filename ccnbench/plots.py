@@ -6,7 +6,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccnbench.analysis import index, merged_interval, merged_speedup, reference_target
+from ccnbench import fileio
+from ccnbench.analysis import index, merged_interval, merged_speedup, reference_key
+from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult
 from ccnbench.stats import Interval, median_interval
 
@@ -124,8 +126,6 @@ def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
 
 def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
     """Per model: eager PyTorch (grey) and the fastest passing format (blue); bar p50, whisker p99."""
-    from ccnbench.recommend import recommend
-
     recs = [r for r in recommend(cases) if r.best is not None]
     if not recs:
         return None
@@ -139,9 +139,7 @@ def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
         for i, r in enumerate(here):
             assert r.best is not None
             best = r.best.case
-            ref = by_key.get(
-                best.key.__class__(**{**best.key.__dict__, "target": reference_target(best.key.target)})
-            )
+            ref = by_key.get(reference_key(best.key))
             for offset, case, color in ((-0.2, ref, "0.65"), (0.2, best, "C0")):
                 if case is None or case.latency is None:
                     continue
@@ -224,8 +222,6 @@ def _plain_log_axis(ax, axis: str = "y") -> None:
 
 
 def _save(plt, fig, path: Path, layout: bool = True) -> Path:
-    from ccnbench import fileio
-
     if layout:
         fig.tight_layout()
     fileio.write_with(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png"))

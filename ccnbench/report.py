@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccnbench import fileio, plots, results
-from ccnbench.analysis import all_cases, index
+from ccnbench.analysis import all_cases, index, noise_warnings
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult, RunResult
 from ccnbench.stats import EQUIVALENCE, resolve_hint
+from ccnbench.tables import case_cells, failure_lines, unavailable_lines
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,6 @@ REPORT_COLUMNS = ("p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB", "bui
 
 
 def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
-    from ccnbench.tables import case_cells
-
     by_key = index(cases)
     blocks: list[Block] = [Heading("Every case")]
     headers = ("layout", "target", "prec", "batch", *REPORT_COLUMNS)
@@ -233,9 +232,6 @@ def _merges(cases: Sequence[CaseResult]) -> list[Block]:
 
 
 def _problems(cases: Sequence[CaseResult]) -> list[Block]:
-    from ccnbench.analysis import noise_warnings
-    from ccnbench.tables import failure_lines, unavailable_lines
-
     failures = failure_lines(cases)
     unavailable = unavailable_lines(cases)
     blocks: list[Block] = []

@@ -13,8 +13,10 @@ than their own rounds allow). With one process the interval comes from its round
 labelled *within-process*: it says nothing about how the next process would do.
 
 Ratios are paired: member A's block median over member B's in the *same* (process, round), so
-drift that moves both in a round cancels. Pairs only exist inside one contest of one run
-(:func:`pair` checks it); anything else is a ratio of medians, marked *unpaired*.
+drift that moves both in a round cancels. Pairs only exist inside one contest of one run: that
+rule is :func:`paired_processes`, and every view compares two cases through :func:`pair` (the ratio
+and its interval) or :func:`process_ratios` (its per-process units, for the regression gate) built
+on it; anything else is a ratio of medians, marked *unpaired*.
 
 A ratio's verdict (:func:`verdict`): a *tie* when its whole interval lies inside the
 equivalence margin (±``EQUIVALENCE``), *faster* or *slower* when it excludes parity, and
@@ -25,6 +27,7 @@ resolve it: :func:`resolve_hint`). Every view takes its verdict from here.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -193,23 +196,62 @@ def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int,
     return groups
 
 
+def paired_processes(num: Timed | None, den: Timed | None) -> dict[int, list[float]]:
+    """The one pairing rule: per process, the paired log ratios of two cases (``paired_logs``),
+    but only when both ran (status ok) in the same contest of the same run; {} otherwise."""
+    if num is None or den is None or num is den or num.status != "ok" or den.status != "ok":
+        return {}
+    if num.contest is None or num.contest != den.contest or num.run != den.run:
+        return {}
+    return paired_logs(num.latency, den.latency)
+
+
 def pair(num: Timed | None, den: Timed | None) -> Interval | None:
     """The one way two cases are compared: num's latency over den's (over 1: num is slower).
 
-    Paired, with its interval, only when both ran (status ok) in the same contest of the same
-    run; otherwise the ratio of their medians, with scope ``unpaired``. None when either has
-    no latency. Every view (tables, report, plots, recommend, compare) calls this.
+    Paired, with its interval, only where :func:`paired_processes` pairs them; otherwise the
+    ratio of their medians, with scope ``unpaired``. None when either has no latency (or they are
+    the same case). Every view (tables, report, plots, recommend, compare) calls this.
     """
     if num is None or den is None or num is den:
         return None
     if num.status != "ok" or den.status != "ok" or num.latency is None or den.latency is None:
         return None
-    if num.contest is not None and num.contest == den.contest and num.run == den.run:
-        paired = paired_ratio(num.latency, den.latency)
-        if paired is not None:
-            return paired
+    groups = paired_processes(num, den)
+    if groups:
+        return log_interval(groups)
     value = num.latency.median / den.latency.median if den.latency.median else math.inf
     return Interval(value, math.nan, math.nan, scope=UNPAIRED)
+
+
+def process_ratios(num: Timed | None, den: Timed | None) -> tuple[float, ...]:
+    """Per contest process, in process order: the median over its rounds of the paired log ratios
+    of ``pair(num, den)``; () when the two do not pair. Each is one unit of a test across processes."""
+    return tuple(statistics.median(v) for _, v in sorted(paired_processes(num, den).items()))
+
+
+def sum_squares(values: Sequence[float]) -> float:
+    mean = statistics.fmean(values)
+    return sum((v - mean) ** 2 for v in values)
+
+
+def shift_interval(
+    base: Sequence[float], new: Sequence[float], pooled: tuple[float, int] | None = None
+) -> tuple[float, float] | None:
+    """A two-sample t-test on per-process values (log ratios): the shift ``mean(new) - mean(base)``
+    and its 95 % half-width. The variance is the larger of the two samples' own (pooled over both)
+    and ``pooled`` (variance, degrees of freedom) from elsewhere, so a case whose processes happen
+    to agree is not judged more sharply than its neighbours; None when neither exists."""
+    df_own = len(base) + len(new) - 2
+    options = [((sum_squares(base) + sum_squares(new)) / df_own, df_own)] if df_own > 0 else []
+    options += [pooled] if pooled else []
+    if not options:
+        return None
+    t = _student_t()
+    variance, df = max(options)
+    shift = statistics.fmean(new) - statistics.fmean(base)
+    half = float(t.ppf((1 + CONFIDENCE) / 2, df)) * math.sqrt(variance * (1 / len(base) + 1 / len(new)))
+    return shift, half
 
 
 def noisy(latency: LatencyStats | None, threshold: float = NOISY_CV) -> bool:
@@ -252,8 +294,7 @@ def process_interval(
     error): each alone is a 95 % interval, so the larger is at least that. Not computable (NaN
     bounds) when both are zero.
     """
-    from scipy.stats import t
-
+    t = _student_t()
     k = medians.shape[1]
     point = medians.mean(axis=1)
     if k < 2:
@@ -274,8 +315,7 @@ def process_interval(
 def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised over data sets (rows) of one process's rounds (D, n): the median and its
     t-interval from the rounds alone (not computable below 3 rounds)."""
-    from scipy.stats import t
-
+    t = _student_t()
     n = rounds.shape[1]
     point = np.median(rounds, axis=1)
     nan = np.full(point.shape, np.nan)
@@ -285,6 +325,14 @@ def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     half = t.ppf((1 + CONFIDENCE) / 2, n - 1) * se
     half = np.where(half > 0, half, np.nan)  # identical rounds prove nothing about the next one
     return point, point - half, point + half, nan
+
+
+def _student_t():
+    """scipy's t distribution, imported on first use: scipy.stats takes over a second to import,
+    and most commands never compute an interval."""
+    from scipy.stats import t
+
+    return t
 
 
 def _median_se(values: np.ndarray) -> float:

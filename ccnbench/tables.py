@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from ccnbench.analysis import index, is_reference, merged_interval, speedup_interval
 from ccnbench.results import CaseKey, CaseResult
+from ccnbench.stats import describe
 
 _VERDICT_STYLE = {
     "pass": "green",
@@ -25,9 +27,6 @@ def verdict_text(result: CaseResult) -> str:
 
 def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:
     """A case's numbers formatted once, for the terminal table and the report alike."""
-    from ccnbench.analysis import merged_interval, reference_target, speedup_interval
-    from ccnbench.stats import describe
-
     lat, agr, mem = case.latency, case.agreement, case.memory
     memory = mem.headline_bytes if mem else None
     speed_i, merged_i = speedup_interval(by_key, case), merged_interval(by_key, case)
@@ -42,9 +41,7 @@ def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str,
         "max abs err": f"{agr.max_abs:.1e}" if agr else "-",
         "tolerance": f"{agr.worst.atol:.0e}/{agr.worst.rtol:.0e}" if agr else "-",
         "verdict": case.verdict,
-        "vs eager": "ref"
-        if case.key.target == reference_target(case.key.target)
-        else (describe(speed_i) if speed_i else "-"),
+        "vs eager": "ref" if is_reference(case.key) else (describe(speed_i) if speed_i else "-"),
         "merged vs kept": describe(merged_i) if merged_i else "-",
         "noise": f"{noise:.1%}" if noise is not None else "-",
     }
@@ -148,8 +145,6 @@ BENCH_COLUMNS = (
 
 def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
     """Per case: latency, throughput, memory, agreement and speed-up over eager PyTorch."""
-    from ccnbench.analysis import index
-
     by_key = index(cases)
     table = Table(title=title)
     for col in ("model", "layout", "target", "prec", "batch", *BENCH_COLUMNS):

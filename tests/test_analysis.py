@@ -1,9 +1,9 @@
 """Derived numbers every view shares: pairing only inside one contest of one run, A-A calibration."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from ccnbench import analysis, results, stats
-from ccnbench.results import CaseKey
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -19,13 +19,13 @@ def test_h200_runs_never_pair_across_runs_even_with_clashing_contest_ids():
     checked = 0
     for case in cases:
         for view, other_key in (
-            (analysis.speedup_interval, {"target": analysis.reference_target(case.key.target)}),
-            (analysis.merged_interval, {"layout": "kept"}),
+            (analysis.speedup_interval, analysis.reference_key(case.key)),
+            (analysis.merged_interval, replace(case.key, layout="kept")),
         ):
             interval = view(by_key, case)
             if interval is None:
                 continue
-            other = by_key[CaseKey(**{**case.key.__dict__, **other_key})]
+            other = by_key[other_key]
             same_contest = other.run == case.run and other.contest == case.contest
             assert (interval.scope != stats.UNPAIRED) == same_contest, case.key
             checked += 1

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from ccnbench import results
 from ccnbench.cli import app
-from ccnbench.compare import compare, load_rows, parse_threshold, rows_from_run
+from ccnbench.comparable import load_side, rows_from_run
+from ccnbench.compare import compare, parse_threshold
 from ccnbench.errors import UsageError
 
 from helpers import case, run
@@ -134,10 +135,10 @@ def test_pytest_benchmark_files_are_read_and_keyed_by_their_extra_info(tmp_path)
         path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
         return path
 
-    base = load_rows(bench_file(tmp_path / "a.json", 0.001))
-    new = load_rows(bench_file(tmp_path / "b.json", 0.003))
-    assert base[0] == "pytest-benchmark"
-    result = compare(base[1], new[1])
+    base = load_side(bench_file(tmp_path / "a.json", 0.001))
+    new = load_side(bench_file(tmp_path / "b.json", 0.003))
+    assert base.kind == "pytest-benchmark"
+    result = compare(base.rows, new.rows)
     assert result.failed and _kinds(result)["early-n3/kept/ort:cpu/fp32/b8"] == "regression"
     mixed = cli.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "x")])
     assert mixed.exit_code == 1 and "no results at" in mixed.output
@@ -183,7 +184,7 @@ def _elsewhere(run_result):
 
 
 def _sides(base_run, new_run):
-    from ccnbench.compare import Side, machine_differences
+    from ccnbench.comparable import Side, machine_differences
 
     base = Side("ccnbench", rows_from_run(base_run), base_run.environment)
     new = Side("ccnbench", rows_from_run(new_run), new_run.environment)
@@ -272,7 +273,7 @@ def test_amd_a_a_passes_and_an_injected_thirty_percent_fails_when_forced(tmp_pat
 def test_a_case_whose_processes_disagree_is_not_a_regression_by_one_process():
     # The gate's unit is a contest process: one process of four in a slow "mode" (+40 %) moves the
     # mean by 20 %, beyond the threshold, but the case's own spread says it is not resolved.
-    from ccnbench.compare import Row
+    from ccnbench.comparable import Row
 
     def row(values):
         return Row(KEY, "ort:cpu", "ok", True, {"p50": 1.0}, "ref", None, tuple(values))
