@@ -97,3 +97,13 @@ def test_same_answer_script_counts_flips_and_inconclusives(capsys):
     assert _script("same_answer").main(pair) == 1
     out = capsys.readouterr().out
     assert "same answer: 9/10" in out and "flips without an inconclusive: 0" in out
+
+
+def test_a_cases_reference_is_eager_pytorch_on_the_same_kind_of_device():
+    from ccnbench.results import CaseKey
+
+    key = CaseKey("model-n3", "d1g3st00", "merged", "ort:tensorrt", "fp16", 8, "channels_last_3d")
+    ref = analysis.reference_key(key)
+    assert ref == replace(key, target="torch:cuda")  # everything else is the case's own
+    assert analysis.is_reference(ref) and analysis.reference_key(ref) == ref
+    assert not analysis.is_reference(key) and not analysis.is_reference(replace(key, target="compile:cpu"))

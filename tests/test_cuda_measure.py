@@ -2,7 +2,7 @@
 
 These check behaviour, not speed: CUDA events time the device work on the runner's own stream
 while the host only enqueues, the transfer loop adds the copies, the memory probe sees device
-memory whoever allocates it, and the harness's own CUDA overhead is a finite positive figure.
+memory whoever allocates it, and the harness's own CUDA overhead is small against what it times.
 """
 
 from __future__ import annotations
@@ -98,16 +98,17 @@ def test_memory_probe_on_cuda_sees_device_memory_from_any_allocator():
     assert stats.device == "cuda"
     assert stats.cuda_free_drop_bytes >= 256 * 2**20
     assert stats.cuda_allocator_peak_delta_bytes >= 256 * 2**20
-    nvml = stats.cuda_process_delta_bytes
-    assert stats.headline_bytes == (nvml if nvml is not None else stats.cuda_free_drop_bytes) >= 256 * 2**20
+    # the headline counts the block, and not much else (allocations round to 2 MiB pages)
+    assert 256 * 2**20 <= stats.headline_bytes < 288 * 2**20
     del block
     probe.start()  # the freed block goes back to the device before the new baseline
     assert probe.read(uses_torch_allocator=True).cuda_free_drop_bytes < 256 * 2**20
 
 
-def test_cuda_timer_overhead_is_a_finite_positive_figure():
+def test_cuda_timer_overhead_is_small_against_the_work_it_times():
     overhead = timer_overhead_ns(device="cuda")
-    assert overhead > 0 and math.isfinite(overhead)
+    work = measure(_runner(CYCLES), [torch.zeros(1, 4)], PROTOCOL).latency.median * 1e6  # ns
+    assert 0 < overhead < work / 10 and math.isfinite(overhead)
 
 
 def test_memory_probe_keeps_allocator_peak_above_its_own_baseline():
@@ -117,8 +118,7 @@ def test_memory_probe_keeps_allocator_peak_above_its_own_baseline():
     block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
     stats = probe.read(uses_torch_allocator=True)
     assert 64 * 2**20 <= stats.cuda_allocator_peak_delta_bytes < 128 * 2**20
-    if stats.cuda_process_delta_bytes is not None:  # NVML sees this process
-        assert stats.headline_bytes == stats.cuda_process_delta_bytes >= 64 * 2**20
+    assert 64 * 2**20 <= stats.headline_bytes < 128 * 2**20  # the earlier member's block is not counted
     del earlier, block
 
 

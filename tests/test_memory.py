@@ -13,8 +13,8 @@ def test_cpu_probe_sees_memory_allocated_after_start():
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
     grown = probe.read(False, artifact_bytes=123)
     del block
-    assert grown.peak_rss_delta_bytes >= 60 * 2**20 > quiet
-    assert grown.artifact_bytes == 123 and grown.headline_bytes == grown.peak_rss_delta_bytes
+    assert grown.headline_bytes >= 60 * 2**20 > quiet  # the headline on the CPU is the RSS it grew by
+    assert grown.artifact_bytes == 123
     # A new start forgets the earlier peak.
     probe.start()
     assert probe.read(False).peak_rss_delta_bytes < 32 * 2**20
@@ -22,20 +22,9 @@ def test_cpu_probe_sees_memory_allocated_after_start():
 
 
 def test_round_trip():
-    stats = MemoryStats("cuda", 1, 2, 3, 4, 5)
+    stats = MemoryStats("cuda", 1, 2, 3, 4, 5, 6, 7, 8)
     assert MemoryStats.from_dict(stats.to_dict()) == stats
-    assert stats.headline_bytes == 2
-
-
-def test_cuda_headline_is_measured_alike_for_every_target():
-    torch_target = MemoryStats("cuda", cuda_peak_allocated_bytes=100, cuda_free_drop_bytes=300)
-    engine_target = MemoryStats("cuda", cuda_process_used_bytes=900, cuda_free_drop_bytes=200)
-    assert torch_target.headline_bytes == 300 and engine_target.headline_bytes == 200
-    nvml = MemoryStats("cuda", cuda_free_drop_bytes=300, cuda_process_delta_bytes=280)
-    assert nvml.headline_bytes == 280  # this process's own growth comes first
-    # Runs stored before the free-memory figure existed keep their old headline.
-    assert MemoryStats("cuda", cuda_peak_allocated_bytes=100).headline_bytes == 100
-    assert MemoryStats.from_dict(engine_target.to_dict()) == engine_target
+    assert MemoryStats.from_dict({**stats.to_dict(), "a field of a later version": 1}) == stats
 
 
 class FakeNvml:
@@ -107,6 +96,34 @@ class FakeCounters:
 
 
 MiB = 2**20
+
+
+@pytest.mark.parametrize("nvml", [True, False], ids=["nvml", "no-nvml"])
+def test_cuda_headline_is_the_device_memory_a_member_took_whoever_allocates_it(nvml):
+    """A torch target (whose allocator holds part of what it took) and an engine (no allocator
+    figure), measured first or after members that hold 900 MiB: each took 200 MiB of the device,
+    and each reads 200 MiB, whether or not NVML can see the process."""
+
+    def member(uses_torch_allocator: bool, earlier: int) -> MemoryStats:
+        counters = FakeCounters(
+            "cuda", rss=[0], peak_rss=[0], free=[8000 * MiB - earlier, 7800 * MiB - earlier],
+            process=[earlier + 300 * MiB, earlier + 500 * MiB] if nvml else [None, None],
+            allocated=[earlier], peak_allocated=[earlier + 150 * MiB],
+        )  # fmt: skip
+        probe = MemoryProbe("cuda", counters)
+        probe.start()
+        return probe.read(uses_torch_allocator=uses_torch_allocator)
+
+    read = [member(torch, earlier) for torch in (True, False) for earlier in (0, 900 * MiB)]
+    assert {m.headline_bytes for m in read} == {200 * MiB}
+    assert {m.headline_source for m in read} == {"nvml_process" if nvml else "mem_get_info"}
+
+
+def test_runs_stored_before_the_free_memory_figure_keep_a_headline():
+    """Before 2026-12 a CUDA record held the allocator's peak and NVML's absolute figure only."""
+    old = MemoryStats.from_dict({"device": "cuda", "cuda_peak_allocated_bytes": 80 * MiB,
+                                 "cuda_process_used_bytes": 900 * MiB})  # fmt: skip
+    assert old.headline_bytes == 80 * MiB and old.headline_source == "allocator_peak"
 
 
 def test_cuda_figures_are_deltas_from_the_members_own_baseline():

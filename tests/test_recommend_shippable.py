@@ -12,15 +12,21 @@ from ccnbench.recommend import recommend, shipped_as
 from helpers import case, run
 
 
-def test_every_backend_declares_what_ships():
-    assert shipped_as("torch:cpu") is None and shipped_as("compile:cuda") is None
-    assert shipped_as("ort:cpu") == "ONNX file"
-    assert shipped_as("aoti:cpu") == ".pt2 package"
-    assert shipped_as("tensorrt:cuda") == "TensorRT engine"
-    assert shipped_as("openvino:cpu") == "ONNX file (OpenVINO)"
-    assert shipped_as("gone:cpu") is None  # a backend this version does not know is not vouched for
-    # Driven by the backend, not by its name: every registered backend answers.
-    assert {name: b.shipped for name, b in BACKENDS.items()}["compile-graphs"] is None
+def test_a_format_is_shippable_exactly_when_its_runner_loads_a_file():
+    """Every registered backend, one case each: --shippable keeps the ones whose runner is built
+    from a file (ONNX, .pt2), names that file in its answer, and drops those that run the model's
+    own Python code. A backend this version does not know is never vouched for."""
+    cases = [case(f"{name}:cpu", 1.0 + i, model=name) for i, name in enumerate(BACKENDS)]
+    kept = {r.model: r for r in recommend(cases, shippable=True)}
+    for name, backend in BACKENDS.items():
+        assert (name in kept) == (backend.file_format is not None), name
+        if name in kept:
+            assert kept[name].best.ships and kept[name].best.ships in kept[name].line()
+    everything = {r.model: r for r in recommend(cases)}
+    assert set(everything) == set(BACKENDS) > set(kept)
+    code = [r for r in everything.values() if r.model not in kept]
+    assert code and all("needs the model's Python code" in r.line() for r in code)
+    assert shipped_as("gone:cpu") is None and recommend([case("gone:cpu", 1.0)], shippable=True) == []
 
 
 def test_shippable_keeps_only_file_formats_and_says_which():

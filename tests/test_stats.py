@@ -1,6 +1,7 @@
 """Statistics on synthetic contests: known ratios, known noise, known between-process spread."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -107,15 +108,6 @@ def test_95_percent_intervals_cover_95_percent_with_few_processes(k, process_sd)
         assert width < 0.1
 
 
-def test_the_old_bootstrap_would_fail_the_coverage_test():
-    """The check can fail: a normal-quantile interval over two processes (about what the two-stage
-    bootstrap gave) covers far less than 95 %."""
-    rng = np.random.default_rng(1)
-    medians = rng.normal(0, 0.1, (1000, 2))
-    half = 1.96 * medians.std(axis=1, ddof=1) / math.sqrt(2)
-    assert np.mean(np.abs(medians.mean(axis=1)) <= half) < 0.75
-
-
 def test_coverage_through_the_public_path_at_k_2():
     hits = sum(
         stats.paired_ratio(*_pair(1.2, noise=0.03, processes=2, rounds=6, process_sd=0.1, seed=s)).contains(
@@ -185,3 +177,38 @@ def test_interval_formatting_and_inverse():
     assert interval.inverse().low == pytest.approx(1 / 1.90)
     assert stats.Interval(1.84, math.nan, math.nan, scope=stats.UNPAIRED).format() == "1.84× unpaired"
     assert stats.Interval(1.84, math.nan, math.nan).to_dict()["low"] is None  # JSON has no NaN
+
+
+def _case(latency, contest="c1", run="r", status="ok"):
+    return SimpleNamespace(status=status, contest=contest, run=run, latency=latency)
+
+
+def test_cases_pair_only_inside_one_contest_of_one_run():
+    a, b = _pair(1.3, noise=0.02)
+    paired = stats.pair(_case(a), _case(b))
+    assert paired.scope == stats.BETWEEN and paired.contains(1.3)
+    units = stats.process_ratios(_case(a), _case(b))
+    assert len(units) == 3 and all(abs(math.exp(u) / 1.3 - 1) < 0.05 for u in units)
+    medians = a.median / b.median
+    apart = (
+        (_case(a), _case(b, contest="c2")),  # two contests
+        (_case(a), _case(b, run="r2")),  # the same contest id in another run
+        (_case(a, contest=None), _case(b, contest=None)),  # timed outside any contest
+    )
+    for num, den in apart:
+        unpaired = stats.pair(num, den)
+        assert unpaired.scope == stats.UNPAIRED and unpaired.value == pytest.approx(medians)
+        assert stats.process_ratios(num, den) == ()
+    assert stats.pair(_case(a), _case(b, status="failed")) is None
+    assert stats.process_ratios(_case(a), _case(b, status="failed")) == ()
+
+
+def test_a_shift_across_processes_is_resolved_only_beyond_their_spread():
+    base, new = (0.0, 0.01, -0.01), (0.3, 0.31, 0.29)
+    shift, half = stats.shift_interval(base, new)
+    assert shift == pytest.approx(0.3) and half < 0.05
+    # a pool of noisier cases widens the test; a quieter one does not narrow it
+    assert stats.shift_interval(base, new, (0.1, 20))[1] > 0.3 > half
+    assert stats.shift_interval(base, new, (1e-9, 20))[1] == half
+    assert stats.shift_interval((0.0,), (0.3,)) is None  # one process a side: no variance at all
+    assert stats.shift_interval((0.0,), (0.3,), (0.01, 10)) is not None
