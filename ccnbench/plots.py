@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ccnbench import fileio
-from ccnbench.analysis import index, merged_interval, merged_speedup, reference_key
+from ccnbench.analysis import index, merged_interval, reference_key
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult
 from ccnbench.stats import Interval, median_interval
@@ -87,32 +87,25 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
 def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
     """Kept median / merged median per model and target, one panel per batch size."""
     by_key = index(cases)
-    points = [(c, merged_speedup(by_key, c)) for c in _ok(cases) if c.key.layout == "merged"]
-    points = [(c, s) for c, s in points if s is not None]
-    intervals = {c.key: merged_interval(by_key, c) for c, _ in points}
+    points = [(c, merged_interval(by_key, c)) for c in _ok(cases) if c.key.layout == "merged"]
+    points = [(c, ratio) for c, ratio in points if ratio is not None]
     if not points:
         return None
     plt = _pyplot()
     batches = sorted({c.key.batch for c, _ in points})
     fig, axes = _grid(plt, len(batches), width=6.0, height=3.6)
     for ax, batch in zip(axes, batches):
-        here = [(c, s) for c, s in points if c.key.batch == batch]
+        here = [(c, ratio) for c, ratio in points if c.key.batch == batch]
         models = sorted({c.key.model for c, _ in here})
         series = sorted({(c.key.target, c.key.precision) for c, _ in here})
         width = 0.8 / max(1, len(series))
         for i, (target, precision) in enumerate(series):
-            values = {
-                c.key.model: s for c, s in here if (c.key.target, c.key.precision) == (target, precision)
+            found = {
+                c.key.model: r for c, r in here if (c.key.target, c.key.precision) == (target, precision)
             }
             xs = [m + i * width for m in range(len(models))]
-            found = {
-                c.key.model: intervals[c.key]
-                for c, _ in here
-                if (c.key.target, c.key.precision) == (target, precision)
-            }
-            heights = [values.get(m, 0) for m in models]
-            spans = [found.get(m) for m in models]
-            yerr = _spans(heights, spans)
+            heights = [found[m].value if m in found else 0 for m in models]
+            yerr = _spans(heights, [found.get(m) for m in models])
             ax.bar(xs, heights, width, yerr=yerr, capsize=2, label=f"{target} {precision}")
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))])
