@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections import Counter
@@ -32,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ccnbench import __version__, fileio
-from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.errors import CcnbenchError, UsageError, one_line
 from ccnbench.models import LAYOUTS, ModelSpec, build
 from ccnbench.models.cast import CastIO
+from ccnbench.naming import file_name, identity_digest, precision_tag, writable_dir
 
 PRECISIONS = ("fp32", "fp16")
 IO_TYPES = ("fp32", "fp16")
@@ -131,19 +131,21 @@ class Artifact:
 
 def artifact_name(spec: ModelSpec, layout: str, precision: str, io: str, opset: int) -> str:
     """File name that says what the artifact is, plus a hash of everything that changes its bytes."""
-    key = json.dumps(
-        {
-            "spec": spec.to_dict(),
-            "torch": torch.__version__,
-            "ccnbench": __version__,
-            "exporter": _exporter_versions(),
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    identity = {
+        "spec": spec.to_dict(),
+        "torch": torch.__version__,
+        "ccnbench": __version__,
+        "exporter": _exporter_versions(),
+    }
     shared = "-shared" if spec.input_mode == "shared" else ""
-    io_tag = "-io16" if io == "fp16" else ""
-    return f"{spec.variant}{shared}-{layout}-n{spec.branches}-{precision}{io_tag}-op{opset}-{digest}.onnx"
+    what = [
+        f"{spec.variant}{shared}",
+        layout,
+        f"n{spec.branches}",
+        precision_tag(precision, io),
+        f"op{opset}",
+    ]
+    return file_name(what, identity_digest(identity), ".onnx")
 
 
 def export(
@@ -162,7 +164,7 @@ def export(
     export never leaves a half-written file or replaces a good one.
     """
     _check_options(layout, precision, io, opset)
-    path = _writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
+    path = writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
@@ -189,7 +191,7 @@ def export_module(
     ``layout`` is recorded in the file's metadata (a user's module merged by the graph pass is
     ``merged``)."""
     _check_options(layout, precision, io, opset)
-    _writable_dir(path.parent)
+    writable_dir(path.parent)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
@@ -303,7 +305,7 @@ def validate(
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as exc:
-        raise ExportError(f"ONNX validation failed: {' '.join(str(exc).split())[:500]}") from exc
+        raise ExportError(f"ONNX validation failed: {one_line(exc, 500)}") from exc
     if spec is None:
         return
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
@@ -432,16 +434,6 @@ def _check_options(layout: str, precision: str, io: str, opset: int) -> None:
         raise UsageError(f"opset {opset} cannot be produced here; use {MIN_OPSET}..{max_opset()}")
 
 
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CcnbenchError(f"cannot create output directory {path}: {exc.strerror}") from exc
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise CcnbenchError(f"output directory {path} is not writable")
-    return path
-
-
 def _set_metadata(proto: Any, values: dict[str, str]) -> None:
     keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
     del proto.metadata_props[:]
@@ -489,4 +481,4 @@ def _first_line(exc: BaseException) -> str:
     # The exporter's messages start with a generic line; the summary names the real cause.
     if "## Exception summary" in text:
         text = text.split("## Exception summary", 1)[1].strip()
-    return " ".join(text.split())[:400]
+    return one_line(text)

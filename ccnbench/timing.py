@@ -12,6 +12,8 @@ back, which never drains the queue. Which clock is used depends only on ``Runner
 from __future__ import annotations
 
 import gc
+import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -288,11 +290,11 @@ def measure(
     """Time ``runner`` on ``inputs`` (CPU tensors) with the protocol; see the module docstring."""
     batch = int(inputs[0].shape[0])
     staged = stage(inputs, runner)
-    call = _bound_call(runner, staged)
+    call = bound_call(runner, staged)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside the loop is the harness's pause, not the model's
     try:
-        warmups = _warm_up(call, runner, protocol)
+        warmups = warm_up(call, runner, protocol)
         if runner.is_cuda:
             device_ms, host_ms = _cuda_loop(call, runner, protocol, _one_call_ms(call, runner))
             latency = LatencyStats(
@@ -340,31 +342,16 @@ def time_block(
         device_ms, host_ms = _cuda_loop(call, runner, block, estimate)
         return Block(process, round_, device_ms, host_ms, sm_clock_mhz())
     call()
-    clock = time.perf_counter_ns
-    samples: list[int] = []
-    append = samples.append
-    limit, total = seconds * 1e9, 0
-    while len(samples) < 2 or total < limit:
-        t0 = clock()
-        call()
-        t1 = clock()
-        append(t1 - t0)
-        total += t1 - t0
-    return Block(process, round_, tuple(s / 1e6 for s in samples))
-
-
-def warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
-    return _warm_up(call, runner, protocol)
-
-
-def bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
-    return _bound_call(runner, staged)
+    # On the CPU a block has no cap: it ends after two iterations and ``seconds``, however long.
+    block = Protocol(min_iterations=2, min_seconds=seconds, max_iterations=sys.maxsize, max_seconds=math.inf)
+    return Block(process, round_, tuple(s / 1e6 for s in _cpu_loop(call, block)))
 
 
 # --- loops ----------------------------------------------------------------------------------------
 
 
-def _bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
+def bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
+    """``runner.infer`` on ``staged`` as a call without arguments: what every loop times."""
     infer = runner.infer
 
     def call() -> object:
@@ -373,7 +360,11 @@ def _bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
     return call
 
 
-def _warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
+def warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
+    """Run ``call`` for the protocol's warm-up (iterations *and* seconds, capped by
+    ``max_seconds``), then synchronise a CUDA runner; returns the iterations run."""
+    # --- loops ----------------------------------------------------------------------------------------
+
     start = time.perf_counter()
     count = 0
     while count < protocol.warmup_iterations or time.perf_counter() - start < protocol.warmup_seconds:
@@ -529,7 +520,7 @@ def _transfer_loop(
                 dst.copy_(src, non_blocking=True)
         return ys
 
-    _warm_up(call, runner, protocol)
+    warm_up(call, runner, protocol)
     device_ms, host_ms = _cuda_loop(call, runner, protocol)
     return LatencyStats(device_ms, batch, "cuda_events", None, host_ms)
 

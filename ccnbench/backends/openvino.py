@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.deps import require
-from ccnbench.errors import CcnbenchError
+from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.export import tiny_conv_onnx
 from ccnbench.source import ModelSource
 
@@ -156,7 +156,7 @@ class OpenVinoBackend(Backend):
                 )
             except Exception as exc:
                 raise CcnbenchError(
-                    f"OpenVINO could not compile {artifact.path.name}: {_one_line(exc)}"
+                    f"OpenVINO could not compile {artifact.path.name}: {one_line(exc)}"
                 ) from exc
             used = runtime_precision(compiled)
             if used != options.precision:
@@ -191,7 +191,3 @@ def _default_precision(core: Any) -> str:
     hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
     name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     return _FROM_HINT.get(name, name)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]

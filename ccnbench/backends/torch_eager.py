@@ -17,7 +17,7 @@ convolution goes to cuDNN as well; ``conv_backends`` records the choice for each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,27 @@ class TorchRunner(Runner):
         if self._stream is not None:
             self._stream = None
             torch.cuda.empty_cache()
+
+
+def prepared_with_first_calls(
+    target: Target,
+    build: Callable[[torch.cuda.Stream | None], TorchRunner],
+    first_calls: Callable[[TorchRunner], None],
+    details: dict[str, Any],
+) -> TorchRunner:
+    """The end of ``prepare`` for targets whose first calls do real work (compiling, loading a
+    package): ``build`` makes the runner on its own stream (CUDA) and ``first_calls`` runs it, both
+    inside the build timer and waited for on the device, so none of it is charged to warm-up.
+    ``details`` are added to the runner's."""
+    with Stopwatch() as sw:
+        stream = torch.cuda.Stream() if target.is_cuda else None
+        runner = build(stream)
+        first_calls(runner)
+        if stream is not None:
+            torch.cuda.synchronize()
+    runner.build_seconds = sw.seconds
+    runner.details.update(details)
+    return runner
 
 
 class TorchBackend(Backend):
