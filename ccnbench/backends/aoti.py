@@ -7,7 +7,7 @@ no Python model, no JIT compile in the process that runs it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,9 @@ from ccnbench.backends.torch_eager import (
     prepared_with_first_calls,
     warm_torch,
 )
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 class AotiBackend(Backend):

@@ -6,7 +6,7 @@ import shutil
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -19,7 +19,9 @@ from ccnbench.backends.torch_eager import (
     prepared_with_first_calls,
     warm_torch,
 )
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 def compiler_unavailable_reason(device: str) -> str | None:

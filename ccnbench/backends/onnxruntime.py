@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.export import tiny_conv_onnx
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,7 +31,9 @@ from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Tar
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.export import tiny_conv_onnx
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 # ccnbench precision -> OpenVINO's element type name for INFERENCE_PRECISION_HINT.
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,14 @@ from torch import Tensor, nn
 
 from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.models.cast import CastIO
-from ccnbench.source import ModelSource
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TORCH_MEMORY_FORMATS = dict(
     zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last_3d), strict=True)
 )
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 def cuda_unavailable_reason() -> str | None:
