@@ -42,7 +42,7 @@ from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.errors import CcnbenchError, UsageError
 
 if TYPE_CHECKING:
-    from ccnbench.export import Artifact
+    from ccnbench.onnx_artifact import Artifact
     from ccnbench.source import ModelSource
 
 

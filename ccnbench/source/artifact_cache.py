@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from ccnbench.export import DEFAULT_ARTIFACTS, Artifact
+from ccnbench.export import DEFAULT_ARTIFACTS
+from ccnbench.onnx_artifact import Artifact
 
 _artifacts: dict[tuple[Hashable, ...], Artifact] = {}
 

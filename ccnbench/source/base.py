@@ -19,7 +19,7 @@ from ccnbench.errors import UsageError
 from ccnbench.models import LAYOUTS, ModelSpec
 
 if TYPE_CHECKING:
-    from ccnbench.export import Artifact
+    from ccnbench.onnx_artifact import Artifact
 
 KINDS = ("spec", "factory", "onnx")
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ccnbench.errors import CcnbenchError, UsageError
-from ccnbench.export import Artifact, load_artifact
 from ccnbench.models import LAYOUTS
+from ccnbench.onnx_artifact import Artifact, load_artifact
 from ccnbench.source.artifact_cache import cached_description, remember
 from ccnbench.source.base import ModelSource
 from ccnbench.source.factory import FactorySource
