@@ -59,7 +59,7 @@ def test_backend_describes_itself():
 def test_missing_tensorrt_is_a_reason_with_the_install_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import now fails as if it were not installed
     reason = TensorRTBackend().availability("cuda")
-    assert reason == f"tensorrt is not installed (import of tensorrt halted; None in sys.modules): {INSTALL}"
+    assert reason.startswith("tensorrt is not installed (") and reason.endswith(f"): {INSTALL}")
 
 
 def test_export_and_prepare_raise_the_availability_reason(monkeypatch, tmp_path):
@@ -104,10 +104,10 @@ def test_old_tensorrt_is_unavailable_with_an_upgrade_line(monkeypatch):
 def test_a_supported_tensorrt_then_depends_on_cuda(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.13.3.9"))
     reason = TensorRTBackend().availability("cuda")
-    assert (
-        reason == (None if torch.cuda.is_available() else reason)
-        and (reason is None) == torch.cuda.is_available()
-    )
+    if torch.cuda.is_available():
+        assert reason is None
+    else:
+        assert reason.startswith("no CUDA device")
     assert TensorRTBackend().availability("cpu") == "tensorrt runs on cuda only, not cpu"
 
 
