@@ -28,7 +28,9 @@ import torch
 
 from ccnbench import __version__, fileio
 from ccnbench.errors import CcnbenchError, UsageError, one_line
+from ccnbench.models.cast import CastIO
 from ccnbench.naming import file_name, identity_digest, weights_digest, writable_dir
+from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource
@@ -192,9 +194,6 @@ def metadata_path(path: Path) -> Path:
 
 
 def _build(source: ModelSource, device: str, precision: str, path: Path) -> Package:
-    from ccnbench.backends.torch_eager import TORCH_DTYPES, configure_cuda_numerics
-    from ccnbench.models.cast import CastIO
-
     if device == "cuda":
         # Triton kernels take the TF32 choice at compile time: fp32 must mean fp32 in them too.
         configure_cuda_numerics(precision)

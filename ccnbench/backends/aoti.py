@@ -16,10 +16,10 @@ from ccnbench.backends.base import Backend, BuildOptions, Runner, Target
 from ccnbench.backends.compiled import compiler_unavailable_reason
 from ccnbench.backends.torch_eager import (
     TorchRunner,
-    configure_cuda_numerics,
     prepared_with_first_calls,
     warm_torch,
 )
+from ccnbench.torch_numerics import configure_cuda_numerics
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource

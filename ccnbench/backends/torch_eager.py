@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.models.cast import CastIO
+from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TORCH_MEMORY_FORMATS = dict(
     zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last_3d), strict=True)
 )
@@ -44,16 +44,6 @@ def cuda_unavailable_reason() -> str | None:
     if not torch.version.cuda:
         return f"no CUDA device: torch {torch.__version__} is a CPU build"
     return "no CUDA device visible to torch (driver missing or CUDA_VISIBLE_DEVICES empty)"
-
-
-def configure_cuda_numerics(precision: str) -> dict[str, Any]:
-    """fp32 means fp32: TF32 off (cuDNN enables it for convolutions by default). cuDNN autotuning
-    on, as ONNX Runtime (EXHAUSTIVE) and TensorRT autotune too; the warm-up absorbs the search."""
-    strict = precision == "fp32"
-    torch.backends.cudnn.allow_tf32 = not strict
-    torch.backends.cuda.matmul.allow_tf32 = not strict
-    torch.backends.cudnn.benchmark = True
-    return {"tf32": not strict, "cudnn_benchmark": True}
 
 
 def warm_torch(device_kind: str, threads: int) -> None:
