@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.errors import CcnbenchError
 from ccnbench.models.cast import CastIO
 from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
@@ -129,7 +130,8 @@ class TorchRunner(Runner):
         return self._stream
 
     def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        assert self.module is not None, "runner is closed"
+        if self.module is None:
+            raise CcnbenchError("runner is closed")
         with torch.inference_mode():
             if self._stream is None:
                 return as_tuple(self.module(*inputs))
