@@ -18,13 +18,9 @@ import inspect
 import io
 import json
 import logging
-import math
-import os
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +28,19 @@ import torch
 from torch import Tensor, nn
 
 from ccnbench import __version__, fileio
-from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.errors import CcnbenchError, UsageError, one_line
 from ccnbench.models import LAYOUTS, ModelSpec, build
 from ccnbench.models.cast import CastIO
+from ccnbench.naming import file_name, identity_digest, precision_tag, writable_dir
+from ccnbench.onnx_artifact import (
+    META_PREFIX,
+    Artifact,
+    ExportError,
+    default_domain_opset,
+    describe,
+    load_artifact,
+    validate,
+)
 
 PRECISIONS = ("fp32", "fp16")
 IO_TYPES = ("fp32", "fp16")
@@ -47,12 +53,6 @@ DEFAULT_ARTIFACTS = Path("artifacts")
 _TRACE_BATCH = 2
 _MAX_BATCH = 4096
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-_ONNX_ELEM_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64"}
-META_PREFIX = "ccnbench."
-
-
-class ExportError(CcnbenchError):
-    """The exporter failed or produced a graph that does not pass validation."""
 
 
 def tiny_conv_onnx() -> bytes:
@@ -80,70 +80,26 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """One ONNX file and what it is. ``spec`` is None for a user's own ONNX file."""
-
-    path: Path
-    sha256: str
-    size_bytes: int
-    opset: int
-    precision: str
-    io: str
-    layout: str
-    spec: ModelSpec | None
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    input_shapes: tuple[tuple[int | str, ...], ...]
-    op_histogram: dict[str, int] = field(default_factory=dict)
-    parameters: int = 0  # every stored value: weights, BatchNorm statistics and constants
-    export_seconds: float = 0.0
-    reused: bool = False
-
-    @property
-    def conv_count(self) -> int:
-        return self.op_histogram.get("Conv", 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "file": self.path.name,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "opset": self.opset,
-            "precision": self.precision,
-            "io": self.io,
-            "layout": self.layout,
-            "spec": self.spec.to_dict() if self.spec else None,
-            "input_names": list(self.input_names),
-            "output_names": list(self.output_names),
-            "input_shapes": [list(s) for s in self.input_shapes],
-            "op_histogram": dict(self.op_histogram),
-            "conv_count": self.conv_count,
-            "parameters": self.parameters,
-            "export_seconds": round(self.export_seconds, 3),
-            "reused": self.reused,
-        }
-
-
 # --- public API ---------------------------------------------------------------------------------
 
 
 def artifact_name(spec: ModelSpec, layout: str, precision: str, io: str, opset: int) -> str:
     """File name that says what the artifact is, plus a hash of everything that changes its bytes."""
-    key = json.dumps(
-        {
-            "spec": spec.to_dict(),
-            "torch": torch.__version__,
-            "ccnbench": __version__,
-            "exporter": _exporter_versions(),
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    identity = {
+        "spec": spec.to_dict(),
+        "torch": torch.__version__,
+        "ccnbench": __version__,
+        "exporter": _exporter_versions(),
+    }
     shared = "-shared" if spec.input_mode == "shared" else ""
-    io_tag = "-io16" if io == "fp16" else ""
-    return f"{spec.variant}{shared}-{layout}-n{spec.branches}-{precision}{io_tag}-op{opset}-{digest}.onnx"
+    what = [
+        f"{spec.variant}{shared}",
+        layout,
+        f"n{spec.branches}",
+        precision_tag(precision, io),
+        f"op{opset}",
+    ]
+    return file_name(what, identity_digest(identity), ".onnx")
 
 
 def export(
@@ -162,7 +118,7 @@ def export(
     export never leaves a half-written file or replaces a good one.
     """
     _check_options(layout, precision, io, opset)
-    path = _writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
+    path = writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
@@ -189,7 +145,7 @@ def export_module(
     ``layout`` is recorded in the file's metadata (a user's module merged by the graph pass is
     ``merged``)."""
     _check_options(layout, precision, io, opset)
-    _writable_dir(path.parent)
+    writable_dir(path.parent)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
@@ -235,102 +191,7 @@ def _export_to(
     validate(proto, spec=spec, layout=layout if spec else None, precision=precision, io=io)
     data = proto.SerializeToString()
     fileio.write_bytes(path, data)
-    return _describe(proto, path, hashlib.sha256(data).hexdigest(), len(data))
-
-
-def load_artifact(path: Path | str, reused: bool = False) -> Artifact:
-    """Describe an ONNX file: ccnbench's own (metadata says what it is) or anyone's."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise CcnbenchError(f"no ONNX file at {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise CcnbenchError(f"{path} is not a readable ONNX model: {exc}") from exc
-    return _describe(proto, path, fileio.sha256(path), path.stat().st_size, reused)
-
-
-def _describe(proto: Any, path: Path, sha256: str, size: int, reused: bool = False) -> Artifact:
-    meta = {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
-    spec = ModelSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    return Artifact(
-        path=path,
-        sha256=sha256,
-        size_bytes=size,
-        opset=_default_domain_opset(proto),
-        precision=meta.get("precision") or _weight_precision(proto),
-        io=meta.get("io") or _io_type(proto),
-        layout=meta.get("layout", "unknown"),
-        spec=spec,
-        input_names=tuple(i.name for i in inputs),
-        output_names=tuple(o.name for o in proto.graph.output),
-        input_shapes=tuple(_shape(i) for i in inputs),
-        op_histogram=op_histogram(proto),
-        parameters=sum(math.prod(t.dims) for t in proto.graph.initializer),
-        export_seconds=float(meta.get("export_seconds", 0.0)),
-        reused=reused,
-    )
-
-
-def op_histogram(proto: Any) -> dict[str, int]:
-    counts = Counter(node.op_type for node in proto.graph.node)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def expected_conv_count(spec: ModelSpec, layout: str) -> int:
-    """Conv nodes a correct graph has: one per extractor layer merged, N kept (early: one)."""
-    per_layer = spec.branches if layout == "kept" and spec.has_branches else 1
-    return spec.depth * per_layer
-
-
-def validate(
-    proto: Any,
-    spec: ModelSpec | None = None,
-    layout: str | None = None,
-    precision: str | None = None,
-    io: str | None = None,
-) -> None:
-    """Checker (full), strict shape inference, then the structure the claims imply.
-
-    Raises ExportError on the first failure; a failed check is never a warning.
-    """
-    import onnx
-
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise ExportError(f"ONNX validation failed: {' '.join(str(exc).split())[:500]}") from exc
-    if spec is None:
-        return
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    names = tuple(i.name for i in inputs)
-    if names != spec.input_names:
-        raise ExportError(f"graph inputs are {names}, expected {spec.input_names}")
-    outputs = tuple(o.name for o in proto.graph.output)
-    if outputs != spec.output_names:
-        raise ExportError(f"graph outputs are {outputs}, expected {spec.output_names}")
-    for graph_input in inputs:
-        shape = _shape(graph_input)
-        if not isinstance(shape[0], str) or tuple(shape[1:]) != spec.input_shape:
-            raise ExportError(
-                f"input {graph_input.name} has shape {shape}, expected (batch, {', '.join(map(str, spec.input_shape))})"
-            )
-    if layout is not None:
-        convs = op_histogram(proto).get("Conv", 0)
-        expected = expected_conv_count(spec, layout)
-        if convs != expected:
-            raise ExportError(
-                f"structure check failed: a {layout} {spec.label} graph has {expected} Conv nodes "
-                f"({spec.depth} layers), this one has {convs}"
-            )
-    if precision is not None and _weight_precision(proto) != precision:
-        raise ExportError(f"weights are {_weight_precision(proto)}, expected {precision}")
-    if io is not None and _io_type(proto) != io:
-        raise ExportError(f"graph I/O is {_io_type(proto)}, expected {io}")
+    return describe(proto, path, hashlib.sha256(data).hexdigest(), len(data))
 
 
 # --- internals ----------------------------------------------------------------------------------
@@ -383,7 +244,7 @@ def _run_exporter(
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
     proto = program.model_proto
-    produced = _default_domain_opset(proto)
+    produced = default_domain_opset(proto)
     if produced != opset:
         raise UsageError(
             f"opset {opset} cannot be produced by this exporter (torch {torch.__version__} gave opset {produced}); "
@@ -432,16 +293,6 @@ def _check_options(layout: str, precision: str, io: str, opset: int) -> None:
         raise UsageError(f"opset {opset} cannot be produced here; use {MIN_OPSET}..{max_opset()}")
 
 
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CcnbenchError(f"cannot create output directory {path}: {exc.strerror}") from exc
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise CcnbenchError(f"output directory {path} is not writable")
-    return path
-
-
 def _set_metadata(proto: Any, values: dict[str, str]) -> None:
     keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
     del proto.metadata_props[:]
@@ -460,33 +311,9 @@ def _exporter_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
 
 
-def _default_domain_opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _weight_precision(proto: Any) -> str:
-    """fp16 if the floating-point weights are fp16, else fp32 (what the graph computes in)."""
-    kinds = Counter(_ONNX_ELEM_TYPES.get(t.data_type) for t in proto.graph.initializer if t.dims)
-    floats = {k: v for k, v in kinds.items() if k in ("float16", "float32", "bfloat16")}
-    if not floats:
-        return "fp32"
-    dominant = max(floats, key=lambda k: floats[k])
-    return {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}[dominant]
-
-
-def _io_type(proto: Any) -> str:
-    elem = proto.graph.input[0].type.tensor_type.elem_type if proto.graph.input else 1
-    return {"float16": "fp16", "bfloat16": "bf16"}.get(_ONNX_ELEM_TYPES.get(elem, ""), "fp32")
-
-
-def _shape(value_info: Any) -> tuple[int | str, ...]:
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_param if d.dim_param else d.dim_value for d in dims)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     # The exporter's messages start with a generic line; the summary names the real cause.
     if "## Exception summary" in text:
         text = text.split("## Exception summary", 1)[1].strip()
-    return " ".join(text.split())[:400]
+    return one_line(text)

@@ -14,7 +14,6 @@ architecture), so that is part of the cache key, like the model, layout, precisi
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import json
@@ -28,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ccnbench import __version__, fileio
-from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.errors import CcnbenchError, UsageError, one_line
+from ccnbench.models.cast import CastIO
+from ccnbench.naming import file_name, identity_digest, weights_digest, writable_dir
+from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource
@@ -134,21 +136,16 @@ def machine_key(device: str) -> str:
 
 def package_name(source: ModelSource, device: str, precision: str) -> str:
     """File name that says what the package is, plus a hash of everything that changes its bytes."""
-    identity = source.spec.to_dict() if source.spec is not None else _weights_identity(source)
-    key = json.dumps(
-        {
-            "model": identity,
-            "layout": source.graph_layout,
-            "precision": precision,
-            "machine": machine_key(device),
-            "torch": torch.__version__,
-            "ccnbench": __version__,
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    identity = {
+        "model": source.spec.to_dict() if source.spec is not None else _weights_identity(source),
+        "layout": source.graph_layout,
+        "precision": precision,
+        "machine": machine_key(device),
+        "torch": torch.__version__,
+        "ccnbench": __version__,
+    }
     stem = source.label if source.spec is not None else "user-" + _file_stem(source.label)
-    return f"{stem}-{source.graph_layout}-{precision}-{device}-{digest}{SUFFIX}"
+    return file_name([stem, source.graph_layout, precision, device], identity_digest(identity), SUFFIX)
 
 
 def package(
@@ -161,7 +158,7 @@ def package(
     """The AOTInductor package of ``source`` for ``device`` at ``precision``: reused when an
     identical, intact one exists (unless ``force``), else built and written atomically."""
     _check_options(source, device, precision)
-    path = _writable_dir(Path(out_dir)) / package_name(source, device, precision)
+    path = writable_dir(Path(out_dir)) / package_name(source, device, precision)
     if not force:
         reused = load(path, reused=True, missing_ok=True)
         if reused is not None:
@@ -197,9 +194,6 @@ def metadata_path(path: Path) -> Path:
 
 
 def _build(source: ModelSource, device: str, precision: str, path: Path) -> Package:
-    from ccnbench.backends.torch_eager import TORCH_DTYPES, configure_cuda_numerics
-    from ccnbench.models.cast import CastIO
-
     if device == "cuda":
         # Triton kernels take the TF32 choice at compile time: fp32 must mean fp32 in them too.
         configure_cuda_numerics(precision)
@@ -228,7 +222,7 @@ def _build(source: ModelSource, device: str, precision: str, path: Path) -> Pack
                 inductor_configs={"aot_inductor.metadata": metadata},
             )
     except Exception as exc:
-        raise PackageError(f"AOTInductor could not compile {source.label}: {_one_line(exc)}") from exc
+        raise PackageError(f"AOTInductor could not compile {source.label}: {one_line(exc)}") from exc
     fileio.write_bytes(path, buffer.getvalue())
     built = Package(
         path=path,
@@ -265,7 +259,7 @@ def _export_program(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
                 module, example, dynamic_shapes=(per_input,) if variadic else per_input
             )
     except Exception as exc:
-        raise PackageError(f"torch.export failed (dynamic batch): {_one_line(exc)}") from exc
+        raise PackageError(f"torch.export failed (dynamic batch): {one_line(exc)}") from exc
     return program
 
 
@@ -282,23 +276,9 @@ def _check_options(source: ModelSource, device: str, precision: str) -> None:
 
 def _weights_identity(source: ModelSource) -> dict[str, Any]:
     """A user's model: its factory, shapes and weights (edited weights must never reuse a package)."""
-    from ccnbench.source import weights_digest
-
     return {**source.to_dict(), "weights": weights_digest(source.module())}
 
 
 def _file_stem(label: str) -> str:
     """``user:/path/to/nets.py:make`` or ``onnx:x.onnx`` -> ``nets-make``: no directories in a file name."""
     return Path(label.split(":", 1)[-1].replace(":", "-")).name.replace(".py", "")
-
-
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CcnbenchError(f"cannot create output directory {path}: {exc.strerror}") from exc
-    return path
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]

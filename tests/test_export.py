@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from ccnbench import export as export_module
 from ccnbench.cli import app
 from ccnbench.errors import CcnbenchError, UsageError
-from ccnbench.export import ExportError, expected_conv_count, export, load_artifact, validate
+from ccnbench.export import export
 from ccnbench.models import VARIANTS, build, spec_from_preset
+from ccnbench.onnx_artifact import ExportError, expected_conv_count, load_artifact, validate
 
 runner = CliRunner()
 

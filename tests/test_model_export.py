@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ccnbench.cli import app
-from ccnbench.export import load_artifact
+from ccnbench.onnx_artifact import load_artifact
 from ccnbench.source import ModelSource
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ccnbench.source
+import ccnbench.source.factory
 from ccnbench import pt2
 from ccnbench.backends import BuildOptions, Target, backend_of
 from ccnbench.cli import app
@@ -54,7 +54,7 @@ def test_a_user_models_name_follows_its_weights(monkeypatch):
     monkeypatch.setattr(
         torch, "manual_seed", lambda seed: torch.random.default_generator.manual_seed(seed + 1)
     )
-    monkeypatch.setattr(ccnbench.source, "_modules", {})  # a new process: the factory runs again
+    monkeypatch.setattr(ccnbench.source.factory, "_modules", {})  # a new process: the factory runs again
     edited = ModelSource.from_factory(f"{fixtures}:two_view", (1, 10, 10, 10), num_inputs=2)
     assert pt2.package_name(edited, "cpu", "fp32") != name  # new weights never reuse an old package
 

@@ -1,5 +1,6 @@
 """Statistics from raw samples, and the protocol's iteration and time rules (no speed thresholds)."""
 
+import gc
 import time
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from ccnbench.backends.base import Runner, Target
-from ccnbench.timing import Block, DeviceTime, LatencyStats, Protocol, measure, timer_overhead_ns
+from ccnbench.latency import Block, LatencyStats
+from ccnbench.timing import DeviceTime, Protocol, bound_call, measure, time_block, warm_up
 
 
 def test_statistics_on_synthetic_samples():
@@ -81,12 +83,61 @@ def test_caps_stop_a_slow_target():
         warmup_iterations=1, warmup_seconds=0, min_iterations=1000, min_seconds=0, max_seconds=0.05
     )
     stats = measure(runner, [torch.ones(1)], protocol).latency
-    assert 0 < stats.iterations < protocol.min_iterations  # max_seconds stopped it early
+    assert stats.iterations < protocol.min_iterations  # max_seconds stopped it early
+    assert runner.calls == 1 + stats.iterations  # every call but the warm-up is a sample
 
 
-def test_timer_overhead_is_measured():
-    overhead = timer_overhead_ns()
-    assert overhead > 0
+def test_the_garbage_collector_is_off_inside_the_loops_and_restored_after():
+    class Recording(CountingRunner):
+        def infer(self, inputs):
+            self.gc_on.append(gc.isenabled())
+            return super().infer(inputs)
+
+    runner = Recording()
+    runner.gc_on = []
+    assert gc.isenabled()
+    measure(
+        runner,
+        [torch.ones(1)],
+        Protocol(warmup_iterations=2, warmup_seconds=0, min_iterations=3, min_seconds=0),
+    )
+    assert runner.gc_on == [False] * 5 and gc.isenabled()
+
+
+def test_warm_up_runs_the_protocols_iterations_then_synchronises_a_cuda_runner(monkeypatch):
+    events = []
+
+    class Cuda(CountingRunner):
+        def infer(self, inputs):
+            events.append("call")
+            return super().infer(inputs)
+
+    runner = Cuda()
+    runner.target = Target("fake", "cuda")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    call = bound_call(runner, [torch.ones(1)])
+    assert warm_up(call, runner, Protocol(warmup_iterations=4, warmup_seconds=0)) == 4
+    assert events == ["call"] * 4 + ["sync"]  # waited for once, after the last call
+    events.clear()
+    assert (
+        warm_up(
+            bound_call(CountingRunner(), [torch.ones(1)]),
+            CountingRunner(),
+            Protocol(warmup_iterations=2, warmup_seconds=0),
+        )
+        == 2
+    )
+    assert events == []  # a CPU runner is never synchronised
+
+
+def test_a_cpu_block_discards_its_first_call_and_keeps_its_place():
+    runner = CountingRunner()
+    block = time_block(bound_call(runner, [torch.ones(1)]), runner, seconds=0, process=2, round_=5)
+    assert (block.process, block.round) == (2, 5)
+    assert len(block.samples_ms) == 2 and runner.calls == 3  # two kept, the first call run but not kept
+    slow = CountingRunner(sleep=0.002)
+    block = time_block(bound_call(slow, [torch.ones(1)]), slow, seconds=0.02)
+    assert sum(block.samples_ms) >= 20 and slow.calls == len(block.samples_ms) + 1
 
 
 class FakeEvent:

@@ -7,48 +7,22 @@ no Python model, no JIT compile in the process that runs it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
 from ccnbench import pt2
-from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.base import Backend, BuildOptions, Runner, Target
 from ccnbench.backends.compiled import compiler_unavailable_reason
-from ccnbench.backends.torch_eager import as_tuple, configure_cuda_numerics, warm_torch
-from ccnbench.errors import CcnbenchError
-from ccnbench.source import ModelSource
+from ccnbench.backends.torch_eager import (
+    TorchRunner,
+    prepared_with_first_calls,
+    warm_torch,
+)
+from ccnbench.torch_numerics import configure_cuda_numerics
 
-
-@dataclass
-class AotiRunner(Runner):
-    """A loaded package; on CUDA it runs on the runner's own stream (the package takes the
-    current stream when called)."""
-
-    model: Any = None
-    _stream: Any = None
-
-    @property
-    def stream(self) -> torch.cuda.Stream | None:
-        return self._stream
-
-    def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        if self.model is None:
-            raise CcnbenchError("runner is closed")
-        with torch.inference_mode():
-            if self._stream is None:
-                return as_tuple(self.model(*inputs))
-            self._stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._stream):
-                return as_tuple(self.model(*inputs))
-
-    def close(self) -> None:
-        self.model = None
-        if self._stream is not None:
-            self._stream = None
-            torch.cuda.empty_cache()
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 class AotiBackend(Backend):
@@ -82,28 +56,27 @@ class AotiBackend(Backend):
         # Building the package is the artifact's cost (recorded with it, once per model), like an
         # ONNX export; the runner's build cost is loading it and its first call.
         package = self.artifact(source, target, options)
-        with Stopwatch() as sw:
+
+        def load(stream: torch.cuda.Stream | None) -> TorchRunner:
+            # A loaded package is called like a module, and takes the current stream when called.
             model = torch._inductor.aoti_load_package(str(package.path))
-            stream = torch.cuda.Stream() if target.is_cuda else None
-            runner = AotiRunner(
-                target,
-                package.output_names,
-                details=details,
-                uses_torch_allocator=True,
-                model=model,
-                _stream=stream,
-            )
+            return TorchRunner(
+                target, package.output_names, details=details, uses_torch_allocator=True,
+                module=model, _stream=stream,
+            )  # fmt: skip
+
+        def first_call(runner: TorchRunner) -> None:
             runner.infer([x.to(target.device_kind) for x in source.make_inputs(min(options.batch_sizes))])
-            if stream is not None:
-                torch.cuda.synchronize()
-        runner.build_seconds = sw.seconds
-        runner.details.update(
+
+        return prepared_with_first_calls(
+            target,
+            load,
+            first_call,
             {
                 "package": package.path.name,
                 "package_bytes": package.size_bytes,
                 "package_build_seconds": round(package.build_seconds, 3),
                 "package_reused": package.reused,
                 "package_machine": package.machine,
-            }
+            },
         )
-        return runner

@@ -6,14 +6,22 @@ import shutil
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
-from ccnbench.backends.torch_eager import TorchRunner, cuda_unavailable_reason, module_for_target, warm_torch
-from ccnbench.source import ModelSource
+from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Target
+from ccnbench.backends.torch_eager import (
+    TorchRunner,
+    cuda_unavailable_reason,
+    module_for_target,
+    prepared_with_first_calls,
+    warm_torch,
+)
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 def compiler_unavailable_reason(device: str) -> str | None:
@@ -72,41 +80,41 @@ class CompileBackend(Backend):
             max(getattr(torch._dynamo.config, limit), 8, 2 * len(options.batch_sizes)),
         )
         skips_before = cudagraph_skips()
-        with Stopwatch() as sw:
+
+        def compile_module(stream: torch.cuda.Stream | None) -> TorchRunner:
             module, details = module_for_target(source, target, options.precision, options.memory_format)
             # Static: one specialised graph per batch size. Dynamic batch: one graph for all sizes
             # (batch 1 still gets its own, as dynamo specialises sizes 0 and 1), far less compile time.
             dynamic = None if options.dynamic_batch else False
             compiled = torch.compile(own_frame(module), mode=self.mode, dynamic=dynamic, fullgraph=True)
-            stream = torch.cuda.Stream() if target.is_cuda else None
-            runner = CompiledRunner(
-                target,
-                source.output_names,
-                details=details,
-                uses_torch_allocator=True,
-                module=compiled,
-                _stream=stream,
-                cudagraphs=self.mode == "reduce-overhead",
-            )
+            return CompiledRunner(
+                target, source.output_names, details=details, uses_torch_allocator=True,
+                module=compiled, _stream=stream, cudagraphs=self.mode == "reduce-overhead",
+            )  # fmt: skip
+
+        def compile_every_batch(runner: TorchRunner) -> None:
             # Compile now, for every batch size, so compilation is build cost and not warm-up.
             for batch in sorted(options.batch_sizes, reverse=True):
                 inputs = [x.to(target.device_kind) for x in source.make_inputs(batch)]
                 if options.dynamic_batch and batch > 1:
                     for x in inputs:
                         torch._dynamo.mark_dynamic(x, 0)
-                for _ in range(3 if runner.cudagraphs else 1):  # graphs are recorded on a later call
+                for _ in range(
+                    3 if self.mode == "reduce-overhead" else 1
+                ):  # graphs are recorded on a later call
                     runner.infer(inputs)
-            if stream is not None:
-                torch.cuda.synchronize()
-        runner.build_seconds = sw.seconds
-        runner.details.update(
+
+        runner = prepared_with_first_calls(
+            target,
+            compile_module,
+            compile_every_batch,
             {
                 "mode": self.mode or "default",
                 "dynamic_batch": options.dynamic_batch,
                 "compiled_batch_sizes": list(options.batch_sizes),
-            }
+            },
         )
-        if runner.cudagraphs:
+        if self.mode == "reduce-overhead":
             runner.details.update(graph_details(cudagraph_skips() - skips_before))
         return runner
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,11 @@ from torch import Tensor
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
-from ccnbench.errors import CcnbenchError
+from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.export import tiny_conv_onnx
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -346,7 +348,7 @@ def _create_session(
         except Exception as exc:
             if not cpu_fallback and _CPU_FALLBACK_ERROR in str(exc):
                 continue
-            raise CcnbenchError(f"onnxruntime could not load {path.name}: {_one_line(exc)}") from exc
+            raise CcnbenchError(f"onnxruntime could not load {path.name}: {one_line(exc)}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -381,7 +383,3 @@ def cpu_nodes_from_profile(events: Sequence[dict[str, Any]]) -> list[str]:
             name = str(event.get("name", "")).removesuffix("_kernel_time")
             found[f"{name} ({args.get('op_name', '?')})"] = None
     return list(found)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]

@@ -22,16 +22,18 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.deps import require
-from ccnbench.errors import CcnbenchError
+from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.export import tiny_conv_onnx
-from ccnbench.source import ModelSource
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 # ccnbench precision -> OpenVINO's element type name for INFERENCE_PRECISION_HINT.
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -156,7 +158,7 @@ class OpenVinoBackend(Backend):
                 )
             except Exception as exc:
                 raise CcnbenchError(
-                    f"OpenVINO could not compile {artifact.path.name}: {_one_line(exc)}"
+                    f"OpenVINO could not compile {artifact.path.name}: {one_line(exc)}"
                 ) from exc
             used = runtime_precision(compiled)
             if used != options.precision:
@@ -191,7 +193,3 @@ def _default_precision(core: Any) -> str:
     hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
     name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     return _FROM_HINT.get(name, name)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]

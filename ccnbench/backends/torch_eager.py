@@ -17,22 +17,25 @@ convolution goes to cuDNN as well; ``conv_backends`` records the choice for each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.errors import CcnbenchError
 from ccnbench.models.cast import CastIO
-from ccnbench.source import ModelSource
+from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TORCH_MEMORY_FORMATS = dict(
     zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last_3d), strict=True)
 )
+
+if TYPE_CHECKING:
+    from ccnbench.source import ModelSource
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -42,16 +45,6 @@ def cuda_unavailable_reason() -> str | None:
     if not torch.version.cuda:
         return f"no CUDA device: torch {torch.__version__} is a CPU build"
     return "no CUDA device visible to torch (driver missing or CUDA_VISIBLE_DEVICES empty)"
-
-
-def configure_cuda_numerics(precision: str) -> dict[str, Any]:
-    """fp32 means fp32: TF32 off (cuDNN enables it for convolutions by default). cuDNN autotuning
-    on, as ONNX Runtime (EXHAUSTIVE) and TensorRT autotune too; the warm-up absorbs the search."""
-    strict = precision == "fp32"
-    torch.backends.cudnn.allow_tf32 = not strict
-    torch.backends.cuda.matmul.allow_tf32 = not strict
-    torch.backends.cudnn.benchmark = True
-    return {"tf32": not strict, "cudnn_benchmark": True}
 
 
 def warm_torch(device_kind: str, threads: int) -> None:
@@ -137,7 +130,8 @@ class TorchRunner(Runner):
         return self._stream
 
     def infer(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        assert self.module is not None, "runner is closed"
+        if self.module is None:
+            raise CcnbenchError("runner is closed")
         with torch.inference_mode():
             if self._stream is None:
                 return as_tuple(self.module(*inputs))
@@ -151,6 +145,27 @@ class TorchRunner(Runner):
         if self._stream is not None:
             self._stream = None
             torch.cuda.empty_cache()
+
+
+def prepared_with_first_calls(
+    target: Target,
+    build: Callable[[torch.cuda.Stream | None], TorchRunner],
+    first_calls: Callable[[TorchRunner], None],
+    details: dict[str, Any],
+) -> TorchRunner:
+    """The end of ``prepare`` for targets whose first calls do real work (compiling, loading a
+    package): ``build`` makes the runner on its own stream (CUDA) and ``first_calls`` runs it, both
+    inside the build timer and waited for on the device, so none of it is charged to warm-up.
+    ``details`` are added to the runner's."""
+    with Stopwatch() as sw:
+        stream = torch.cuda.Stream() if target.is_cuda else None
+        runner = build(stream)
+        first_calls(runner)
+        if stream is not None:
+            torch.cuda.synchronize()
+    runner.build_seconds = sw.seconds
+    runner.details.update(details)
+    return runner
 
 
 class TorchBackend(Backend):
