@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from ccnbench.errors import CcnbenchError, UsageError
@@ -159,19 +158,9 @@ class OnnxFileSource(ModelSource):
             return self._reference_module().module_oracle(inputs)
         if self.saved is not None:
             return self.saved_reference().outputs
-        return self._self_reference(inputs)
-
-    def _self_reference(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """The file run by its self-reference target, the ORT backend on the CPU, in float64."""
-        # The one import of a backend from a source: only a file without a reference needs it.
-        from ccnbench.backends import BuildOptions, Target, backend_of
-
-        target = Target.parse(SELF_REFERENCE_TARGET)
-        own = self._own()
-        options = BuildOptions(precision=own.precision, io=own.io, threads=torch.get_num_threads())
-        with backend_of(target).prepare(self, target, options) as runner:
-            outputs = runner.infer([x.to(runner.input_dtype).contiguous() for x in inputs])
-            return tuple(y.double() for y in outputs)
+        # Sources sit below the backends, so the file run by its self-reference target is the
+        # oracle's job (ccnbench.oracle), not this class's.
+        raise CcnbenchError(f"{self.label} has no reference: its oracle is {SELF_REFERENCE_TARGET} itself")
 
     def flops_per_sample(self) -> int | None:
         return self._reference_module().module_flops() if self.model else None
