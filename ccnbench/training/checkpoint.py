@@ -116,7 +116,10 @@ def unmerge_file(merged_state: dict[str, Tensor], spec: ModelSpec) -> dict[str, 
     if not EQUIVALENCE[spec.variant].invertible:
         raise CcnbenchError(f"{spec.label}: {EQUIVALENCE[spec.variant].why}, so it is not invertible")
     merged = merge(build_kept(spec))
-    merged.load_state_dict(merged_state)
+    try:
+        merged.load_state_dict(merged_state)
+    except RuntimeError as exc:
+        raise UsageError(f"the merged weights do not fit {spec.label}: {one_line(exc, 300)}") from exc
     return kept_state_dict(merged, spec)
 
 
