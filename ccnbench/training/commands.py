@@ -204,9 +204,9 @@ def checkpoint(
     if json_output:
         _print_json(report.to_dict())
     else:
-        console.print(f"{report.label}: merged vs kept (float64) max |Δ| {report.merged_max_abs:.1e}")
-        if report.roundtrip_max_abs is not None:
-            console.print(f"  merged weights -> kept state_dict -> outputs: max |Δ| {report.roundtrip_max_abs:.1e}")
+        console.print(f"{report.label}: merged vs kept (float64), relative max |Δ| {report.merged_difference:.1e}")
+        if report.roundtrip_difference is not None:
+            console.print(f"  merged weights -> kept state_dict -> outputs: relative max |Δ| {report.roundtrip_difference:.1e}")
         else:
             console.print("  the merge is not invertible (folded decision head): no way back to a kept state_dict")
         for f in report.files:
