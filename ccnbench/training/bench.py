@@ -92,7 +92,9 @@ class BenchConfig:
             raise UsageError("a training benchmark needs >= 1 process and >= 3 rounds")
 
     def specs(self) -> list[ModelSpec]:
-        return [spec_from_preset(self.preset, v, branches=self.branches, seed=self.seed) for v in self.variants]
+        return [
+            spec_from_preset(self.preset, v, branches=self.branches, seed=self.seed) for v in self.variants
+        ]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -164,7 +166,9 @@ def run_contest(spec: ModelSpec, target: Target, batch: int, config: BenchConfig
             rng.shuffle(order)
             for i in order:
                 settle(config.settle_seconds)
-                blocks[i].append(time_block(runners[i].call, runners[i], config.block_seconds, process, round_))
+                blocks[i].append(
+                    time_block(runners[i].call, runners[i], config.block_seconds, process, round_)
+                )
             medians = [[b.median for b in bs] for bs in blocks]
             if round_ + 1 >= config.min_rounds and (
                 time.perf_counter() - start >= config.contest_seconds
@@ -174,7 +178,10 @@ def run_contest(spec: ModelSpec, target: Target, batch: int, config: BenchConfig
             gc.collect()
     finally:
         gc.enable()
-    return {"build_seconds": build_s, "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)}}
+    return {
+        "build_seconds": build_s,
+        "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},
+    }
 
 
 def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:

@@ -141,7 +141,9 @@ def _outputs(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...
 
 def _max_diff(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> float:
     """max |a - b| over max(1, max |b|), the largest over the outputs."""
-    return max(float((x.double() - y.double()).abs().max()) / max(1.0, float(y.abs().max())) for x, y in zip(a, b))
+    return max(
+        float((x.double() - y.double()).abs().max()) / max(1.0, float(y.abs().max())) for x, y in zip(a, b)
+    )
 
 
 def _export_and_check(fmt: str, merged: nn.Module, spec: ModelSpec, out: Path, stem: str,

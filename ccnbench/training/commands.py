@@ -19,7 +19,9 @@ from ccnbench.errors import UsageError
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="Size preset: tiny, small, medium.")]
-Branches = Annotated[int | None, typer.Option("--branches", "-n", help="Number of branches N (default: the preset's).")]
+Branches = Annotated[
+    int | None, typer.Option("--branches", "-n", help="Number of branches N (default: the preset's).")
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 InputMode = Annotated[str, typer.Option("--input-mode", help="separate (one input per branch) or shared.")]
 VariantList = Annotated[str, typer.Option("--variant", "-v", help="A variant, a comma list, or all.")]
@@ -48,9 +50,17 @@ def shapes(
     preset: Preset = "small",
     branches: Branches = None,
     input_mode: InputMode = "separate",
-    volume: Annotated[str | None, typer.Option("--volume", help="Override the preset's volume: 20 or 20x24x24.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Your nn.Module factory: package.module:function or file.py:function.")] = None,
-    input_shape: Annotated[str | None, typer.Option("--input-shape", help="With --model: one input's shape without batch, e.g. 1x24x24x24.")] = None,
+    volume: Annotated[
+        str | None, typer.Option("--volume", help="Override the preset's volume: 20 or 20x24x24.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Your nn.Module factory: package.module:function or file.py:function."),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="With --model: one input's shape without batch, e.g. 1x24x24x24."),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Trace each layer's output shape, the size each classifier receives, parameters and FLOPs."""
@@ -60,7 +70,9 @@ def shapes(
         traces = [_trace_user_model(model, input_shape, branches)]
     else:
         if input_shape is not None:
-            raise UsageError("--input-shape goes with --model; the variants take their volume from --preset/--volume")
+            raise UsageError(
+                "--input-shape goes with --model; the variants take their volume from --preset/--volume"
+            )
         size = trace.parse_volume(volume)
         traces = [trace.trace_variant(preset, v, branches, size, input_mode) for v in _variants(variant)]
     if json_output:
@@ -107,7 +119,12 @@ def train_check(
     input_mode: InputMode = "separate",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size of the step.")] = 4,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "sgd",
-    form: Annotated[str, typer.Option("--form", help="training (the training-equivalent form) or deployment (the exported merge).")] = "training",
+    form: Annotated[
+        str,
+        typer.Option(
+            "--form", help="training (the training-equivalent form) or deployment (the exported merge)."
+        ),
+    ] = "training",
     json_output: JsonFlag = False,
 ) -> None:
     """One float64 optimisation step, kept vs merged: the largest parameter/statistic difference, unmerged."""
@@ -138,12 +155,21 @@ def train_bench(
     preset: Preset = "small",
     branches: Branches = None,
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma list.")] = "8,32",
-    target: Annotated[str, typer.Option("--target", "-t", help="Comma list of torch:cpu, compile:cpu, torch:cuda, compile:cuda.")] = "torch:cpu,compile:cpu",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", "-t", help="Comma list of torch:cpu, compile:cpu, torch:cuda, compile:cuda."
+        ),
+    ] = "torch:cpu,compile:cpu",
     processes: Annotated[int, typer.Option("--processes", help="Fresh processes (intervals need >= 2).")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", help="Least rounds per contest and process.")] = 5,
-    contest_seconds: Annotated[float, typer.Option("--contest-seconds", help="Timing budget per contest and process.")] = 2.0,
+    contest_seconds: Annotated[
+        float, typer.Option("--contest-seconds", help="Timing budget per contest and process.")
+    ] = 2.0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "sgd",
-    threads: Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
@@ -175,15 +201,23 @@ def train_bench(
 
 
 def checkpoint(
-    weights: Annotated[Path, typer.Argument(help="A kept-layout state_dict (torch.save(model.state_dict())).")],
+    weights: Annotated[
+        Path, typer.Argument(help="A kept-layout state_dict (torch.save(model.state_dict())).")
+    ],
     variant: OneVariant = "feature",
     preset: Preset = "small",
     branches: Branches = None,
     input_mode: InputMode = "separate",
     seed: Seed = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the exported files go.")] = Path("artifacts"),
-    file_format: Annotated[str, typer.Option("--format", help="onnx, pt2, a comma list, or none.")] = "onnx,pt2",
-    save_merged: Annotated[Path | None, typer.Option("--save-merged", help="Also write the merged state_dict here.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the exported files go.")] = Path(
+        "artifacts"
+    ),
+    file_format: Annotated[
+        str, typer.Option("--format", help="onnx, pt2, a comma list, or none.")
+    ] = "onnx,pt2",
+    save_merged: Annotated[
+        Path | None, typer.Option("--save-merged", help="Also write the merged state_dict here.")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Load a trained kept checkpoint, merge it, export the merged module and check it against the kept one."""
@@ -204,14 +238,22 @@ def checkpoint(
     if json_output:
         _print_json(report.to_dict())
     else:
-        console.print(f"{report.label}: merged vs kept (float64), relative max |Δ| {report.merged_difference:.1e}")
+        console.print(
+            f"{report.label}: merged vs kept (float64), relative max |Δ| {report.merged_difference:.1e}"
+        )
         if report.roundtrip_difference is not None:
-            console.print(f"  merged weights -> kept state_dict -> outputs: relative max |Δ| {report.roundtrip_difference:.1e}")
+            console.print(
+                f"  merged weights -> kept state_dict -> outputs: relative max |Δ| {report.roundtrip_difference:.1e}"
+            )
         else:
-            console.print("  the merge is not invertible (folded decision head): no way back to a kept state_dict")
+            console.print(
+                "  the merge is not invertible (folded decision head): no way back to a kept state_dict"
+            )
         for f in report.files:
             verdict = "pass" if f.agreement.passed else "FAIL"
-            console.print(f"  {f.format} {f.path}: {verdict}, max |Δ| {f.agreement.max_abs:.1e} vs float64 kept")
+            console.print(
+                f"  {f.format} {f.path}: {verdict}, max |Δ| {f.agreement.max_abs:.1e} vs float64 kept"
+            )
     if not report.passed:
         raise typer.Exit(1)
 

@@ -100,7 +100,9 @@ class BranchBatchNorm3d(nn.BatchNorm3d):
         # fused batch_norm call gives every branch its own statistics.
         folded = x.reshape(x.shape[0] // n, n * c, *x.shape[2:])
         mean, var = self.running_mean.repeat(n), self.running_var.repeat(n)
-        y = F.batch_norm(folded, mean, var, self.weight.repeat(n), self.bias.repeat(n), True, self.momentum, self.eps)
+        y = F.batch_norm(
+            folded, mean, var, self.weight.repeat(n), self.bias.repeat(n), True, self.momentum, self.eps
+        )
         with torch.no_grad():
             self.running_mean.copy_(self._sequential_update(self.running_mean, mean.view(n, c)))
             self.running_var.copy_(self._sequential_update(self.running_var, var.view(n, c)))
@@ -206,11 +208,8 @@ def _split_extractor(extractors: list[nn.Module], merged: nn.Sequential) -> None
     for depth, block in enumerate(merged):
         parts = [e[depth] for e in extractors]
         for name, tensor in block.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                chunks = [tensor] * n
-            else:
-                chunks = list(tensor.chunk(n, dim=0))
+            # A count is each branch's count; every other tensor is the branches' stacked on axis 0.
+            counter = name.endswith("num_batches_tracked")
+            chunks = [tensor] * n if counter else list(tensor.chunk(n, dim=0))
             for part, chunk in zip(parts, chunks):
                 part.state_dict()[name].copy_(chunk)
-
-

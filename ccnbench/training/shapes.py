@@ -160,11 +160,15 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], num_inputs: in
     except Exception as exc:
         where = f"at {current[-1]} ({type(module.get_submodule(current[-1])).__name__})" if current else ""
         shape = "x".join(map(str, input_shape))
-        raise UsageError(f"input shape {shape} does not fit the module {where}: {one_line(exc, 300)}") from exc
+        raise UsageError(
+            f"input shape {shape} does not fit the module {where}: {one_line(exc, 300)}"
+        ) from exc
     finally:
         for handle in handles:
             handle.remove()
-    return ShapeTrace(label, (num_inputs, *input_shape), tuple(seen.values()), heads, count_parameters(module))
+    return ShapeTrace(
+        label, (num_inputs, *input_shape), tuple(seen.values()), heads, count_parameters(module)
+    )
 
 
 def _pre_hook(name: str, heads: dict[str, int], current: list[str]) -> Any:

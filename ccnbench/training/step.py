@@ -40,7 +40,8 @@ def make_batch(spec: ModelSpec, batch: int, seed: int = 0, dtype: torch.dtype = 
                device: str | torch.device = "cpu") -> Batch:  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     inputs = tuple(
-        torch.randn(batch, *spec.input_shape, generator=generator, dtype=dtype) for _ in range(spec.num_inputs)
+        torch.randn(batch, *spec.input_shape, generator=generator, dtype=dtype)
+        for _ in range(spec.num_inputs)
     )
     labels = torch.randint(0, spec.classes, (batch,), generator=generator)
     values = torch.randn(batch, 1, generator=generator, dtype=dtype)
@@ -68,7 +69,9 @@ def member_logits(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
     if isinstance(target, DecisionFusion):
         per_branch = inputs * target.spec.branches if target.spec.input_mode == "shared" else inputs
         return torch.stack([m(x) for m, x in zip(target.members, per_branch)], dim=1)
-    raise UsageError("a loss per member needs decision fusion's kept or unfolded form (the folded head has none)")
+    raise UsageError(
+        "a loss per member needs decision fusion's kept or unfolded form (the folded head has none)"
+    )
 
 
 def make_optimizer(name: str, params: object, lr: float = 0.05) -> torch.optim.Optimizer:
@@ -161,4 +164,3 @@ def check_step(spec: ModelSpec, batch_size: int = 4, optimizer: str = "sgd", los
         spec.label, EQUIVALENCE[spec.variant].training_form if form_name == "training" else "deployment merge", optimizer, loss_mode,
         abs(float(kept_loss - form_loss)), worst, worst_name, worst_ratio, counters_agree and worst_ratio <= 1.0,
     )  # fmt: skip
-

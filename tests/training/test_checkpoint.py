@@ -34,7 +34,9 @@ def _trained(variant, path, steps=3):
 @pytest.mark.parametrize("variant", ["feature", "multitask", "model"])
 def test_trained_checkpoint_merges_exports_and_converts_back(app, tmp_path, variant):
     trained = _trained(variant, tmp_path / "ckpt.pt")
-    assert not torch.equal(trained.state_dict()["classifier.weight"], build_kept(trained.spec).state_dict()["classifier.weight"])
+    assert not torch.equal(
+        trained.state_dict()["classifier.weight"], build_kept(trained.spec).state_dict()["classifier.weight"]
+    )
     runner = CliRunner()
     args = ["checkpoint", str(tmp_path / "ckpt.pt"), "-v", variant, "-p", "tiny", "-o", str(tmp_path),
             "--format", "onnx", "--save-merged", str(tmp_path / "merged.pt"), "--json"]  # fmt: skip

@@ -52,7 +52,9 @@ def test_cli_prints_the_trace_of_every_variant_as_json(app):
 
 
 def test_volume_override_changes_the_classifier_size(app):
-    result = CliRunner().invoke(app, ["shapes", "-v", "model", "-p", "tiny", "--volume", "10x12x14", "--json"])
+    result = CliRunner().invoke(
+        app, ["shapes", "-v", "model", "-p", "tiny", "--volume", "10x12x14", "--json"]
+    )
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert row["classifier_in"] == {"classifier": 3 * 4 * 4 * 6 * 8}
