@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -122,48 +123,69 @@ def _available(target: Target) -> str | None:
     return None
 
 
-def _build_member(member: Member, spec: ModelSpec, target: Target, batch_size: int, seed: int,
-                  optimizer: str) -> _StepRunner:  # fmt: skip
-    """The member's module in train mode on the target's device, its optimizer and a fixed batch."""
+def _build_member(
+    member: Member, spec: ModelSpec, target: Target, config: BenchConfig
+) -> dict[int, _StepRunner]:
+    """The member's module in train mode on the target's device and its optimizer, with one fixed
+    batch per batch size: a runner per batch size, all stepping the same module."""
     kept = build_kept(spec).train()
     module = {"kept": lambda m: m, "deployment": merge, "training": training_form}[member.form](kept)
     module = module.to(target.device_kind).train()
     # A small learning rate: hundreds of steps on one batch must not diverge into NaN arithmetic.
-    opt = make_optimizer(optimizer, module.parameters(), lr=1e-3)
+    opt = make_optimizer(config.optimizer, module.parameters(), lr=1e-3)
     model = torch.compile(module) if target.backend == "compile" else module
-    batch = make_batch(spec, batch_size, seed, device=target.device_kind)
+    runners = {}
+    for size in config.batches:
+        batch = make_batch(spec, size, config.seed, device=target.device_kind)
+        if target.backend == "compile" and len(config.batches) > 1:
+            for x in batch.inputs:  # one graph for every batch size: compiled once, not per size
+                torch._dynamo.mark_dynamic(x, 0)
+        runners[size] = _StepRunner(
+            target, ("loss",), call=partial(step, model, batch, opt, member.loss_mode)
+        )
+    return runners
 
-    def call() -> object:
-        return step(model, batch, opt, member.loss_mode)
 
-    return _StepRunner(target, ("loss",), call=call)
-
-
-def run_contest(spec: ModelSpec, target: Target, batch: int, config: BenchConfig,
-                process: int) -> dict[str, Any]:  # fmt: skip
-    """One process's contest of every member of ``spec`` at ``batch`` on ``target``: blocks or a reason."""
+def run_contest(
+    spec: ModelSpec, target: Target, config: BenchConfig, process: int
+) -> dict[int, dict[str, Any]]:
+    """One process's contest of every member of ``spec`` on ``target``: per batch size, blocks or a reason."""
     reason = _available(target)
     if reason:
-        return {"unavailable": reason}
+        return {batch: {"unavailable": reason} for batch in config.batches}
     members = members_of(spec.variant)
     protocol = TimingProtocol(warmup_iterations=3, warmup_seconds=0.2, settle_seconds=config.settle_seconds)
     runners, build_s = [], {}
     for member in members:
         start = time.perf_counter()
-        runner = _build_member(member, spec, target, batch, config.seed, config.optimizer)
-        warm_up(runner.call, runner, protocol)  # the first calls compile (compile targets)
+        by_batch = _build_member(member, spec, target, config)
+        for runner in by_batch.values():
+            warm_up(runner.call, runner, protocol)  # the first calls compile (compile targets)
         build_s[member.name] = round(time.perf_counter() - start, 3)
-        runners.append(runner)
+        runners.append(by_batch)
     index = {m.name: i for i, m in enumerate(members)}
     pairs = [(i, index[m.partner]) for i, m in enumerate(members) if m.partner]
-    blocks: list[list[Block]] = [[] for _ in members]
-    order = list(range(len(members)))
-    rng = random.Random(process * 100_003 + batch)
+    records = {}
+    for batch in config.batches:
+        blocks = _rounds([r[batch] for r in runners], pairs, batch, config, process)
+        records[batch] = {
+            "build_seconds": build_s,
+            "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},
+        }
+    return records
+
+
+def _rounds(runners: list[_StepRunner], pairs: list[tuple[int, int]], batch: int, config: BenchConfig,
+            process: int) -> list[list[Block]]:  # fmt: skip
+    """Interleaved rounds, one block per member, until the ratios converge or the time is spent."""
+    blocks: list[list[Block]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    rng = random.Random(process * 100_003 + batch)  # seeded: a rerun shuffles the same way
     gc.disable()  # a collection inside a block is the harness's pause, not the step's
     start = time.perf_counter()
     try:
         for round_ in range(10_000):
-            rng.shuffle(order)
+            rng.shuffle(order)  # no member always follows the same one
             for i in order:
                 settle(config.settle_seconds)
                 blocks[i].append(
@@ -175,13 +197,10 @@ def run_contest(spec: ModelSpec, target: Target, batch: int, config: BenchConfig
                 or converged(medians, pairs, config.target_width)
             ):
                 break
-            gc.collect()
+            gc.collect()  # between rounds, outside every block
     finally:
         gc.enable()
-    return {
-        "build_seconds": build_s,
-        "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},
-    }
+    return blocks
 
 
 def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
@@ -191,14 +210,17 @@ def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
     records = []
     for spec in config.specs():
         for text in config.targets:
-            for batch in config.batches:
-                key = {"label": spec.label, "variant": spec.variant, "target": text, "batch": batch}
-                try:
-                    records.append({**key, **run_contest(spec, Target.parse(text), batch, config, process)})
-                except Exception as exc:  # one failing member must not lose the others' figures
-                    records.append({**key, "failed": one_line(exc)})
-                if text.startswith("compile"):
-                    torch._dynamo.reset()  # one contest's compiled graphs must not pile up in the next
+            keys = {
+                b: {"label": spec.label, "variant": spec.variant, "target": text, "batch": b}
+                for b in config.batches
+            }
+            try:
+                contest = run_contest(spec, Target.parse(text), config, process)
+                records.extend({**keys[b], **contest[b]} for b in config.batches)
+            except Exception as exc:  # one failing contest must not lose the others' figures
+                records.extend({**keys[b], "failed": one_line(exc)} for b in config.batches)
+            if text.startswith("compile"):
+                torch._dynamo.reset()  # one contest's compiled graphs must not pile up in the next
     return records
 
 

@@ -31,7 +31,7 @@ def test_every_merged_member_is_paired_with_a_kept_member_of_the_same_loss():
 
 def test_one_contest_times_every_member_in_interleaved_rounds():
     spec = spec_from_preset("tiny", "decision", branches=2)
-    record = run_contest(spec, Target.parse("torch:cpu"), 2, TINY, process=0)
+    record = run_contest(spec, Target.parse("torch:cpu"), TINY, process=0)[2]
     assert set(record["blocks"]) == {m.name for m in members_of("decision")}
     rounds = {name: [b["round"] for b in blocks] for name, blocks in record["blocks"].items()}
     assert all(r == [0, 1, 2] for r in rounds.values())
