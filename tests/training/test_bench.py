@@ -69,7 +69,7 @@ def test_cli_runs_fresh_processes_and_reports_ratios():
             "--processes", "2", "--rounds", "3", "--contest-seconds", "0", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output[result.output.index("[") :])
+    rows = json.loads(result.stdout)  # progress lines go to stderr
     merged = [r for r in rows if r["member"] == "merged"]
     assert {r["target"] for r in merged} == {"torch:cpu", "compile:cpu"}
     assert all(r["ratio"]["processes"] == 2 for r in merged)
