@@ -1,13 +1,18 @@
 """Training-equivalent merged forms: one float64 step agrees with the kept model's, unmerged."""
 
 import copy
+import json
 
 import pytest
 import torch
+import typer
 from torch import nn
+from typer.testing import CliRunner
 
+from ccnbench.cli import _OneLineErrors
 from ccnbench.errors import CcnbenchError
 from ccnbench.models import build_kept, merge, spec_from_preset
+from ccnbench.training.commands import register
 from ccnbench.training.equivalent import EQUIVALENCE, BranchBatchNorm3d, kept_state_dict, training_form
 from ccnbench.training.step import check_step, dropout_off, make_batch, member_logits
 
@@ -94,3 +99,15 @@ def test_unfolded_decision_gives_each_members_logits():
     batch = make_batch(spec, 2, dtype=torch.float64)
     torch.testing.assert_close(member_logits(form, batch.inputs), member_logits(kept, batch.inputs))
     torch.testing.assert_close(form(*batch.inputs), kept(*batch.inputs))
+
+
+def test_train_check_cli_reports_both_forms():
+    app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_enable=False)
+    register(app)
+    base = ["train-check", "-v", "feature", "-p", "tiny", "-n", "2", "-b", "2", "--json"]
+    trained = CliRunner().invoke(app, base)
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.stdout)[0]["agrees"] is True
+    exported = CliRunner().invoke(app, [*base, "--form", "deployment"])
+    assert exported.exit_code == 0, exported.output  # a known difference is reported, not an error
+    assert json.loads(exported.stdout)[0]["agrees"] is False
