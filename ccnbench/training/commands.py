@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,7 +182,13 @@ def train_bench(
         targets=tuple(t.strip() for t in target.split(",")), processes=processes, min_rounds=rounds,
         contest_seconds=contest_seconds, optimizer=optimizer, branches=branches, threads=threads,
     )  # fmt: skip
-    results = run(config, on_process=lambda p: print(f"process {p + 1}/{processes}", file=sys.stderr))
+    start = time.perf_counter()
+
+    def progress(p: int) -> None:
+        print(f"process {p + 1}/{processes} ({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
+
+    results = run(config, on_process=progress)
+    print(f"training benchmark: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if json_output:
         _print_json([r.to_dict() for r in results])
         return
