@@ -39,7 +39,7 @@ from ccnbench.models.spec import ModelSpec, spec_from_preset
 from ccnbench.timing import Block, LatencyStats, time_block, warm_up
 from ccnbench.timing import Protocol as TimingProtocol
 from ccnbench.training.equivalent import training_form
-from ccnbench.training.step import make_batch, make_optimizer, step
+from ccnbench.training.step import OPTIMIZERS, make_batch, make_optimizer, step
 
 TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
 DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
@@ -89,6 +89,8 @@ class BenchConfig:
         for target in self.targets:
             if target not in TARGETS:
                 raise UsageError(f"training target {target!r}: choose from {', '.join(TARGETS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
         if self.processes < 1 or self.min_rounds < 3:
             raise UsageError("a training benchmark needs >= 1 process and >= 3 rounds")
 

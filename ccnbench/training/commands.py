@@ -26,7 +26,9 @@ Branches = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 InputMode = Annotated[str, typer.Option("--input-mode", help="separate (one input per branch) or shared.")]
 VariantList = Annotated[str, typer.Option("--variant", "-v", help="A variant, a comma list, or all.")]
-OneVariant = Annotated[str, typer.Option("--variant", "-v", help="The variant the weights belong to.")]
+OneVariant = Annotated[
+    str, typer.Option("--variant", "-v", help="The variant the weights belong to (required).")
+]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the weights and inputs.")]
 
 
@@ -191,12 +193,16 @@ def train_bench(
     print(f"training benchmark: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if json_output:
         _print_json([r.to_dict() for r in results])
-        return
-    table = Table(title=f"training step, preset {preset!r}, {processes} processes")
-    for col in ("variant", "target", "batch", "form", "median ms [95 %]", "vs kept [95 %]", "verdict"):
-        table.add_column(col, no_wrap=True)
+    else:
+        _print_bench(results, f"training step, preset {preset!r}, {processes} processes")
+
+
+def _print_bench(results: Any, title: str) -> None:
     from ccnbench import stats
 
+    table = Table(title=title)
+    for col in ("variant", "target", "batch", "form", "median ms [95 %]", "vs kept [95 %]", "verdict"):
+        table.add_column(col, no_wrap=True)
     for r in results:
         median = r.median_interval()
         table.add_row(
@@ -211,7 +217,7 @@ def checkpoint(
     weights: Annotated[
         Path, typer.Argument(help="A kept-layout state_dict (torch.save(model.state_dict())).")
     ],
-    variant: OneVariant = "feature",
+    variant: OneVariant,
     preset: Preset = "small",
     branches: Branches = None,
     input_mode: InputMode = "separate",
@@ -268,7 +274,7 @@ def checkpoint(
 def unmerge(
     merged_weights: Annotated[Path, typer.Argument(help="A merged state_dict (checkpoint --save-merged).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the kept state_dict is written.")],
-    variant: OneVariant = "feature",
+    variant: OneVariant,
     preset: Preset = "small",
     branches: Branches = None,
     input_mode: InputMode = "separate",
