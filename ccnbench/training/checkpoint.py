@@ -10,6 +10,7 @@ module's outputs are compared with the original's too.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,12 @@ def _package_and_run(merged: nn.Module, path: Path, inputs: tuple[Tensor, ...]) 
     until it takes a module, this is the same torch.export + aoti_compile_and_package path."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # A deprecation inside torch.export's pytree code, nothing the user can act on.
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
             program = torch.export.export(merged, inputs, dynamic_shapes=(tuple({0: batch} for _ in inputs),))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     except Exception as exc:
         raise CcnbenchError(f"AOTInductor could not package {path.name}: {one_line(exc)}") from exc
     loaded = torch._inductor.aoti_load_package(str(path))
