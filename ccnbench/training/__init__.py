@@ -1,0 +1,1 @@
+"""Training the fusion designs: shape trace, training-equivalent merged forms, the training-step benchmark, trained checkpoints."""

@@ -1,0 +1,313 @@
+"""The training-step benchmark: one optimisation step of each form of a variant, kept vs merged.
+
+It follows the contest protocol (``ccnbench.contest``): in one process, every form of a variant
+on one target is built and warmed, then timed in interleaved rounds (one block each, a seeded
+order that changes every round, ``contest.settle`` before each block, no garbage collection
+inside blocks) until every ratio to its kept partner has a within-process interval inside the
+target width or the time is spent; the whole thing runs in several fresh processes
+(``python -m ccnbench.training.bench``), and the blocks are turned into paired ratios with
+between-process intervals by ``ccnbench.stats``.
+
+A member is one form with one loss: ``kept``, ``merged`` (the deployment merge, trained as it
+is), ``merged-train`` (the training-equivalent form where it differs from the deployment merge)
+and, for decision fusion, ``kept-members`` / ``unfolded-members`` (one loss per member). On
+``compile`` targets the module is ``torch.compile``'d (forward and backward); the loss and the
+optimizer step stay eager, as most training loops have them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from ccnbench import stats
+from ccnbench.backends.base import Runner, Target
+from ccnbench.contest import converged, settle
+from ccnbench.errors import CcnbenchError, UsageError, one_line
+from ccnbench.models import build_kept, merge
+from ccnbench.models.spec import ModelSpec, spec_from_preset
+from ccnbench.timing import Block, LatencyStats, time_block, warm_up
+from ccnbench.timing import Protocol as TimingProtocol
+from ccnbench.training.equivalent import training_form
+from ccnbench.training.step import OPTIMIZERS, make_batch, make_optimizer, step
+
+TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
+DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
+
+
+@dataclass(frozen=True)
+class Member:
+    """One form of a variant with one loss, and the kept member its ratio is taken against."""
+
+    name: str
+    form: str  # kept, deployment or training
+    loss_mode: str
+    partner: str | None
+
+
+def members_of(variant: str) -> tuple[Member, ...]:
+    kept = Member("kept", "kept", "fused", None)
+    merged = Member("merged", "deployment", "fused", "kept")
+    if variant in ("feature", "multitask"):
+        return (kept, merged, Member("merged-train", "training", "fused", "kept"))
+    if variant == "decision":
+        return (kept, merged, Member("kept-members", "kept", "members", None),
+                Member("unfolded-members", "training", "members", "kept-members"))  # fmt: skip
+    return (kept, merged)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time; the defaults are the issue's: small preset, batch 8 and 32, torch and compile on the CPU."""
+
+    preset: str = "small"
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    batches: tuple[int, ...] = (8, 32)
+    targets: tuple[str, ...] = ("torch:cpu", "compile:cpu")
+    processes: int = 3
+    min_rounds: int = 5
+    block_seconds: float = 0.05
+    contest_seconds: float = 2.0
+    target_width: float = 0.03
+    settle_seconds: float = 0.2
+    optimizer: str = "sgd"
+    branches: int | None = None
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for target in self.targets:
+            if target not in TARGETS:
+                raise UsageError(f"training target {target!r}: choose from {', '.join(TARGETS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+        if self.processes < 1 or self.min_rounds < 3:
+            raise UsageError("a training benchmark needs >= 1 process and >= 3 rounds")
+
+    def specs(self) -> list[ModelSpec]:
+        return [
+            spec_from_preset(self.preset, v, branches=self.branches, seed=self.seed) for v in self.variants
+        ]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchConfig:
+        data = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class _StepRunner(Runner):
+    """What the timing loops need of a member: a target (which clock) and a call."""
+
+    call: Callable[[], object] = field(default=lambda: None)
+
+    def infer(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        self.call()
+        return ()
+
+
+def _available(target: Target) -> str | None:
+    if target.is_cuda and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def _build_member(
+    member: Member, spec: ModelSpec, target: Target, config: BenchConfig
+) -> dict[int, _StepRunner]:
+    """The member's module in train mode on the target's device and its optimizer, with one fixed
+    batch per batch size: a runner per batch size, all stepping the same module."""
+    kept = build_kept(spec).train()
+    module = {"kept": lambda m: m, "deployment": merge, "training": training_form}[member.form](kept)
+    module = module.to(target.device_kind).train()
+    # A small learning rate: hundreds of steps on one batch must not diverge into NaN arithmetic.
+    opt = make_optimizer(config.optimizer, module.parameters(), lr=1e-3)
+    model = torch.compile(module) if target.backend == "compile" else module
+    runners = {}
+    for size in config.batches:
+        batch = make_batch(spec, size, config.seed, device=target.device_kind)
+        if target.backend == "compile" and len(config.batches) > 1:
+            for x in batch.inputs:  # one graph for every batch size: compiled once, not per size
+                torch._dynamo.mark_dynamic(x, 0)
+        runners[size] = _StepRunner(
+            target, ("loss",), call=partial(step, model, batch, opt, member.loss_mode)
+        )
+    return runners
+
+
+def run_contest(
+    spec: ModelSpec, target: Target, config: BenchConfig, process: int
+) -> dict[int, dict[str, Any]]:
+    """One process's contest of every member of ``spec`` on ``target``: per batch size, blocks or a reason."""
+    reason = _available(target)
+    if reason:
+        return {batch: {"unavailable": reason} for batch in config.batches}
+    members = members_of(spec.variant)
+    protocol = TimingProtocol(warmup_iterations=3, warmup_seconds=0.2, settle_seconds=config.settle_seconds)
+    runners, build_s = [], {}
+    for member in members:
+        start = time.perf_counter()
+        by_batch = _build_member(member, spec, target, config)
+        for runner in by_batch.values():
+            warm_up(runner.call, runner, protocol)  # the first calls compile (compile targets)
+        build_s[member.name] = round(time.perf_counter() - start, 3)
+        runners.append(by_batch)
+    index = {m.name: i for i, m in enumerate(members)}
+    pairs = [(i, index[m.partner]) for i, m in enumerate(members) if m.partner]
+    records = {}
+    for batch in config.batches:
+        blocks = _rounds([r[batch] for r in runners], pairs, batch, config, process)
+        records[batch] = {
+            "build_seconds": build_s,
+            "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},
+        }
+    return records
+
+
+def _rounds(runners: list[_StepRunner], pairs: list[tuple[int, int]], batch: int, config: BenchConfig,
+            process: int) -> list[list[Block]]:  # fmt: skip
+    """Interleaved rounds, one block per member, until the ratios converge or the time is spent."""
+    blocks: list[list[Block]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    rng = random.Random(process * 100_003 + batch)  # seeded: a rerun shuffles the same way
+    gc.disable()  # a collection inside a block is the harness's pause, not the step's
+    start = time.perf_counter()
+    try:
+        for round_ in range(10_000):
+            rng.shuffle(order)  # no member always follows the same one
+            for i in order:
+                settle(config.settle_seconds)
+                blocks[i].append(
+                    time_block(runners[i].call, runners[i], config.block_seconds, process, round_)
+                )
+            medians = [[b.median for b in bs] for bs in blocks]
+            if round_ + 1 >= config.min_rounds and (
+                time.perf_counter() - start >= config.contest_seconds
+                or converged(medians, pairs, config.target_width)
+            ):
+                break
+            gc.collect()  # between rounds, outside every block
+    finally:
+        gc.enable()
+    return blocks
+
+
+def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
+    """Every contest of ``config`` in this process: one record per (variant, target, batch)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    records = []
+    for spec in config.specs():
+        for text in config.targets:
+            keys = {
+                b: {"label": spec.label, "variant": spec.variant, "target": text, "batch": b}
+                for b in config.batches
+            }
+            try:
+                contest = run_contest(spec, Target.parse(text), config, process)
+                records.extend({**keys[b], **contest[b]} for b in config.batches)
+            except Exception as exc:  # one failing contest must not lose the others' figures
+                records.extend({**keys[b], "failed": one_line(exc)} for b in config.batches)
+            if text.startswith("compile"):
+                torch._dynamo.reset()  # one contest's compiled graphs must not pile up in the next
+    return records
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One member of one contest, across processes: its step latency and its ratio to the kept partner."""
+
+    label: str
+    target: str
+    batch: int
+    member: str
+    partner: str | None
+    latency: LatencyStats | None
+    ratio: stats.Interval | None  # member over partner, paired per (process, round)
+    build_seconds: tuple[float, ...] = ()
+    note: str = ""
+
+    def median_interval(self) -> stats.Interval | None:
+        return stats.median_interval(self.latency)
+
+    def to_dict(self) -> dict[str, Any]:
+        median = self.median_interval()
+        return {
+            "label": self.label,
+            "target": self.target,
+            "batch": self.batch,
+            "member": self.member,
+            "partner": self.partner,
+            "median_ms": median.to_dict() if median else None,
+            "ratio": self.ratio.to_dict() if self.ratio else None,
+            "verdict": stats.verdict(self.ratio) if self.partner else None,
+            "build_seconds": list(self.build_seconds),
+            "note": self.note,
+        }
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[MemberResult]:
+    """Records of every process (``run_process``) -> one result per member of each contest."""
+    contests: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for record in records:
+        contests.setdefault((record["label"], record["target"], record["batch"]), []).append(record)
+    results = []
+    for (label, target, batch), parts in contests.items():
+        variant = parts[0]["variant"]
+        problem = next((p.get("unavailable") or p.get("failed") for p in parts if "blocks" not in p), "")
+        latencies: dict[str, LatencyStats | None] = {}
+        for member in members_of(variant):
+            blocks = [Block(**{**b, "samples_ms": tuple(b["samples_ms"]), "host_ms": tuple(b["host_ms"])})
+                      for p in parts if "blocks" in p for b in p["blocks"][member.name]]  # fmt: skip
+            clock = "cuda_events" if Target.parse(target).is_cuda else "perf_counter"
+            latencies[member.name] = LatencyStats.from_blocks(blocks, batch, clock) if blocks else None
+        for member in members_of(variant):
+            partner = latencies.get(member.partner) if member.partner else None
+            ratio = stats.paired_ratio(latencies[member.name], partner) if member.partner else None
+            built = tuple(p["build_seconds"][member.name] for p in parts if "build_seconds" in p)
+            results.append(MemberResult(label, target, batch, member.name, member.partner,
+                                        latencies[member.name], ratio, built, problem))  # fmt: skip
+    return results
+
+
+def run(config: BenchConfig, on_process: Callable[[int], None] | None = None,
+        timeout_s: float = 1800.0) -> list[MemberResult]:  # fmt: skip
+    """The benchmark: ``config.processes`` fresh processes, each running every contest once."""
+    records: list[dict[str, Any]] = []
+    for process in range(config.processes):
+        if on_process:
+            on_process(process)
+        command = [sys.executable, "-m", "ccnbench.training.bench", config.to_json(), str(process)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise CcnbenchError(f"training benchmark process {process} ran past {timeout_s:.0f} s") from exc
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise CcnbenchError(f"training benchmark process {process} failed: {one_line(tail[0])}")
+        records.extend(json.loads(done.stdout.strip().splitlines()[-1]))
+    return summarize(records)
+
+
+def _main(argv: Sequence[str]) -> int:
+    """Worker entry point: ``python -m ccnbench.training.bench CONFIG_JSON PROCESS`` prints one JSON line."""
+    config, process = BenchConfig.from_json(argv[0]), int(argv[1])
+    print(json.dumps(run_process(config, process)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
