@@ -87,7 +87,8 @@ def shapes(
 
 def _trace_user_model(model: str, input_shape: str | None, branches: int | None) -> Any:
     from ccnbench.selection import input_shape as parse_shape
-    from ccnbench.source import FactorySource, _load_factory
+    from ccnbench.source import FactorySource
+    from ccnbench.source.factory_loading import load_factory
     from ccnbench.training.shapes import trace_module
 
     shape = parse_shape(input_shape)
@@ -96,7 +97,7 @@ def _trace_user_model(model: str, input_shape: str | None, branches: int | None)
     # Not FactorySource.module(): it runs the module first, and a shape that does not fit must be
     # reported by the trace, naming the layer, not as a raw PyTorch error.
     label = FactorySource(model, shape, branches or 1).label
-    return trace_module(_load_factory(model)(), shape, branches or 1, label)
+    return trace_module(load_factory(model)(), shape, branches or 1, label)
 
 
 def _print_trace(t: Any) -> None:
