@@ -545,7 +545,7 @@ def check(
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
     from ccnbench import check as checking
-    from ccnbench import selection, tables
+    from ccnbench import plan, selection, tables
     from ccnbench.agreement import TolerancePolicy
     from ccnbench.backends import parse_targets
 
@@ -556,7 +556,7 @@ def check(
     )  # fmt: skip
     precisions = selection.choices(precision, PRECISIONS, "precision")
     batches, overrides = selection.integers(batch, "batch sizes"), TolerancePolicy.parse_overrides(tol or [])
-    groups = checking.plan(sources, parse_targets(targets), precisions, batches, artifacts, opset=opset,
+    groups = plan.case_groups(sources, parse_targets(targets), precisions, batches, artifacts, opset=opset,
                            threads=threads, atol=atol, rtol=rtol, per_output=overrides, seed=seed)  # fmt: skip
     results = _run_checks(groups)
     code = checking.exit_code(results)
@@ -774,12 +774,12 @@ def recommend(
     json_output: JsonFlag = False,
 ) -> None:
     """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
-    from ccnbench import results
+    from ccnbench import shard
     from ccnbench.analysis import all_cases
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(results.load_runs(runs)), precisions, shippable=shippable)
+    recs = recommending(all_cases(shard.load_runs(runs)), precisions, shippable=shippable)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccnbench import environment, results, stats
+from ccnbench import environment, results, shard, stats
 from ccnbench.analysis import reference_target
 from ccnbench.environment import Environment
 from ccnbench.errors import UsageError
@@ -203,7 +203,7 @@ def load_side(path: Path | str) -> Side:
     """``load_rows`` plus the run's environment (None for a pytest-benchmark file)."""
     path = Path(path)
     if path.is_dir():  # a run directory, or the shards of one sweep: read as one run
-        runs = results.load_runs([path])
+        runs = shard.load_runs([path])
         if len(runs) != 1:
             raise UsageError(f"{path} holds {len(runs)} different runs; give one run (or the shards of one)")
         return Side("ccnbench", rows_from_run(runs[0]), runs[0].environment)

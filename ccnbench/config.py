@@ -12,16 +12,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ccnbench import selection
 from ccnbench.agreement import Tolerance
 from ccnbench.backends.base import MEMORY_FORMATS
 from ccnbench.errors import UsageError
+from ccnbench.shard import parse_shard
 from ccnbench.timing import DEFAULT, QUICK, Protocol
-
-if TYPE_CHECKING:
-    from ccnbench.execute import CaseGroup
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,9 +150,9 @@ class SweepConfig:
             return cls(
                 name=data.get("name", cls.name),
                 models=tuple({**defaults, **{k: v for k, v in m.items() if v is not None}} for m in models),
-                targets=tuple(_as_list(data.get("targets", list(cls.targets)))),
-                precisions=selection.choices(_as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
-                batches=selection.integers(_as_list(data.get("batches", list(cls.batches))), "batches"),
+                targets=tuple(as_list(data.get("targets", list(cls.targets)))),
+                precisions=selection.choices(as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
+                batches=selection.integers(as_list(data.get("batches", list(cls.batches))), "batches"),
                 protocol=_protocol(data.get("protocol") or {}, bool(data.get("quick", False)), source),
                 timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
                 transfers=data.get("transfers", False),
@@ -167,45 +165,12 @@ class SweepConfig:
                 seed=data.get("seed", 0),
                 isolation=data.get("isolation", "group"),
                 dynamic_batch=data.get("dynamic_batch", False),
-                memory_formats=selection.choices(_as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
+                memory_formats=selection.choices(as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
                 shard=parse_shard(data["shard"]) if "shard" in data else None,
             )  # fmt: skip
         except UsageError as exc:
             text = str(exc)
             raise UsageError(text if text.startswith(source) else f"{source}: {text}") from None
-
-    def expand_all(self) -> list[CaseGroup]:
-        """Every model selection × target × precision as a case group, whatever the shard."""
-        from ccnbench import check
-        from ccnbench.backends import parse_targets
-
-        targets = parse_targets(list(self.targets))
-        groups: list[CaseGroup] = []
-        for m in self.models:
-            chosen = {**MODEL_DEFAULTS, **m}
-            saved = (chosen["load_inputs"], chosen["load_outputs"]) if chosen["load_inputs"] else None
-            sources = selection.sources(
-                chosen["preset"], chosen["variants"], chosen["layouts"], chosen["branches"],
-                chosen["input_modes"], self.seed if chosen["seed"] is None else chosen["seed"],
-                chosen["model"], chosen["input_shape"], _as_list(chosen["onnx"]) if chosen["onnx"] else None, saved,
-            )  # fmt: skip
-            groups += check.plan(
-                sources, targets, self.precisions, self.batches, Path(self.artifacts), opset=self.opset,
-                threads=self.threads, atol=self.atol, rtol=self.rtol, per_output=dict(self.per_output),
-                seed=self.seed, protocol=self.protocol, transfers=self.transfers, dynamic_batch=self.dynamic_batch,
-                memory_formats=self.memory_formats,
-            )  # fmt: skip
-        seen: dict[tuple[str, ...], CaseGroup] = {}
-        for g in groups:
-            seen.setdefault(g.case_keys()[0].group, g)
-        return list(seen.values())
-
-    def expand(self) -> list[CaseGroup]:
-        """The case groups this configuration runs: all of them, or its shard's part."""
-        from ccnbench import shard
-
-        groups = self.expand_all()
-        return shard.select(groups, *self.shard) if self.shard else groups
 
 
 DEFAULTS = SweepConfig()
@@ -233,18 +198,6 @@ def read_sweep_file(name_or_path: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{path}: {exc}") from exc
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'2/4' -> (2, 4): the second of four parts."""
-    k, sep, n = str(text).partition("/")
-    try:
-        shard = (int(k), int(n)) if sep else None
-    except ValueError:
-        shard = None
-    if shard is None or not 1 <= shard[0] <= shard[1]:
-        raise UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
-    return shard
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -365,7 +318,8 @@ def _per_output(outputs: Mapping[str, Any], source: str) -> dict[str, Tolerance]
     return result
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A comma string, one integer or a sequence as a list (how sweep files and flags give lists)."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, int):

@@ -21,16 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ccnbench import contest, environment, results
-from ccnbench.config import (  # noqa: F401 - re-exported: the configuration used to live here
-    DEFAULT_TIMEOUT,
-    ISOLATIONS,
-    SWEEPS_DIR,
-    SweepConfig,
-    load_config,
-)
+from ccnbench import contest, environment, outcomes, plan, results
+from ccnbench.config import SweepConfig
 from ccnbench.errors import CcnbenchError, UsageError
-from ccnbench.execute import CaseGroup, unavailable_reason
+from ccnbench.plan import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult, RunResult
 
 # --- running ------------------------------------------------------------------------------------
@@ -64,7 +58,7 @@ def start(config: SweepConfig, run_dir: Path) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CcnbenchError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
-    groups = config.expand()  # fail on a bad config before anything is written
+    groups = plan.expand(config)  # fail on a bad config before anything is written
     if not groups and not config.shard:  # an empty shard (more parts than models) is a valid, empty part
         raise UsageError("the sweep expands to no cases")
     from ccnbench.backends.torch_eager import cuda_unavailable_reason
@@ -103,7 +97,7 @@ def execute(
     """
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
-    groups = config.expand()
+    groups = plan.expand(config)
     done = _done_keys(run, groups)
     pending = [g for g in groups if not set(g.case_keys()) <= done]
     events.on_total(sum(len(g.batches) for g in groups))
@@ -118,9 +112,8 @@ def execute(
         # An unavailable target needs no worker: say why and move on.
         reason = unavailable_reason(group)
         if reason:
-            for key in group.case_keys():
-                if key not in done:
-                    writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
+            for case in outcomes.unavailable(group, reason, [k for k in group.case_keys() if k not in done]):
+                writer.record(case)
         else:
             runnable.append(_without(group, done))
     contests, alone = contest.plan(runnable, run.tag)  # ids unique to this run
@@ -376,9 +369,8 @@ def _run_isolated(
         index = current if current is not None else 0
         status, message = _ending(outcome, code, timeout, log_path)
         group = remaining[index]
-        for key in group.case_keys():
-            if key not in seen:
-                writer.record(CaseResult(key, status, message, spec=_spec_dict(group)))
+        for case in outcomes.failed(group, message, [k for k in group.case_keys() if k not in seen], status=status):
+            writer.record(case)
         remaining = remaining[index + 1 :]
 
 
@@ -477,10 +469,6 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""
-
-
-def _spec_dict(group: CaseGroup) -> dict[str, Any] | None:
-    return group.source.spec.to_dict() if group.source.spec else None
 
 
 def _safe(text: str) -> str:

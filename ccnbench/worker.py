@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from ccnbench.execute import CaseGroup, run_group
+from ccnbench.contest import Contest, run_contest
+from ccnbench.execute import run_group
+from ccnbench.plan import CaseGroup
 
 
 def _emit(f: IO[str], event: dict[str, Any]) -> None:
@@ -36,8 +38,6 @@ def main(argv: list[str]) -> int:
     task, out = Path(argv[0]), Path(argv[1])
     data = json.loads(task.read_text())
     if isinstance(data, dict) and ("contest" in data or "contests" in data):
-        from ccnbench.contest import Contest, run_contest
-
         contests = data.get("contests") or [data["contest"]]
         with out.open("a") as f:
             for index, contest in enumerate(contests):

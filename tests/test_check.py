@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import check
+from ccnbench import check, plan
 from ccnbench.backends import Target, parse_targets
 from ccnbench.cli import app
 from ccnbench.models import VARIANTS, spec_from_preset
@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "user_models.py"
 
 
 def _run(sources, targets, artifacts, precisions=("fp32",), batches=(1, 3), **kw):
-    return check.run(check.plan(sources, targets, precisions, batches, artifacts, threads=2, **kw))
+    return check.run(plan.case_groups(sources, targets, precisions, batches, artifacts, threads=2, **kw))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

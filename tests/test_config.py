@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import config, sweep
+from ccnbench import config
 from ccnbench.agreement import Tolerance
 from ccnbench.cli import app
 from ccnbench.errors import UsageError
@@ -98,7 +98,3 @@ def test_every_bench_flag_is_honoured_or_refused_by_name(args, words):
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith("error: ") and words in result.output
     assert len(result.output.strip().splitlines()) == 1
-
-
-def test_sweep_module_still_exports_the_configuration():
-    assert sweep.SweepConfig is config.SweepConfig and sweep.load_config is config.load_config
