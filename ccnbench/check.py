@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from ccnbench import config, plan
 from ccnbench.execute import run_group
 from ccnbench.plan import CaseGroup
 from ccnbench.results import CaseResult
@@ -38,3 +40,17 @@ def unchecked_note(results: Sequence[CaseResult]) -> str | None:
         "itself; give --model file.py:factory (the PyTorch module it came from) or saved outputs "
         "(--load-inputs/--load-outputs) to check the file against something real"
     )
+
+
+def planned(flags: Mapping[str, Any]) -> list[CaseGroup]:
+    """What ``ccnbench check`` runs: its flags (flag -> value, None when not given) through the
+    route ``bench`` takes (``config.from_command_line``), planned untimed."""
+    return plan.expand(config.from_command_line(flags, None), timed=False)
+
+
+def summary(results: Sequence[CaseResult]) -> str | None:
+    """How many cases agree with an independent oracle ("nothing could run" when none ran)."""
+    graded = [r for r in results if r.status != "unavailable" and not r.is_reference]
+    if graded:
+        return f"{sum(r.passed for r in graded)}/{len(graded)} cases agree with the oracle"
+    return None if any(r.is_reference for r in results) else "nothing could run"

@@ -114,7 +114,9 @@ def unavailable_reason(group: CaseGroup) -> str | None:
     if device not in backend.devices:
         return f"{backend.name} has no device {device}"
     if group.precision not in backend.precisions(device):
-        return f"{group.target} has no {group.precision} path (it runs {', '.join(backend.precisions(device))})"
+        return (
+            f"{group.target} has no {group.precision} path (it runs {', '.join(backend.precisions(device))})"
+        )
     if not backend.needs_onnx and not group.source.has_module:
         return f"{group.target} runs a PyTorch module; {group.source.label} is an ONNX file (use --model)"
     if group.source.kind == "onnx" and group.source.precision != group.precision:
@@ -179,9 +181,9 @@ def _formats(target: Target, asked: Sequence[str]) -> list[str]:
     return [f for f in asked if f in offered] or [offered[0]]
 
 
-def expand_all(config: SweepConfig) -> list[CaseGroup]:
+def expand_all(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
     """Every model selection × target × precision of a sweep as a case group, whatever the shard;
-    a group two selections share is planned once."""
+    a group two selections share is planned once. Untimed groups (``check``) have no protocol."""
     targets = parse_targets(list(config.targets))
     groups: list[CaseGroup] = []
     for m in config.models:
@@ -195,7 +197,7 @@ def expand_all(config: SweepConfig) -> list[CaseGroup]:
         groups += case_groups(
             sources, targets, config.precisions, config.batches, Path(config.artifacts), opset=config.opset,
             threads=config.threads, atol=config.atol, rtol=config.rtol, per_output=dict(config.per_output),
-            seed=config.seed, protocol=config.protocol, transfers=config.transfers,
+            seed=config.seed, protocol=config.protocol if timed else None, transfers=config.transfers,
             dynamic_batch=config.dynamic_batch, memory_formats=config.memory_formats,
         )  # fmt: skip
     seen: dict[tuple[str, ...], CaseGroup] = {}
@@ -204,9 +206,9 @@ def expand_all(config: SweepConfig) -> list[CaseGroup]:
     return list(seen.values())
 
 
-def expand(config: SweepConfig) -> list[CaseGroup]:
+def expand(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
     """The case groups a sweep runs: all of them, or its shard's part."""
-    groups = expand_all(config)
+    groups = expand_all(config, timed)
     return select(groups, *config.shard) if config.shard else groups
 
 

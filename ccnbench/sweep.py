@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ccnbench import config as configuration
 from ccnbench import contest, environment, outcomes, plan, results
 from ccnbench.config import SweepConfig
 from ccnbench.errors import CcnbenchError, UsageError
@@ -48,6 +49,32 @@ def new_run_dir(base: Path, name: str) -> Path:
         suffix += 1
         path = base / f"{stamp}-{name}-{suffix}"
     return path
+
+
+def begin(
+    flags: dict[str, Any], config_file: str | None, resume_dir: Path | None, out: Path | None
+) -> tuple[RunResult, SweepConfig, Path]:
+    """What ``bench`` runs, and where: a stored run to finish (``--resume``), or a new one from a
+    sweep file or the flags (flag -> value, None when not given), in ``out`` or a new directory."""
+    if resume_dir is not None:
+        configuration.check_resume(flags, config_file, out)
+        return (*resume(resume_dir), resume_dir)
+    config = configuration.from_command_line(flags, config_file)
+    run_dir = out or new_run_dir(Path("results"), config.name)
+    return start(config, run_dir), config, run_dir
+
+
+def closing_notes(run: RunResult, run_dir: Path) -> list[str]:
+    """What to tell the user after a run: a shard is only a part, a spent budget leaves it open."""
+    notes = []
+    if run.config.get("shard"):
+        notes.append(
+            f"this is shard {run.config['shard']} of the sweep: report/compare/recommend take all its run "
+            "directories together"
+        )
+    if not run.complete:
+        notes.append(f"budget spent: the run is incomplete; finish it with --resume {run_dir}")
+    return notes
 
 
 def start(config: SweepConfig, run_dir: Path) -> RunResult:
