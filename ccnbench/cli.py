@@ -221,27 +221,20 @@ def export_cmd(
     if model is not None:
         exporting.refuse_variant_flags({"--variant": variant, "--preset": preset, "--input-mode": input_mode,
                                         "--seed": seed})  # fmt: skip
-        engine_batches = exporting.engine_batches(engine, engine_batch)
+        batches = exporting.engine_batches(engine, engine_batch)
         with _progress() as progress:
             task = progress.add_task("exporting and checking against the float64 kept module", total=None)
             exported = exporting.user_model(model, input_shape, branches, layout, precision, io, opset, out, force,
                                             file_format, device, lambda what: progress.update(task, description=what))  # fmt: skip
-        jobs = exporting.engine_jobs([f.artifact for f in exported.files], engine_batches, out)
-        _print_user_export(exported, out, json_output, dict(_run_jobs("building TensorRT engines", jobs)))
+        engines = _run_jobs(
+            "building TensorRT engines",
+            exporting.engine_jobs([f.artifact for f in exported.files], batches, out),
+        )
+        _print_user_export(exported, out, json_output, dict(engines))
         return
     if input_shape is not None:
-        raise UsageError(
-            "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
-        )
-    chosen = (
-        variant or "all",
-        layout,
-        branches,
-        preset or "small",
-        input_mode or "separate",
-        precision,
-        seed or 0,
-    )
+        raise UsageError("--input-shape goes with --model; ccnbench's variants take their shape from --preset")  # fmt: skip
+    chosen = (variant or "all", layout, branches, preset or "small", input_mode or "separate", precision, seed or 0)  # fmt: skip
     if packages:
         made = _run_jobs("building .pt2 packages", exporting.package_jobs(*chosen, out, force, device))
         if json_output:
@@ -249,15 +242,11 @@ def export_cmd(
         else:
             console.print(exporting.package_table(made, out))
         return
-    engine_batches = exporting.engine_batches(engine, engine_batch)
+    batches = exporting.engine_batches(engine, engine_batch)
     artifacts = _run_jobs("exporting", exporting.onnx_jobs(*chosen, opset, out, io, force))
-    engines = dict(
-        _run_jobs("building TensorRT engines", exporting.engine_jobs(artifacts, engine_batches, out))
-    )
+    engines = dict(_run_jobs("building TensorRT engines", exporting.engine_jobs(artifacts, batches, out)))
     if json_output:
-        _print_json(
-            [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
-        )
+        _print_json(exporting.onnx_json(artifacts, engines))
         return
     console.print(exporting.onnx_table(artifacts, out))
     for built in engines.values():
@@ -269,11 +258,7 @@ def _print_user_export(exported: Any, out: Path, json_output: bool, engines: dic
     from ccnbench import exporting
 
     if json_output:
-        data = exported.to_dict()
-        for f, file in zip(data["files"], exported.files):
-            if file.artifact.path in engines:
-                f["engine"] = engines[file.artifact.path]
-        _print_json(data)
+        _print_json(exporting.user_json(exported, engines))
     else:
         console.print(exporting.user_table(exported, out))
         for line, style in exporting.merge_lines(exported):

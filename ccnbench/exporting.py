@@ -144,6 +144,20 @@ def user_model(
                         force=force, on_file=on_file)  # fmt: skip
 
 
+def onnx_json(artifacts: Sequence[Any], engines: Mapping[Path, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``export --json``: each ONNX file, with its engine if one was built."""
+    return [a.to_dict() | ({"engine": engines[a.path]} if a.path in engines else {}) for a in artifacts]
+
+
+def user_json(exported: Any, engines: Mapping[Path, dict[str, Any]]) -> dict[str, Any]:
+    """``export --model --json``: the files with their validation, each with its engine if built."""
+    data = exported.to_dict()
+    for entry, file in zip(data["files"], exported.files):
+        if file.artifact.path in engines:
+            entry["engine"] = engines[file.artifact.path]
+    return data
+
+
 def mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
