@@ -54,3 +54,11 @@ def summary(results: Sequence[CaseResult]) -> str | None:
     if graded:
         return f"{sum(r.passed for r in graded)}/{len(graded)} cases agree with the oracle"
     return None if any(r.is_reference for r in results) else "nothing could run"
+
+
+def problem_lines(cases: Sequence[CaseResult]) -> list[tuple[str, str]]:
+    """(line, style) to print below a table: unavailable targets (dim), then failures (red)."""
+    from ccnbench import tables
+
+    unavailable = [(line, "dim") for line in tables.unavailable_lines(cases)]
+    return unavailable + [(line, "red") for line in tables.failure_lines(cases)]

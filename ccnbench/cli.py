@@ -87,15 +87,11 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+Version = Annotated[bool | None, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")]  # fmt: skip
+
+
 @app.callback()
-def _root(
-    version: Annotated[
-        bool | None,
-        typer.Option(
-            "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
-        ),
-    ] = None,
-) -> None:
+def _root(version: Version = None) -> None:
     """ccnbench: build, export, check and benchmark multi-branch 3D CNNs."""
 
 
@@ -129,8 +125,6 @@ EngineFlag = Annotated[bool, typer.Option("--engine", help="Also build a TensorR
 EngineBatch = Annotated[str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")]
 FileFormat = Annotated[str, typer.Option("--format", help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).")]
 Pt2Device = Annotated[str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")]
-# bench: every option defaults to "not given" (None, or False for a switch); ccnbench.config
-# holds the defaults and decides what a flag may combine with.
 SweepFile = Annotated[str | None, typer.Option("--config", "-c", help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.")]
 RunOut = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")]
 Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")]
@@ -146,11 +140,7 @@ def _sweep_flags(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.command()
-def variants(
-    preset: Preset = "small",
-    branches: Branches = None,
-    json_output: JsonFlag = False,
-) -> None:
+def variants(preset: Preset = "small", branches: Branches = None, json_output: JsonFlag = False) -> None:
     """List the fusion variants with their parameter count and FLOPs at a preset."""
     from ccnbench.models import describe_variants
     from ccnbench.models.spec import VARIANT_DESCRIPTIONS
@@ -163,13 +153,8 @@ def variants(
     for col in ("variant", "inputs", "params", "merged params", "MFLOP/sample"):
         table.add_column(col, justify="left" if col in ("variant", "inputs") else "right", no_wrap=True)
     for r in rows:
-        table.add_row(
-            r["label"],
-            r["inputs"],
-            f"{r['params_kept']:,}",
-            f"{r['params_merged']:,}",
-            f"{r['flops_per_sample'] / 1e6:,.1f}",
-        )
+        kept, merged, mflop = r["params_kept"], r["params_merged"], r["flops_per_sample"] / 1e6
+        table.add_row(r["label"], r["inputs"], f"{kept:,}", f"{merged:,}", f"{mflop:,.1f}")
     console.print(table)
     for variant, description in VARIANT_DESCRIPTIONS.items():
         console.print(f"  [bold]{variant}[/]: {description}")
@@ -215,58 +200,18 @@ def export_cmd(
 ) -> None:
     """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32 or
     fp16) or to .pt2 packages."""
+    options = {k: v for k, v in locals().items() if k != "json_output"}
     from ccnbench import exporting
 
-    packages = exporting.wants_packages(file_format, engine)
-    if model is not None:
-        exporting.refuse_variant_flags({"--variant": variant, "--preset": preset, "--input-mode": input_mode,
-                                        "--seed": seed})  # fmt: skip
-        batches = exporting.engine_batches(engine, engine_batch)
-        with _progress() as progress:
-            task = progress.add_task("exporting and checking against the float64 kept module", total=None)
-            exported = exporting.user_model(model, input_shape, branches, layout, precision, io, opset, out, force,
-                                            file_format, device, lambda what: progress.update(task, description=what))  # fmt: skip
-        engines = _run_jobs(
-            "building TensorRT engines",
-            exporting.engine_jobs([f.artifact for f in exported.files], batches, out),
-        )
-        _print_user_export(exported, out, json_output, dict(engines))
-        return
-    if input_shape is not None:
-        raise UsageError("--input-shape goes with --model; ccnbench's variants take their shape from --preset")  # fmt: skip
-    chosen = (variant or "all", layout, branches, preset or "small", input_mode or "separate", precision, seed or 0)  # fmt: skip
-    if packages:
-        made = _run_jobs("building .pt2 packages", exporting.package_jobs(*chosen, out, force, device))
-        if json_output:
-            _print_json([p.to_dict() for p in made])
+    made = exporting.make(exporting.Request(**options), _run_jobs)
+    if json_output:
+        _print_json(made.json)
+    for item, style in [] if json_output else made.shown:
+        if isinstance(item, str):
+            _note(item, style)
         else:
-            console.print(exporting.package_table(made, out))
-        return
-    batches = exporting.engine_batches(engine, engine_batch)
-    artifacts = _run_jobs("exporting", exporting.onnx_jobs(*chosen, opset, out, io, force))
-    engines = dict(_run_jobs("building TensorRT engines", exporting.engine_jobs(artifacts, batches, out)))
-    if json_output:
-        _print_json(exporting.onnx_json(artifacts, engines))
-        return
-    console.print(exporting.onnx_table(artifacts, out))
-    for built in engines.values():
-        _note(exporting.engine_line(built))
-
-
-def _print_user_export(exported: Any, out: Path, json_output: bool, engines: dict[Any, Any]) -> None:
-    """The files of ``export --model`` with their Conv counts and agreement, then what the merge did."""
-    from ccnbench import exporting
-
-    if json_output:
-        _print_json(exporting.user_json(exported, engines))
-    else:
-        console.print(exporting.user_table(exported, out))
-        for line, style in exporting.merge_lines(exported):
-            _note(line, style)
-        _print_problems([r for f in exported.files for r in f.validation])
-        for built in engines.values():
-            _note(exporting.engine_line(built, timed=False))
-    if not exported.passed:
+            console.print(item)
+    if not made.passed:
         raise typer.Exit(1)
 
 
@@ -301,9 +246,7 @@ def check(
     groups = checking.planned(_sweep_flags(locals()))
     with _progress() as progress:
         task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
-        results = checking.run(
-            groups, lambda group, _: progress.update(task, description=group.label, advance=1)
-        )
+        results = checking.run(groups, lambda g, _: progress.update(task, description=g.label, advance=1))
     code = checking.exit_code(results)
     if json_output:
         _print_json({"passed": code == 0, "cases": [r.to_dict() for r in results]})
@@ -367,9 +310,7 @@ def bench(
             budget = budget_minutes * 60 if budget_minutes else None
             run = sweep.execute(run, sweep_config, run_dir, events, budget_seconds=budget)
         except KeyboardInterrupt:
-            raise CcnbenchError(
-                f"interrupted; finished cases are saved: resume with --resume {run_dir}"
-            ) from None
+            raise CcnbenchError(f"interrupted; finished cases are saved: resume with --resume {run_dir}") from None  # fmt: skip
     _bench_finish(run, run_dir, report)
 
 
@@ -475,13 +416,10 @@ def recommend(
 
 
 def _print_problems(cases: Any) -> None:
-    """Unavailable targets (dim) and failures (red) below a table, one line each."""
-    from ccnbench import tables
+    from ccnbench.check import problem_lines
 
-    for line in tables.unavailable_lines(cases):
-        _note(line, "dim")
-    for line in tables.failure_lines(cases):
-        _note(line, "red")
+    for line, style in problem_lines(cases):
+        _note(line, style)
 
 
 def _print_unchecked(cases: Any) -> None:
@@ -505,8 +443,8 @@ def _run_jobs(title: str, jobs: Any) -> list[Any]:
     with _progress() as progress:
         task = progress.add_task(title, total=len(jobs))
         for job in jobs:
-            progress.update(task, description=job.what)
-            made.append(job.run())
+            progress.update(task, description=job.what or title)
+            made.append(job.run(lambda what: progress.update(task, description=what)))
             progress.advance(task)
     return made
 

@@ -2,9 +2,9 @@
 
 The command asks for many files at once: every variant × layout × precision as an ONNX file
 (``export.export``) or a ``.pt2`` package (``pt2.package``), a user's module in each layout
-(``model_export.export_model``), and a TensorRT engine beside each ONNX file. Each file is a
-``Job`` (what to show while it runs, and the call that makes it), so the command line runs them
-all under one progress bar; every option is checked before the first file is written.
+(``model_export.export_model``), and a TensorRT engine beside each ONNX file. ``make`` checks
+every option first, then makes each file as a ``Job`` (what to show while it runs, and the call
+that makes it) through the runner the command line gives it (its progress bar).
 """
 
 from __future__ import annotations
@@ -24,10 +24,88 @@ FILE_FORMATS = ("onnx", "pt2")
 
 @dataclass(frozen=True)
 class Job:
-    """One file to make: ``what`` is shown while ``run`` makes it."""
+    """One file to make: ``what`` is shown while ``run`` makes it (``run`` may show more through
+    the callback it is given)."""
 
     what: str
-    run: Callable[[], Any]
+    run: Callable[[Callable[[str], None]], Any]
+
+
+# Runs jobs one after another under a title (the command line's progress bar); their results in order.
+RunJobs = Callable[[str, Sequence[Job]], list[Any]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What ``ccnbench export`` was asked for: its options, None where not given."""
+
+    variant: str | None
+    layout: str
+    branches: Any
+    preset: str | None
+    input_mode: str | None
+    precision: str
+    io: str
+    opset: int
+    seed: int | None
+    model: str | None
+    input_shape: str | None
+    out: Path
+    force: bool
+    engine: bool
+    engine_batch: str
+    file_format: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Made:
+    """What an export made: its JSON, and what to print (tables, or lines with a style)."""
+
+    json: Any
+    shown: list[tuple[Any, str | None]]
+    passed: bool = True
+
+
+def make(req: Request, run_jobs: RunJobs) -> Made:
+    """Every file the request asks for; every option is checked before the first one is written."""
+    packages = wants_packages(req.file_format, req.engine)
+    if req.model is not None:
+        refuse_variant_flags({"--variant": req.variant, "--preset": req.preset, "--input-mode": req.input_mode,
+                              "--seed": req.seed})  # fmt: skip
+        return _made_from_model(req, engine_batches(req.engine, req.engine_batch), run_jobs)
+    if req.input_shape is not None:
+        raise UsageError(
+            "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
+        )
+    chosen = (req.variant or "all", req.layout, req.branches, req.preset or "small",
+              req.input_mode or "separate", req.precision, req.seed or 0)  # fmt: skip
+    if packages:
+        made = run_jobs("building .pt2 packages", package_jobs(*chosen, req.out, req.force, req.device))
+        return Made([p.to_dict() for p in made], [(package_table(made, req.out), None)])
+    batches = engine_batches(req.engine, req.engine_batch)
+    artifacts = run_jobs("exporting", onnx_jobs(*chosen, req.opset, req.out, req.io, req.force))
+    engines = dict(run_jobs("building TensorRT engines", engine_jobs(artifacts, batches, req.out)))
+    shown = [(onnx_table(artifacts, req.out), None)] + [(engine_line(b), None) for b in engines.values()]
+    return Made(onnx_json(artifacts, engines), shown)
+
+
+def _made_from_model(req: Request, batches: tuple[int, ...] | None, run_jobs: RunJobs) -> Made:
+    """``export --model``: the files graded against the kept module, engines beside them, and
+    what the graph pass merged."""
+    from ccnbench.check import problem_lines
+
+    def export(note: Callable[[str], None]) -> Any:
+        return user_model(req.model or "", req.input_shape, req.branches, req.layout, req.precision, req.io,
+                          req.opset, req.out, req.force, req.file_format, req.device, note)  # fmt: skip
+
+    (exported,) = run_jobs("exporting and checking against the float64 kept module", [Job("", export)])
+    engines = dict(run_jobs("building TensorRT engines", engine_jobs([f.artifact for f in exported.files], batches, req.out)))  # fmt: skip
+    cases = [r for f in exported.files for r in f.validation]
+    shown = [(user_table(exported, req.out), None), *merge_lines(exported)]
+    shown += problem_lines(cases)
+    shown += [(engine_line(b, timed=False), None) for b in engines.values()]
+    return Made(user_json(exported, engines), shown, exported.passed)
 
 
 def wants_packages(file_format: str, engine: bool) -> bool:
@@ -84,7 +162,7 @@ def onnx_jobs(
     precisions = selection.choices(precision, PRECISIONS, "precision")
     return [
         Job(f"{spec.label} {lay} {prec}",
-            lambda s=spec, la=lay, p=prec: export(s, la, p, opset=opset, out_dir=out, io=io, force=force))
+            lambda _, s=spec, la=lay, p=prec: export(s, la, p, opset=opset, out_dir=out, io=io, force=force))
         for spec in specs
         for lay in selection.layouts(layout)
         for prec in precisions
@@ -103,7 +181,7 @@ def package_jobs(
     precisions = selection.choices(precision, pt2.PRECISIONS[device], "precision")
     return [
         Job(f"{spec.label} {lay} {prec} (.pt2, {device})",
-            lambda s=spec, la=lay, p=prec: pt2.package(ModelSource.from_spec(s, la), device, p, out, force=force))
+            lambda _, s=spec, la=lay, p=prec: pt2.package(ModelSource.from_spec(s, la), device, p, out, force=force))
         for spec in specs
         for lay in selection.layouts(layout)
         for prec in precisions

@@ -287,4 +287,3 @@ def load(run_dir: Path | str) -> RunResult:
 
 def load_many(paths: Iterable[Path | str]) -> list[RunResult]:
     return [load(p) for p in paths]
-
