@@ -1,4 +1,9 @@
-"""The `ccnbench` command line. Commands parse options and call the library; no logic lives here."""
+"""The `ccnbench` command line. Commands parse options and call the library; no logic lives here.
+
+The options ``bench``, ``check`` and ``export`` share with sweep files come from one table
+(``config.FLAGS``). About 470 lines: Typer needs each command's options spelled out in its
+signature, one per line.
+"""
 
 from __future__ import annotations
 

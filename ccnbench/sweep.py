@@ -1,4 +1,4 @@
-"""Sweeps: expand a configuration into case groups and run each group in a fresh worker process.
+"""Sweeps: run a configuration's case groups (``plan.expand``), each in a fresh worker process.
 
 A worker that crashes, hangs past its timeout or runs out of memory becomes results with a
 status and a message; the sweep goes on. Every finished case is appended to the run's journal

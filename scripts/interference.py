@@ -80,7 +80,9 @@ def _worker(args: argparse.Namespace) -> None:
     protocol = _protocol(DEFAULT, args)
     targets = parse_targets(args.targets if args.worker == "all" else args.worker)
     sources = selection.sources(preset=args.preset, variants=args.variant, layouts_=args.layout, seed=0)
-    groups = plan.case_groups(sources, targets, ["fp32"], [args.batch], Path(args.artifacts), protocol=protocol)
+    groups = plan.case_groups(
+        sources, targets, ["fp32"], [args.batch], Path(args.artifacts), protocol=protocol
+    )
     names = {}
     blocks: list[dict[str, Any]] = []
     timed = contest.time_block
