@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ccnbench import config, plan
+from ccnbench import config, plan, tables
 from ccnbench.execute import run_group
 from ccnbench.plan import CaseGroup
 from ccnbench.results import CaseResult
@@ -58,7 +58,5 @@ def summary(results: Sequence[CaseResult]) -> str | None:
 
 def problem_lines(cases: Sequence[CaseResult]) -> list[tuple[str, str]]:
     """(line, style) to print below a table: unavailable targets (dim), then failures (red)."""
-    from ccnbench import tables
-
     unavailable = [(line, "dim") for line in tables.unavailable_lines(cases)]
     return unavailable + [(line, "red") for line in tables.failure_lines(cases)]

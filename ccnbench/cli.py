@@ -245,10 +245,11 @@ def check(
     json_output: JsonFlag = False,
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
+    flags = _sweep_flags(locals())
     from ccnbench import check as checking
     from ccnbench import tables
 
-    groups = checking.planned(_sweep_flags(locals()))
+    groups = checking.planned(flags)
     with _progress() as progress:
         task = progress.add_task("checking", total=sum(len(g.batches) for g in groups))
         results = checking.run(groups, lambda g, _: progress.update(task, description=g.label, advance=1))
@@ -299,9 +300,10 @@ def bench(
     report: WriteReport = True,
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
+    flags = _sweep_flags(locals())
     from ccnbench import sweep
 
-    run, sweep_config, run_dir = sweep.begin(_sweep_flags(locals()), config, resume, out)
+    run, sweep_config, run_dir = sweep.begin(flags, config, resume, out)
     err_console.print(f"run directory: {run_dir}", markup=False, highlight=False)
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
