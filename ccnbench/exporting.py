@@ -194,13 +194,15 @@ def engine_jobs(artifacts: Sequence[Any], batches: tuple[int, ...] | None, out: 
     from ccnbench.backends import BuildOptions
     from ccnbench.backends.tensorrt import export_engine
 
+    if batches is None:
+        return []
+    sizes = batches
+
     def build(a: Any) -> tuple[Path, dict[str, Any]]:
-        options = BuildOptions(precision=a.precision, batch_sizes=batches or (1,), artifacts_dir=out, io=a.io)
+        options = BuildOptions(precision=a.precision, batch_sizes=sizes, artifacts_dir=out, io=a.io)
         return a.path, export_engine(a, options)
 
-    return (
-        [] if batches is None else [Job(f"engine for {a.path.name}", lambda a=a: build(a)) for a in artifacts]
-    )
+    return [Job(f"engine for {a.path.name}", lambda _, a=a: build(a)) for a in artifacts]
 
 
 def user_model(
