@@ -29,11 +29,6 @@ def is_reference(key: CaseKey) -> bool:
     return reference_key(key) == key
 
 
-def reference_target(target: str) -> str:
-    """Kept only while ``contest.partners`` still calls it: use :func:`reference_key`."""
-    return str(Target.parse(target).reference)
-
-
 def index(cases: Iterable[CaseResult]) -> dict[CaseKey, CaseResult]:
     return {c.key: c for c in cases}
 

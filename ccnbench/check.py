@@ -2,73 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from ccnbench.agreement import Tolerance
-from ccnbench.backends import BuildOptions, Target, backend_of
-from ccnbench.environment import default_threads
-from ccnbench.execute import CaseGroup, run_group
+from ccnbench import config, plan, tables
+from ccnbench.execute import run_group
+from ccnbench.plan import CaseGroup
 from ccnbench.results import CaseResult
-from ccnbench.source import ModelSource
-from ccnbench.timing import Protocol
-
-
-def plan(
-    sources: Sequence[ModelSource],
-    targets: Sequence[Target],
-    precisions: Sequence[str],
-    batches: Sequence[int],
-    artifacts_dir: Path,
-    opset: int = 18,
-    threads: int | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    per_output: dict[str, Tolerance] | None = None,
-    seed: int = 0,
-    protocol: Protocol | None = None,
-    transfers: bool = False,
-    dynamic_batch: bool = False,
-    memory_formats: Sequence[str] = ("contiguous",),
-    io: str = "fp32",
-) -> list[CaseGroup]:
-    """Every source × target × precision as a case group over the batch sizes, and for the
-    PyTorch targets one per memory format asked for (the others have only their own layout)."""
-    for memory_format in memory_formats:
-        BuildOptions(memory_format=memory_format)  # a UsageError for an unknown one, before any case
-    options = {
-        "batch_sizes": tuple(batches),
-        "threads": threads or default_threads(),
-        "artifacts_dir": Path(artifacts_dir),
-        "opset": opset,
-        "dynamic_batch": dynamic_batch,
-        "io": io,
-    }
-    return [
-        CaseGroup(
-            source,
-            target,
-            precision,
-            source.fixed_batches() or tuple(batches),
-            BuildOptions(precision=precision, memory_format=memory_format, **options),
-            protocol=protocol,
-            atol=atol,
-            rtol=rtol,
-            per_output=dict(per_output or {}),
-            seed=seed,
-            transfers=transfers,
-        )
-        for source in sources
-        for target in targets
-        for precision in precisions
-        for memory_format in _formats(target, memory_formats)
-    ]
-
-
-def _formats(target: Target, asked: Sequence[str]) -> list[str]:
-    """The memory formats ``target`` runs of those asked for; a file format runs its own layout."""
-    offered = backend_of(target).memory_formats
-    return [f for f in asked if f in offered] or [offered[0]]
 
 
 def run(
@@ -100,3 +40,23 @@ def unchecked_note(results: Sequence[CaseResult]) -> str | None:
         "itself; give --model file.py:factory (the PyTorch module it came from) or saved outputs "
         "(--load-inputs/--load-outputs) to check the file against something real"
     )
+
+
+def planned(flags: Mapping[str, Any]) -> list[CaseGroup]:
+    """What ``ccnbench check`` runs: its flags (flag -> value, None when not given) through the
+    route ``bench`` takes (``config.from_command_line``), planned untimed."""
+    return plan.expand(config.from_command_line(flags, None), timed=False)
+
+
+def summary(results: Sequence[CaseResult]) -> str | None:
+    """How many cases agree with an independent oracle ("nothing could run" when none ran)."""
+    graded = [r for r in results if r.status != "unavailable" and not r.is_reference]
+    if graded:
+        return f"{sum(r.passed for r in graded)}/{len(graded)} cases agree with the oracle"
+    return None if any(r.is_reference for r in results) else "nothing could run"
+
+
+def problem_lines(cases: Sequence[CaseResult]) -> list[tuple[str, str]]:
+    """(line, style) to print below a table: unavailable targets (dim), then failures (red)."""
+    unavailable = [(line, "dim") for line in tables.unavailable_lines(cases)]
+    return unavailable + [(line, "red") for line in tables.failure_lines(cases)]

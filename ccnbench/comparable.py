@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccnbench import environment, results, stats
+from ccnbench import environment, results, shard, stats
 from ccnbench.analysis import is_reference, reference_key
 from ccnbench.environment import Environment
 from ccnbench.errors import UsageError
@@ -51,7 +51,7 @@ def load_side(path: Path | str) -> Side:
     JSON file, as rows, with the run's environment or the file's machine."""
     path = Path(path)
     if path.is_dir():  # a run directory, or the shards of one sweep: read as one run
-        runs = results.load_runs([path])
+        runs = shard.load_runs([path])
         if len(runs) != 1:
             raise UsageError(f"{path} holds {len(runs)} different runs; give one run (or the shards of one)")
         return Side("ccnbench", rows_from_run(runs[0]), runs[0].environment)

@@ -1,7 +1,8 @@
 """What a sweep runs, and the one route every way of saying it takes.
 
 A sweep file, the ``bench`` flags and a stored run's configuration all become a ``SweepConfig``
-through ``SweepConfig.from_dict``, which type-checks every value and names the field it rejects.
+through ``SweepConfig.from_dict``, which type-checks every value and names the field it rejects;
+so do the ``check`` flags. What runs is planned from it by ``ccnbench.plan.expand``.
 Defaults live here only: the command line's options default to "not given" and take their
 values from ``DEFAULTS`` and ``MODEL_DEFAULTS``, so no second copy can drift.
 """
@@ -12,16 +13,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ccnbench import selection
-from ccnbench.agreement import Tolerance
+from ccnbench.agreement import Tolerance, TolerancePolicy
 from ccnbench.backends.base import MEMORY_FORMATS
 from ccnbench.errors import UsageError
+from ccnbench.shard import parse_shard
 from ccnbench.timing import DEFAULT, QUICK, Protocol
-
-if TYPE_CHECKING:
-    from ccnbench.execute import CaseGroup
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,9 +151,9 @@ class SweepConfig:
             return cls(
                 name=data.get("name", cls.name),
                 models=tuple({**defaults, **{k: v for k, v in m.items() if v is not None}} for m in models),
-                targets=tuple(_as_list(data.get("targets", list(cls.targets)))),
-                precisions=selection.choices(_as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
-                batches=selection.integers(_as_list(data.get("batches", list(cls.batches))), "batches"),
+                targets=tuple(as_list(data.get("targets", list(cls.targets)))),
+                precisions=selection.choices(as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
+                batches=selection.integers(as_list(data.get("batches", list(cls.batches))), "batch sizes"),
                 protocol=_protocol(data.get("protocol") or {}, bool(data.get("quick", False)), source),
                 timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
                 transfers=data.get("transfers", False),
@@ -167,45 +166,12 @@ class SweepConfig:
                 seed=data.get("seed", 0),
                 isolation=data.get("isolation", "group"),
                 dynamic_batch=data.get("dynamic_batch", False),
-                memory_formats=selection.choices(_as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
+                memory_formats=selection.choices(as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
                 shard=parse_shard(data["shard"]) if "shard" in data else None,
             )  # fmt: skip
         except UsageError as exc:
             text = str(exc)
             raise UsageError(text if text.startswith(source) else f"{source}: {text}") from None
-
-    def expand_all(self) -> list[CaseGroup]:
-        """Every model selection × target × precision as a case group, whatever the shard."""
-        from ccnbench import check
-        from ccnbench.backends import parse_targets
-
-        targets = parse_targets(list(self.targets))
-        groups: list[CaseGroup] = []
-        for m in self.models:
-            chosen = {**MODEL_DEFAULTS, **m}
-            saved = (chosen["load_inputs"], chosen["load_outputs"]) if chosen["load_inputs"] else None
-            sources = selection.sources(
-                chosen["preset"], chosen["variants"], chosen["layouts"], chosen["branches"],
-                chosen["input_modes"], self.seed if chosen["seed"] is None else chosen["seed"],
-                chosen["model"], chosen["input_shape"], _as_list(chosen["onnx"]) if chosen["onnx"] else None, saved,
-            )  # fmt: skip
-            groups += check.plan(
-                sources, targets, self.precisions, self.batches, Path(self.artifacts), opset=self.opset,
-                threads=self.threads, atol=self.atol, rtol=self.rtol, per_output=dict(self.per_output),
-                seed=self.seed, protocol=self.protocol, transfers=self.transfers, dynamic_batch=self.dynamic_batch,
-                memory_formats=self.memory_formats,
-            )  # fmt: skip
-        seen: dict[tuple[str, ...], CaseGroup] = {}
-        for g in groups:
-            seen.setdefault(g.case_keys()[0].group, g)
-        return list(seen.values())
-
-    def expand(self) -> list[CaseGroup]:
-        """The case groups this configuration runs: all of them, or its shard's part."""
-        from ccnbench import shard
-
-        groups = self.expand_all()
-        return shard.select(groups, *self.shard) if self.shard else groups
 
 
 DEFAULTS = SweepConfig()
@@ -235,37 +201,61 @@ def read_sweep_file(name_or_path: str) -> dict[str, Any]:
         raise UsageError(f"{path}: {exc}") from exc
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'2/4' -> (2, 4): the second of four parts."""
-    k, sep, n = str(text).partition("/")
-    try:
-        shard = (int(k), int(n)) if sep else None
-    except ValueError:
-        shard = None
-    if shard is None or not 1 <= shard[0] <= shard[1]:
-        raise UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
-    return shard
-
-
 # --- the command line -------------------------------------------------------------------------
 
-# bench flag -> configuration key. A flag left out is None ("not given").
-FLAG_KEYS = {
-    "--variant": "variants", "--layout": "layouts", "--branches": "branches", "--preset": "preset",
-    "--input-mode": "input_modes", "--targets": "targets", "--precision": "precisions", "--batch": "batches",
-    "--onnx": "onnx", "--model": "model", "--input-shape": "input_shape", "--load-inputs": "load_inputs",
-    "--load-outputs": "load_outputs", "--transfers": "transfers", "--timeout": "timeout",
-    "--isolation": "isolation", "--dynamic-batch": "dynamic_batch",
-    "--memory-format": "memory_formats", "--seed": "seed", "--threads": "threads",
-    "--quick": "quick", "--artifacts": "artifacts", "--name": "name", "--shard": "shard",
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets a configuration key (``a.b``: key ``b`` of table ``a``)."""
+
+    key: str
+    help: str
+    short: str | None = None
+
+
+# The options ``bench`` and ``check`` share with sweep files: the command line's declarations,
+# help included, are made from this table, so a flag and its key are written once.
+FLAGS: dict[str, Flag] = {
+    "--variant": Flag("variants", "early, feature, model, decision, multitask, a comma list, or all.", "-v"),
+    "--layout": Flag("layouts", "kept (one op per branch), merged (one op per layer) or all.", "-l"),
+    "--branches": Flag("branches", "Branch count N, or a comma list (default: the preset's).", "-n"),
+    "--preset": Flag("preset", "Size preset: tiny, small, medium.", "-p"),
+    "--input-mode": Flag("input_modes", "separate (one input per branch), shared (one input for all), or all."),
+    "--targets": Flag("targets", "backend:device list, e.g. torch:cpu,ort:cpu,compile:cpu,ort:cuda,tensorrt:cuda; "
+                      "or all, cpu, cuda.", "-t"),
+    "--precision": Flag("precisions", "fp32, fp16, bf16 (torch targets), a comma list."),
+    "--batch": Flag("batches", "Batch sizes, a comma list.", "-b"),
+    "--atol": Flag("tolerance.atol", "Absolute tolerance (default: per precision)."),
+    "--rtol": Flag("tolerance.rtol", "Relative tolerance (default: per precision)."),
+    "--tol": Flag("tolerance.outputs", "Per-output override name=atol[,rtol], e.g. regression=1e-3,1e-3."),
+    "--onnx": Flag("onnx", "Your own ONNX file (repeatable) instead of ccnbench's variants."),
+    "--model": Flag("model", "Your own nn.Module factory: package.module:function or file.py:function."),
+    "--input-shape": Flag("input_shape", "With --model: one input's shape without batch, e.g. 1x24x24x24."),
+    "--load-inputs": Flag("load_inputs", "With --onnx: saved reference inputs (Polygraphy JSON or .npz)."),
+    "--load-outputs": Flag("load_outputs", "With --onnx: saved reference outputs (Polygraphy JSON or .npz)."),
+    "--quick": Flag("quick", "Short warm-up and measurement (CI, smoke runs)."),
+    "--transfers": Flag("transfers", "CUDA: also time host<->device copies."),
+    "--timeout": Flag("timeout", f"Seconds a worker may take for one case group (default {DEFAULT_TIMEOUT:g})."),
+    "--name": Flag("name", "Run name, used in the default run directory (default bench)."),
+    "--shard": Flag("shard", "K/N: run the K-th of N parts of the sweep (one per CI runner or machine)."),
+    "--opset": Flag("opset", "ONNX opset (default 18: read by ONNX Runtime and TensorRT 10/11)."),
+    "--seed": Flag("seed", "Seed of the weights and inputs."),
+    "--threads": Flag("threads", "CPU threads for every target (default: physical cores)."),
+    "--artifacts": Flag("artifacts", "Where ONNX files, engines and caches go."),
+    "--isolation": Flag("isolation", "group: a fresh worker per case group; model: one per model (faster); "
+                        "device: one per device for the whole sweep (fewest CUDA start-ups); default group."),
+    "--dynamic-batch": Flag("dynamic_batch", "torch.compile one graph for all batch sizes (less compile time)."),
+    "--memory-format": Flag("memory_formats", "PyTorch targets: weights in contiguous and/or channels_last_3d "
+                            "(cuDNN for every conv on CUDA); comma list, default contiguous."),
 }  # fmt: skip
+FLAG_KEYS = {name: flag.key for name, flag in FLAGS.items()}
 # What a sweep file leaves to the command line: where things go, its name, the quick protocol
 # (a smoke run of a big sweep) and which part of it this machine runs.
 _FILE_OVERRIDES = {"--quick", "--artifacts", "--name", "--shard"}
 
 
 def from_command_line(flags: Mapping[str, Any], config_file: str | None) -> SweepConfig:
-    """The sweep that ``bench`` flags (flag -> value, None when not given) describe.
+    """The sweep that ``bench`` or ``check`` flags (flag -> value, None when not given) describe.
 
     With a sweep file, the file decides: a flag that would change what it runs is a usage error
     naming the flag, never silently ignored.
@@ -275,8 +265,11 @@ def from_command_line(flags: Mapping[str, Any], config_file: str | None) -> Swee
     if unknown:
         raise ValueError(f"no configuration key for {unknown[0]}")  # a programming error
     if config_file is None:
-        data = {FLAG_KEYS[f]: _flag_value(f, v) for f, v in given.items()}
-        return SweepConfig.from_dict({"name": "bench", **data}, source="command line")
+        data: dict[str, Any] = {"name": "bench"}
+        for flag, value in given.items():
+            table, _, key = FLAG_KEYS[flag].rpartition(".")
+            (data.setdefault(table, {}) if table else data)[key] = _flag_value(flag, value)
+        return SweepConfig.from_dict(data, source="command line")
     refused = [f for f in given if f not in _FILE_OVERRIDES]
     if refused:
         raise UsageError(f"{', '.join(refused)} cannot be combined with --config: the sweep file decides")
@@ -304,6 +297,8 @@ def _given(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _flag_value(flag: str, value: Any) -> Any:
+    if flag == "--tol":  # name=atol[,rtol] items: the [tolerance.outputs] table
+        return {k: [v.atol, v.rtol] for k, v in TolerancePolicy.parse_overrides(value).items()}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list):
@@ -365,7 +360,8 @@ def _per_output(outputs: Mapping[str, Any], source: str) -> dict[str, Tolerance]
     return result
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A comma string, one integer or a sequence as a list (how sweep files and flags give lists)."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, int):

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from ccnbench import execute, stats
+from ccnbench import execute, outcomes, stats
 from ccnbench.backends import backend_of
 from ccnbench.backends.settings import ProcessSettings, applied
-from ccnbench.execute import CaseGroup, _artifact_summary, _describe, unavailable_reason
+from ccnbench.plan import CaseGroup, contest_key, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
 
@@ -58,10 +58,6 @@ class Contest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Contest:
         return cls(data["id"], tuple(CaseGroup.from_dict(g) for g in data["groups"]))
-
-
-def contest_key(group: CaseGroup) -> tuple[str, str, str, str]:
-    return (group.source.label, group.source.digest, group.precision, group.target.device_kind)
 
 
 def plan(groups: Sequence[CaseGroup], run: str = "") -> tuple[list[Contest], list[CaseGroup]]:
@@ -175,7 +171,7 @@ def _memory_pass(contest: Contest, members: list[_Member], process: int, baselin
                 baseline.apply()  # prepared again from the process's settings, as the first time
                 memory = execute.measure_memory(m.prepared)
             except Exception as exc:  # the first preparation's figure stays, marked
-                note = {"memory_pass": "first-preparation", "memory_pass_error": _describe(exc)}
+                note = {"memory_pass": "first-preparation", "memory_pass_error": outcomes.describe(exc)}
         for batch, result in m.results.items():
             figure = memory.get(batch, result.memory)
             m.results[batch] = replace(result, memory=figure, details={**result.details, **note})
@@ -187,40 +183,31 @@ def _prepare(
     """Build one member and run its memory + agreement pass; failures become results."""
     reason = unavailable_reason(group)
     if reason:
-        spec = group.source.spec.to_dict() if group.source.spec else None
-        keys = group.case_keys()
-        return None, [CaseResult(k, "unavailable", reason, spec=spec, contest=contest_id) for k in keys]
+        return None, outcomes.unavailable(group, reason, contest=contest_id)
     try:
         prepared = execute.prepare(group)
         stack.enter_context(prepared.runner)
     except Exception as exc:
-        return None, execute.failed_cases(group, f"prepare: {_describe(exc)}", contest_id)
+        return None, outcomes.failed(group, f"prepare: {outcomes.describe(exc)}", contest=contest_id)
     results: dict[int, CaseResult] = {}
     early: list[CaseResult] = []
     for key, batch in zip(group.case_keys(), group.batches):
         try:
             results[batch] = execute.check_case(prepared, key, batch, contest_id)
         except Exception as exc:
-            message = f"batch {batch}: {_describe(exc)}"
-            info = _artifact_summary(prepared.artifact)
-            early.append(
-                CaseResult(
-                    key, "failed", message, spec=execute._spec(group), artifact=info, contest=contest_id
-                )
-            )
+            message = f"batch {batch}: {outcomes.describe(exc)}"
+            early += outcomes.failed(group, message, [key], contest=contest_id, artifact=prepared.artifact)
     return _Member(group, prepared.runner, prepared.inputs, prepared.flops, results, prepared), early
 
 
 def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
     """(member, reference) index pairs a contest must resolve: each format against eager PyTorch on
     the same device and layout, and merged against kept on the same target."""
-    from ccnbench.analysis import reference_target
-
     index = {_slot(m.group): i for i, m in enumerate(members)}
     pairs = []
     for i, m in enumerate(members):
         target, layout, fmt = _slot(m.group)
-        ref = index.get((reference_target(target), layout, fmt))
+        ref = index.get((str(m.group.target.reference), layout, fmt))
         if ref is not None and ref != i:
             pairs.append((i, ref))
         if layout == "merged" and (target, "kept", fmt) in index:

@@ -8,108 +8,21 @@ broken backend, so one bad target never stops the others.
 from __future__ import annotations
 
 import contextlib
-import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ccnbench.agreement import Tolerance, TolerancePolicy, compare
-from ccnbench.backends import BuildOptions, Runner, Target, backend_of
+from ccnbench import outcomes
+from ccnbench.agreement import TolerancePolicy, compare
+from ccnbench.backends import Runner, backend_of
 from ccnbench.memory import MemoryProbe, MemoryStats
 from ccnbench.oracle import reference
+from ccnbench.plan import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult
-from ccnbench.source import ModelSource
-from ccnbench.timing import Protocol, measure, stage
-
-
-@dataclass(frozen=True)
-class CaseGroup:
-    """Cases that share one prepared runner: one source on one target at one precision."""
-
-    source: ModelSource
-    target: Target
-    precision: str
-    batches: tuple[int, ...]
-    options: BuildOptions
-    protocol: Protocol | None = None  # None: agreement only (ccnbench check)
-    atol: float | None = None
-    rtol: float | None = None
-    per_output: dict[str, Tolerance] = field(default_factory=dict)
-    seed: int = 0
-    transfers: bool = False
-
-    def case_keys(self) -> list[CaseKey]:
-        return [
-            CaseKey(
-                self.source.label,
-                self.source.digest,
-                self.source.layout,
-                str(self.target),
-                self.precision,
-                b,
-                self.options.memory_format,
-            )
-            for b in self.batches
-        ]
-
-    @property
-    def label(self) -> str:
-        target = self.case_keys()[0].target_label if self.batches else str(self.target)
-        return f"{self.source.label} {self.source.layout} {target} {self.precision}"
-
-    def to_dict(self) -> dict[str, Any]:
-        options = asdict(self.options)
-        options["artifacts_dir"] = str(self.options.artifacts_dir)
-        return {
-            "source": self.source.to_dict(),
-            "target": str(self.target),
-            "precision": self.precision,
-            "batches": list(self.batches),
-            "options": options,
-            "protocol": self.protocol.to_dict() if self.protocol else None,
-            "atol": self.atol,
-            "rtol": self.rtol,
-            "per_output": {k: asdict(v) for k, v in self.per_output.items()},
-            "seed": self.seed,
-            "transfers": self.transfers,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaseGroup:
-        options = dict(data["options"])
-        options["artifacts_dir"] = Path(options["artifacts_dir"])
-        options["batch_sizes"] = tuple(options["batch_sizes"])
-        return cls(
-            source=ModelSource.from_dict(data["source"]),
-            target=Target.parse(data["target"]),
-            precision=data["precision"],
-            batches=tuple(data["batches"]),
-            options=BuildOptions(**options),
-            protocol=Protocol(**data["protocol"]) if data.get("protocol") else None,
-            atol=data.get("atol"),
-            rtol=data.get("rtol"),
-            per_output={k: Tolerance(**v) for k, v in (data.get("per_output") or {}).items()},
-            seed=int(data.get("seed", 0)),
-            transfers=bool(data.get("transfers", False)),
-        )
-
-
-def unavailable_reason(group: CaseGroup) -> str | None:
-    """Why a group cannot run here, or None. Cheap: no runner is built."""
-    backend = backend_of(group.target)
-    if group.target.device not in backend.devices:
-        return f"{backend.name} has no device {group.target.device}"
-    if group.precision not in backend.precisions(group.target.device):
-        return f"{group.target} has no {group.precision} path (it runs {', '.join(backend.precisions(group.target.device))})"
-    if not backend.needs_onnx and not group.source.has_module:
-        return f"{group.target} runs a PyTorch module; {group.source.label} is an ONNX file (use --model)"
-    if group.source.kind == "onnx" and group.source.precision != group.precision:
-        return f"{group.source.label} is a {group.source.precision} file, not {group.precision}"
-    return backend.availability(group.target.device)
+from ccnbench.timing import measure, stage
 
 
 @dataclass
@@ -180,8 +93,8 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
         agreement=agreement,
         memory=memory,
         build_seconds=round(runner.build_seconds, 4),
-        artifact=_artifact_summary(prepared.artifact),
-        spec=_spec(group),
+        artifact=outcomes.artifact_summary(prepared.artifact),
+        spec=group.spec,
         details=_jsonable(runner.details) | _reference_mark(group) | _layout_note(group),
         contest=contest,
     )
@@ -221,22 +134,17 @@ def _steady_memory(probe: MemoryProbe, runner: Runner, staged: list[Tensor], art
     )
 
 
-def failed_cases(group: CaseGroup, message: str, contest: str | None = None) -> list[CaseResult]:
-    return [CaseResult(k, "failed", message, spec=_spec(group), contest=contest) for k in group.case_keys()]
-
-
 def run_group(group: CaseGroup) -> Iterator[CaseResult]:
     """Yield one CaseResult per batch size, in order, as each finishes."""
     reason = unavailable_reason(group)
     if reason:
-        for key in group.case_keys():
-            yield CaseResult(key, "unavailable", reason, spec=_spec(group))
+        yield from outcomes.unavailable(group, reason)
         return
     warm_runtimes([group])
     try:
         prepared = prepare(group)
     except Exception as exc:
-        yield from failed_cases(group, f"prepare: {_describe(exc)}")
+        yield from outcomes.failed(group, f"prepare: {outcomes.describe(exc)}")
         return
     with prepared.runner:
         for key, batch in zip(group.case_keys(), group.batches):
@@ -253,17 +161,8 @@ def run_group(group: CaseGroup) -> Iterator[CaseResult]:
                     case = replace(case, latency=measurement.latency, transfers=measurement.transfers)
                 yield case
             except Exception as exc:
-                yield CaseResult(
-                    key,
-                    "failed",
-                    f"batch {batch}: {_describe(exc)}",
-                    spec=_spec(group),
-                    artifact=_artifact_summary(prepared.artifact),
-                )
-
-
-def _spec(group: CaseGroup) -> dict[str, Any] | None:
-    return group.source.spec.to_dict() if group.source.spec else None
+                message = f"batch {batch}: {outcomes.describe(exc)}"
+                yield from outcomes.failed(group, message, [key], artifact=prepared.artifact)
 
 
 def _layout_note(group: CaseGroup) -> dict[str, Any]:
@@ -276,27 +175,6 @@ def _reference_mark(group: CaseGroup) -> dict[str, Any]:
     """Mark the case whose target computed the oracle itself: it agrees by construction."""
     own = group.source.self_reference_target
     return {"is_reference": True} if own is not None and str(group.target) == own else {}
-
-
-def _artifact_summary(artifact: Any) -> dict[str, Any] | None:
-    if artifact is None:
-        return None
-    return {
-        "file": artifact.path.name,
-        "size_bytes": artifact.size_bytes,
-        "sha256": artifact.sha256,
-        "opset": artifact.opset,
-        "conv_count": artifact.conv_count,
-        "export_seconds": artifact.export_seconds,
-    }
-
-
-def _describe(exc: BaseException) -> str:
-    """One line: the exception type and message, plus where it came from in a user's code."""
-    text = " ".join(str(exc).split())[:500] or "(no message)"
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {text}{where}"
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccnbench import check, pt2
+from ccnbench import check, plan, pt2
 from ccnbench.backends import Target
 from ccnbench.results import CaseResult
 from ccnbench.source import ModelSource
@@ -119,7 +119,7 @@ def export_model(
             else:
                 artifact = source.artifact(precision, io, opset, out, force=force)
                 target = Target("ort", "cpu")
-            groups = check.plan([source], [target], [precision], VALIDATION_BATCHES, out, opset=opset,
+            groups = plan.case_groups([source], [target], [precision], VALIDATION_BATCHES, out, opset=opset,
                                 threads=threads, io=io)  # fmt: skip
             files.append(ExportedFile(source, precision, artifact, tuple(check.run(groups))))
     return ModelExport(tuple(files), tuple(not_merged))

@@ -68,7 +68,7 @@ class Package:
     torch_version: str
     reused: bool = False
 
-    # The ONNX-only fields results read from any artifact (see execute._artifact_summary).
+    # The ONNX-only fields results read from any artifact (see outcomes.artifact_summary).
     opset = None
     conv_count = None
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccnbench import fileio, plots, results
+from ccnbench import fileio, plots, shard
 from ccnbench.analysis import all_cases, index, noise_warnings
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
@@ -58,7 +58,7 @@ def write_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     """Write report.md, report.html and plots/ for ``run_dirs`` into ``out_dir`` (default: the first run)."""
     if not run_dirs:
         raise CcnbenchError("no run directories given")
-    runs = results.load_runs(run_dirs)
+    runs = shard.load_runs(run_dirs)
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
     if out.suffix == ".json":
         out = out.parent

@@ -287,21 +287,3 @@ def load(run_dir: Path | str) -> RunResult:
 
 def load_many(paths: Iterable[Path | str]) -> list[RunResult]:
     return [load(p) for p in paths]
-
-
-def load_runs(paths: Iterable[Path | str]) -> list[RunResult]:
-    """What ``report``, ``compare`` and ``recommend`` read: runs, with the shards of one sweep
-    (``bench --shard K/N``) combined into one run.
-
-    A path is a run directory, a results.json, or a directory holding run directories (the
-    shards of a CI matrix, downloaded side by side). Missing, repeated or mismatched shards are
-    a ResultsError.
-    """
-    from ccnbench.shard import combine
-
-    found: list[Path | str] = []
-    for p in paths:
-        path = Path(p)
-        inner = sorted(d for d in path.iterdir() if results_path(d).is_file()) if path.is_dir() else []
-        found += inner if inner and not results_path(path).is_file() else [path]
-    return combine(load_many(found))

@@ -1,59 +1,48 @@
-"""Split a sweep across machines (``bench --shard K/N``) and put the parts back together.
+"""The parts of a sharded sweep (``bench --shard K/N``) put back together, and runs loaded with them.
 
-The unit of splitting is the *contest*: one model (label and digest) at one precision on one
-kind of device. All layouts and targets of a contest stay in one part, because they are timed
-against each other in one process. Contests go to parts by expected cost, largest first, each
-to the part with the least so far: deterministic for a given configuration, and balanced.
-
-Each part records its shard in the run's configuration; ``combine`` (called by ``report``,
-``compare`` and ``recommend`` through ``results.load_runs``) turns the N run directories back
-into one run, refusing parts that are missing, repeated, or from another configuration or commit.
+Which groups go to which part is planning (``ccnbench.plan.select``). Each part records its
+shard in the run's configuration; ``load_runs`` (what ``report``, ``compare`` and ``recommend``
+read) hands the runs to ``combine``, which turns the N run directories back into one run,
+refusing parts that are missing, repeated, or from another configuration or commit.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from ccnbench.contest import contest_key
-from ccnbench.errors import ResultsError
-
-if TYPE_CHECKING:
-    from ccnbench.execute import CaseGroup
-    from ccnbench.results import RunResult
-
-# Rough relative cost of preparing and timing one case on a target's backend: compilers and
-# engine builders spend far longer before the first measurement than eager or ONNX Runtime.
-_BACKEND_WEIGHT = {"compile": 4.0, "tensorrt": 6.0, "aoti": 6.0}
+from ccnbench.errors import ResultsError, UsageError
+from ccnbench.results import RunResult, load_many, results_path
 
 
-def expected_cost(group: CaseGroup) -> float:
-    """A deterministic estimate from what the group is, without building anything."""
-    voxels = math.prod(group.source.input_shape) * group.source.num_inputs
-    weight = _BACKEND_WEIGHT.get(group.target.backend, 1.0)
-    return weight * (1.0 + voxels * sum(group.batches) / 1e5)
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): the second of four parts."""
+    k, sep, n = str(text).partition("/")
+    try:
+        shard = (int(k), int(n)) if sep else None
+    except ValueError:
+        shard = None
+    if shard is None or not 1 <= shard[0] <= shard[1]:
+        raise UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
+    return shard
 
 
-def assign(groups: Sequence[CaseGroup], parts: int) -> dict[tuple[str, ...], int]:
-    """Contest -> part index (0-based): largest expected cost first, each to the lightest part."""
-    costs: dict[tuple[str, ...], float] = {}
-    for g in groups:
-        costs[contest_key(g)] = costs.get(contest_key(g), 0.0) + expected_cost(g)
-    loads = [0.0] * parts
-    owner = {}
-    for key in sorted(costs, key=lambda k: (-costs[k], k)):
-        part = min(range(parts), key=lambda i: (loads[i], i))
-        owner[key] = part
-        loads[part] += costs[key]
-    return owner
+def load_runs(paths: Iterable[Path | str]) -> list[RunResult]:
+    """What ``report``, ``compare`` and ``recommend`` read: runs, with the shards of one sweep
+    (``bench --shard K/N``) combined into one run.
 
-
-def select(groups: Sequence[CaseGroup], k: int, n: int) -> list[CaseGroup]:
-    """The groups of part ``k`` of ``n`` (1-based), in their original order."""
-    owner = assign(groups, n)
-    return [g for g in groups if owner[contest_key(g)] == k - 1]
+    A path is a run directory, a results.json, or a directory holding run directories (the
+    shards of a CI matrix, downloaded side by side). Missing, repeated or mismatched shards are
+    a ResultsError.
+    """
+    found: list[Path | str] = []
+    for p in paths:
+        path = Path(p)
+        inner = sorted(d for d in path.iterdir() if results_path(d).is_file()) if path.is_dir() else []
+        found += inner if inner and not results_path(path).is_file() else [path]
+    return combine(load_many(found))
 
 
 def combine(runs: Sequence[RunResult]) -> list[RunResult]:
@@ -108,8 +97,6 @@ def _merge(parts: list[RunResult]) -> RunResult:
 
 
 def _shard_of(run: RunResult) -> tuple[int, int]:
-    from ccnbench.config import parse_shard
-
     try:
         return parse_shard(run.config["shard"])
     except Exception as exc:

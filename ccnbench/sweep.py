@@ -1,4 +1,4 @@
-"""Sweeps: expand a configuration into case groups and run each group in a fresh worker process.
+"""Sweeps: run a configuration's case groups (``plan.expand``), each in a fresh worker process.
 
 A worker that crashes, hangs past its timeout or runs out of memory becomes results with a
 status and a message; the sweep goes on. Every finished case is appended to the run's journal
@@ -8,12 +8,8 @@ status and a message; the sweep goes on. Every finished case is appended to the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,16 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ccnbench import contest, environment, results
-from ccnbench.config import (  # noqa: F401 - re-exported: the configuration used to live here
-    DEFAULT_TIMEOUT,
-    ISOLATIONS,
-    SWEEPS_DIR,
-    SweepConfig,
-    load_config,
-)
+from ccnbench import config as configuration
+from ccnbench import contest, environment, outcomes, plan, results, worker
+from ccnbench.config import SweepConfig
 from ccnbench.errors import CcnbenchError, UsageError
-from ccnbench.execute import CaseGroup, unavailable_reason
+from ccnbench.plan import CaseGroup, unavailable_reason
 from ccnbench.results import CaseKey, CaseResult, RunResult
 
 # --- running ------------------------------------------------------------------------------------
@@ -56,6 +47,32 @@ def new_run_dir(base: Path, name: str) -> Path:
     return path
 
 
+def begin(
+    flags: dict[str, Any], config_file: str | None, resume_dir: Path | None, out: Path | None
+) -> tuple[RunResult, SweepConfig, Path]:
+    """What ``bench`` runs, and where: a stored run to finish (``--resume``), or a new one from a
+    sweep file or the flags (flag -> value, None when not given), in ``out`` or a new directory."""
+    if resume_dir is not None:
+        configuration.check_resume(flags, config_file, out)
+        return (*resume(resume_dir), resume_dir)
+    config = configuration.from_command_line(flags, config_file)
+    run_dir = out or new_run_dir(Path("results"), config.name)
+    return start(config, run_dir), config, run_dir
+
+
+def closing_notes(run: RunResult, run_dir: Path) -> list[str]:
+    """What to tell the user after a run: a shard is only a part, a spent budget leaves it open."""
+    notes = []
+    if run.config.get("shard"):
+        notes.append(
+            f"this is shard {run.config['shard']} of the sweep: report/compare/recommend take all its run "
+            "directories together"
+        )
+    if not run.complete:
+        notes.append(f"budget spent: the run is incomplete; finish it with --resume {run_dir}")
+    return notes
+
+
 def start(config: SweepConfig, run_dir: Path) -> RunResult:
     """Create a new run directory; an existing run is never overwritten."""
     if results.results_path(run_dir).exists():
@@ -64,7 +81,7 @@ def start(config: SweepConfig, run_dir: Path) -> RunResult:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CcnbenchError(f"cannot create run directory {run_dir}: {exc.strerror}") from exc
-    groups = config.expand()  # fail on a bad config before anything is written
+    groups = plan.expand(config)  # fail on a bad config before anything is written
     if not groups and not config.shard:  # an empty shard (more parts than models) is a valid, empty part
         raise UsageError("the sweep expands to no cases")
     from ccnbench.backends.torch_eager import cuda_unavailable_reason
@@ -103,7 +120,7 @@ def execute(
     """
     events = events or SweepEvents()
     writer = _RunWriter(run, run_dir, events)
-    groups = config.expand()
+    groups = plan.expand(config)
     done = _done_keys(run, groups)
     pending = [g for g in groups if not set(g.case_keys()) <= done]
     events.on_total(sum(len(g.batches) for g in groups))
@@ -118,9 +135,8 @@ def execute(
         # An unavailable target needs no worker: say why and move on.
         reason = unavailable_reason(group)
         if reason:
-            for key in group.case_keys():
-                if key not in done:
-                    writer.record(CaseResult(key, "unavailable", reason, spec=_spec_dict(group)))
+            for case in outcomes.unavailable(group, reason, [k for k in group.case_keys() if k not in done]):
+                writer.record(case)
         else:
             runnable.append(_without(group, done))
     contests, alone = contest.plan(runnable, run.tag)  # ids unique to this run
@@ -322,7 +338,7 @@ def _run_contests(
         if outcome == "deadline":
             break
         writer.events.on_note(
-            f"{chain[0].label}: process {process} {_ending(outcome, code, per_contest, log_path)[1]}"
+            f"{chain[0].label}: process {process} {worker.ending(outcome, code, per_contest, log_path)[1]}"
         )
         if process == todo[0]:
             return [g for g in members if not set(g.case_keys()) <= seen | set(merged)]
@@ -340,19 +356,8 @@ def _spawn(
     merged: dict[CaseKey, CaseResult] | None = None,
 ) -> tuple[str, int | None, int | None, set[CaseKey]]:
     """One worker on ``payload``: (outcome, exit code, the group it was running, cases it reported)."""
-    with tempfile.TemporaryDirectory(prefix="ccnbench-worker-") as tmp:
-        task, out = Path(tmp) / "task.json", Path(tmp) / "results.jsonl"
-        task.write_text(json.dumps(payload))
-        out.touch()
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ccnbench.worker", str(task), str(out)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a timeout kills its children too
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            outcome, current, seen = _follow(proc, out, groups, timeout, writer, deadline, merged)
+    with worker.launched(payload, log_path) as (proc, out):
+        outcome, current, seen = _follow(proc, out, groups, timeout, writer, deadline, merged)
     return outcome, proc.returncode, current, seen
 
 
@@ -374,11 +379,12 @@ def _run_isolated(
         if outcome == "deadline":
             return  # the rest stays unrecorded: `resume` runs it
         index = current if current is not None else 0
-        status, message = _ending(outcome, code, timeout, log_path)
+        status, message = worker.ending(outcome, code, timeout, log_path)
         group = remaining[index]
-        for key in group.case_keys():
-            if key not in seen:
-                writer.record(CaseResult(key, status, message, spec=_spec_dict(group)))
+        for case in outcomes.failed(
+            group, message, [k for k in group.case_keys() if k not in seen], status=status
+        ):
+            writer.record(case)
         remaining = remaining[index + 1 :]
 
 
@@ -401,7 +407,7 @@ def _follow(
     try:
         while True:
             exited = proc.poll() is not None  # before reading: a finished worker's last lines are in
-            offset, events = _read_events(out, offset)
+            offset, events = worker.read_events(out, offset)
             for event in events:
                 if "group" in event:
                     current, started = int(event["group"]), time.monotonic()
@@ -415,14 +421,14 @@ def _follow(
             if exited:
                 return "exited", current, seen
             if deadline and time.monotonic() > deadline:  # the group in flight stops too
-                _kill(proc)
+                worker.kill(proc)
                 return "deadline", current, seen
             if time.monotonic() - started > timeout:
-                _kill(proc)
+                worker.kill(proc)
                 return "timeout", current, seen
             time.sleep(0.05)
     except BaseException:  # Ctrl-C: never leave a worker running behind us
-        _kill(proc)
+        worker.kill(proc)
         raise
 
 
@@ -437,50 +443,6 @@ def _deadline(budget_seconds: float | None) -> float | None:
         except ValueError as exc:
             raise UsageError(f"CCNBENCH_DEADLINE must be a Unix time in seconds, got {env!r}") from exc
     return min(ends) if ends else None
-
-
-def _read_events(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
-    """Complete JSON lines the worker appended since ``offset`` (a partial line waits)."""
-    events = []
-    with path.open("rb") as f:
-        f.seek(offset)
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            offset += len(line)
-            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                events.append(json.loads(line))
-    return offset, events
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-def _ending(outcome: str, code: int | None, timeout: float, log_path: Path) -> tuple[str, str]:
-    if outcome == "timeout":
-        return "timeout", f"worker exceeded the {timeout:g} s timeout and was killed"
-    tail = _last_line(log_path)
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return "failed", f"worker killed by {name}{hint}" + (f": {tail}" if tail else "")
-    return "failed", f"worker exited with code {code} before finishing" + (f": {tail}" if tail else "")
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-def _spec_dict(group: CaseGroup) -> dict[str, Any] | None:
-    return group.source.spec.to_dict() if group.source.spec else None
 
 
 def _safe(text: str) -> str:

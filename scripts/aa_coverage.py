@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ccnbench import analysis, results
+from ccnbench import analysis, shard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the runs in pairs (a b [a b ...])")
     inside = compared = 0
     for a_path, b_path in zip(args.runs[::2], args.runs[1::2]):
-        (a,), (b,) = results.load_runs([a_path]), results.load_runs([b_path])
+        (a,), (b,) = shard.load_runs([a_path]), shard.load_runs([b_path])
         for first, second, name in ((a, b, f"{b_path} in {a_path}"), (b, a, f"{a_path} in {b_path}")):
             i, n, misses = analysis.cross_coverage(first, second)
             inside, compared = inside + i, compared + n

@@ -10,14 +10,14 @@ import time
 
 import numpy as np
 
-from ccnbench import check, selection
+from ccnbench import plan, selection
 from ccnbench.backends import backend_of, parse_targets
 from ccnbench.timing import Protocol, bound_call, measure, stage, time_block
 
 target = sys.argv[1] if len(sys.argv) > 1 else "torch:cpu"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 sources = selection.sources(preset="small", variants="decision", layouts_="all")
-groups = check.plan(sources, parse_targets([target]), ["fp32"], [batch], "artifacts", threads=1)
+groups = plan.case_groups(sources, parse_targets([target]), ["fp32"], [batch], "artifacts", threads=1)
 calls, runners = [], []
 for g in groups:
     r = backend_of(g.target).prepare(g.source, g.target, g.options)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ccnbench import check, environment
+from ccnbench import environment, plan
 from ccnbench.agreement import (
     DEFAULT_TOLERANCES,
     TolerancePolicy,
@@ -45,10 +45,10 @@ from ccnbench.agreement import (
 )
 from ccnbench.backends import Target, backend_of
 from ccnbench.errors import CcnbenchError
-from ccnbench.execute import unavailable_reason
 from ccnbench.models import build_kept, variant_specs
 from ccnbench.models.cast import CastIO
 from ccnbench.models.faults import fault_names, inject
+from ccnbench.plan import unavailable_reason
 from ccnbench.source import ModelSource
 from ccnbench.timing import stage
 
@@ -106,7 +106,7 @@ def correct_rows(spec: Any, targets: list[str], artifacts: Path) -> list[dict[st
         for text in targets:
             for precision in TARGETS[text]:
                 target = Target.parse(text)
-                (group,) = check.plan([source], [target], [precision], [BATCH], artifacts, threads=2)
+                (group,) = plan.case_groups([source], [target], [precision], [BATCH], artifacts, threads=2)
                 base = {"side": "correct", "model": spec.label, "layout": layout, "target": text}
                 base |= {"precision": precision, "fault": None}
                 reason = unavailable_reason(group) or _NO_PATH.get((text, precision))

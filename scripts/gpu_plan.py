@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ccnbench import contest, sweep  # noqa: E402
+from ccnbench import config as configuration  # noqa: E402
+from ccnbench import contest, plan, sweep  # noqa: E402
 from ccnbench.backends import backend_of  # noqa: E402
 
 # Measured on the H200 (console.log of the 2026-11-30 run): a fresh worker's Python, torch and CUDA
@@ -81,8 +82,8 @@ def oracle_seconds(branches: int, on_gpu: bool) -> tuple[float, bool]:
 
 def estimate_stage(name: str, with_ort: bool = True, oracle_on_gpu: bool = True, jobs: int = 8) -> Estimate:
     """The wall time of one stage as ``ccnbench bench`` would run it on the GPU machine."""
-    config = sweep.load_config(name)
-    groups = [g for g in config.expand() if with_ort or g.target.backend != "ort"]
+    config = configuration.load_config(name)
+    groups = [g for g in plan.expand(config) if with_ort or g.target.backend != "ort"]
     groups = [g for g in groups if str(g.target) != "tensorrt:cuda"]  # absent on the lent machine
     est = Estimate(config.name)
     files = {}
@@ -144,8 +145,8 @@ def main(argv: list[str]) -> int:
     print("-- estimates from the H200 run of 2026-11-30; * = no H200 timing yet, an estimate")
     total = 0.0
     for name in args.stages:
-        config = sweep.load_config(name)
-        groups = config.expand()
+        config = configuration.load_config(name)
+        groups = plan.expand(config)
         print(f"-- plan {config.name}: {len(groups)} groups, {sum(len(g.batches) for g in groups)} cases")
         for g in groups:
             print(
@@ -161,7 +162,7 @@ def main(argv: list[str]) -> int:
         ort = f" ({no_ort:.0f} s without onnxruntime-gpu)" if no_ort < est.seconds else ""
         print(f"   = {est.seconds:.0f} s{ort}; cumulative {total:.0f} s{budget}{cut}")
     print(f"-- report over the finished stages ~{ESTIMATE['report']:.0f} s *")
-    names = [sweep.load_config(n).name for n in args.stages]
+    names = [configuration.load_config(n).name for n in args.stages]
     print(
         f"-- dropped first when the deadline comes (the stage in flight is cut, later ones skipped): {', then '.join(reversed(names))}"
     )

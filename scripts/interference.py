@@ -73,14 +73,16 @@ def main() -> int:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from ccnbench import check, contest, selection
+    from ccnbench import contest, plan, selection
     from ccnbench.backends import parse_targets
     from ccnbench.timing import DEFAULT
 
     protocol = _protocol(DEFAULT, args)
     targets = parse_targets(args.targets if args.worker == "all" else args.worker)
     sources = selection.sources(preset=args.preset, variants=args.variant, layouts_=args.layout, seed=0)
-    groups = check.plan(sources, targets, ["fp32"], [args.batch], Path(args.artifacts), protocol=protocol)
+    groups = plan.case_groups(
+        sources, targets, ["fp32"], [args.batch], Path(args.artifacts), protocol=protocol
+    )
     names = {}
     blocks: list[dict[str, Any]] = []
     timed = contest.time_block

@@ -14,12 +14,12 @@ import argparse
 import math
 import sys
 
-from ccnbench import analysis, results
+from ccnbench import analysis, shard
 from ccnbench.recommend import Recommendation, recommend
 
 
 def answers(path: str, shippable: bool) -> dict[tuple[str, int, str], Recommendation]:
-    cases = analysis.all_cases(results.load_runs([path]))
+    cases = analysis.all_cases(shard.load_runs([path]))
     return {(r.model, r.batch, r.device): r for r in recommend(cases, shippable=shippable)}
 
 

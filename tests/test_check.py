@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import check
+from ccnbench import check, outcomes, plan
 from ccnbench.backends import Target, parse_targets
 from ccnbench.cli import app
 from ccnbench.models import VARIANTS, spec_from_preset
@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "user_models.py"
 
 
 def _run(sources, targets, artifacts, precisions=("fp32",), batches=(1, 3), **kw):
-    return check.run(check.plan(sources, targets, precisions, batches, artifacts, threads=2, **kw))
+    return check.run(plan.case_groups(sources, targets, precisions, batches, artifacts, threads=2, **kw))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -221,3 +221,20 @@ def test_dynamic_batch_compiles_fewer_graphs_with_the_same_answers(artifacts_dir
         graphs[dynamic] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     # One graph per batch size when static; when dynamic, one for 4 and 8 plus dynamo's batch-1 specialisation.
     assert graphs == {False: 3, True: 2}
+
+
+def test_unavailable_and_failed_results_are_built_in_one_place(tmp_path):
+    source = ModelSource.from_spec(spec_from_preset("tiny", "early"))
+    (group,) = plan.case_groups([source], parse_targets("ort:cpu"), ["fp32"], [1, 2], tmp_path)
+    gone = outcomes.unavailable(group, "no runtime here", contest="c")
+    assert [(c.key.batch, c.status, c.message, c.contest, c.spec) for c in gone] == [
+        (b, "unavailable", "no runtime here", "c", source.spec.to_dict()) for b in (1, 2)
+    ]
+    cut = outcomes.failed(group, "worker killed", group.case_keys()[1:], status="timeout")
+    assert [(c.key.batch, c.status, c.message, c.artifact) for c in cut] == [
+        (2, "timeout", "worker killed", None)
+    ]
+    try:
+        raise ValueError("two\n   lines")
+    except ValueError as exc:
+        assert outcomes.describe(exc).startswith("ValueError: two lines (test_check.py:")

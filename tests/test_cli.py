@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
-from ccnbench import __version__
+from ccnbench import __version__, exporting
 from ccnbench.cli import app, main
 from ccnbench.models import build_kept, spec_from_preset
 
@@ -64,3 +66,26 @@ def test_main_returns_exit_codes_without_raising(capsys):
     assert main(["variants", "--branches", "0"]) == 2
     err = capsys.readouterr().err
     assert err.strip().startswith("error: invalid spec: branches")
+
+
+def test_export_engine_jobs_build_one_engine_per_file_with_the_engine_batches(monkeypatch):
+    """``export --engine``: one job per ONNX file, each handing it to TensorRT with --engine-batch's
+    sizes (the builder replaced: no TensorRT needed); no --engine, no jobs."""
+    import ccnbench.backends.tensorrt as tensorrt
+
+    built = []
+    monkeypatch.setattr(
+        tensorrt,
+        "export_engine",
+        lambda a, options: built.append((a.path, options)) or {"engine": a.path.stem},
+    )
+    files = [
+        SimpleNamespace(path=Path(f"/x/{name}.onnx"), precision="fp16", io="fp32")
+        for name in ("kept", "merged")
+    ]
+    jobs = exporting.engine_jobs(files, (1, 8), Path("/x"))
+    assert [job.run(lambda note: None) for job in jobs] == [(f.path, {"engine": f.path.stem}) for f in files]
+    assert [(path.name, o.batch_sizes, o.precision, o.artifacts_dir) for path, o in built] == [
+        (f"{name}.onnx", (1, 8), "fp16", Path("/x")) for name in ("kept", "merged")
+    ]
+    assert exporting.engine_jobs(files, None, Path("/x")) == []

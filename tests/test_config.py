@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import config, sweep
+from ccnbench import check, config, plan
 from ccnbench.agreement import Tolerance
 from ccnbench.cli import app
 from ccnbench.errors import UsageError
@@ -100,5 +100,15 @@ def test_every_bench_flag_is_honoured_or_refused_by_name(args, words):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_sweep_module_still_exports_the_configuration():
-    assert sweep.SweepConfig is config.SweepConfig and sweep.load_config is config.load_config
+def test_check_flags_take_the_route_bench_flags_take(tmp_path):
+    """``check`` and ``bench`` flags become one SweepConfig: the same case groups (check's untimed),
+    and check's tolerance flags land in the configuration's [tolerance] table."""
+    flags = {"--preset": "tiny", "--variant": "early", "--layout": "all", "--targets": "ort:cpu",
+             "--batch": "1,2", "--artifacts": tmp_path}  # fmt: skip
+    checked = check.planned({**flags, "--atol": 1e-3, "--tol": ["logits=1e-2,1e-3"]})
+    benched = plan.expand(config.from_command_line(flags, None))
+    assert [g.case_keys() for g in checked] == [g.case_keys() for g in benched] and len(checked) == 2
+    assert all(g.protocol is None for g in checked) and all(g.protocol is not None for g in benched)
+    assert {(g.atol, g.per_output["logits"]) for g in checked} == {(1e-3, Tolerance(1e-2, 1e-3))}
+    with pytest.raises(UsageError, match="--tol 'logits': expected name=atol"):
+        check.planned({**flags, "--tol": ["logits"]})

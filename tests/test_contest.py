@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ccnbench import check, contest, selection, stats
+from ccnbench import contest, plan, selection, stats
 from ccnbench.backends import parse_targets
 from ccnbench.results import CaseKey, CaseResult
 from ccnbench.timing import QUICK, Block, LatencyStats
@@ -14,7 +14,7 @@ PROTOCOL = replace(QUICK, block_seconds=0.005, min_rounds=4, contest_seconds=0.2
 
 def _groups(artifacts, variants="early,decision", targets="torch:cpu,ort:cpu", protocol=PROTOCOL):
     sources = selection.sources(preset="tiny", variants=variants, layouts_="all")
-    return check.plan(
+    return plan.case_groups(
         sources, parse_targets(targets.split(",")), ["fp32"], [1, 2], artifacts, protocol=protocol
     )
 

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import torch
 
-from ccnbench import check, contest, selection
+from ccnbench import contest, plan, selection
 from ccnbench.backends import parse_targets
 from ccnbench.backends.settings import ProcessSettings, applied
 from ccnbench.backends.torch_eager import TorchBackend
@@ -50,7 +50,7 @@ def test_each_member_runs_with_its_own_settings_after_a_settle_and_the_process_g
     monkeypatch.setattr(contest, "settle", lambda limit: limits.append(limit) or 0.0)
     protocol = replace(PROTOCOL, settle_seconds=0.25)
     sources = selection.sources(preset="tiny", variants="early", layouts_="all")
-    groups = check.plan(
+    groups = plan.case_groups(
         sources, parse_targets(["torch:cpu"]), ["fp32"], [1], artifacts_dir, protocol=protocol
     )
     before = ProcessSettings.read()

@@ -137,7 +137,7 @@ def test_a_members_memory_does_not_depend_on_the_order(tmp_path):
     import sys
     from dataclasses import replace
 
-    from ccnbench import check, contest, selection
+    from ccnbench import contest, plan, selection
     from ccnbench.backends import backend_of, parse_targets
     from ccnbench.backends.onnxruntime import provider_unavailable_reason
     from ccnbench.timing import QUICK
@@ -147,7 +147,7 @@ def test_a_members_memory_does_not_depend_on_the_order(tmp_path):
     )
     targets = "torch:cuda" + ("" if provider_unavailable_reason("cuda") else ",ort:cuda")
     sources = selection.sources(preset="small", variants="model", layouts_="all", branches="2")
-    groups = check.plan(sources, parse_targets(targets), ["fp32"], [1, 8], tmp_path, protocol=protocol)
+    groups = plan.case_groups(sources, parse_targets(targets), ["fp32"], [1, 8], tmp_path, protocol=protocol)
     match = contest.plan(groups)[0][0]
     for g in groups:  # built here once, as the sweep's parent does
         backend_of(g.target).artifact(g.source, g.target, g.options)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ccnbench import contest, results, sweep
+from ccnbench import contest, plan, results, sweep
+from ccnbench.config import SweepConfig, load_config
 from ccnbench.errors import UsageError
 from ccnbench.timing import Protocol
 
@@ -46,7 +47,7 @@ def _what(groups) -> set[tuple]:
 
 
 def test_stages_answer_the_important_questions_first():
-    stages = [sweep.load_config(name).expand() for name in _stages()]
+    stages = [plan.expand(load_config(name)) for name in _stages()]
     assert len(stages) == 5
     eager, graphs, aoti, nsweep, rest = stages
     five = ("model", "early", "feature", "decision", "multitask")
@@ -73,20 +74,20 @@ def test_stages_answer_the_important_questions_first():
 
 def test_formats_compared_with_each_other_share_a_stage():
     for name in _stages():
-        groups = sweep.load_config(name).expand()
+        groups = plan.expand(load_config(name))
         per_model: dict[tuple[str, str, str], set[str]] = {}
         for g in groups:
             per_model.setdefault((g.source.label, str(g.target), g.precision), set()).add(g.source.layout)
         assert all(layouts == {"kept", "merged"} for layouts in per_model.values()), name
     for name in ("gpu-1-eager", "gpu-4-nsweep"):
         pairs: dict[tuple[str, str, str], set[str]] = {}
-        for g in sweep.load_config(name).expand():
+        for g in plan.expand(load_config(name)):
             pairs.setdefault((g.source.label, g.source.layout, g.precision), set()).add(str(g.target))
         assert all(targets == {"torch:cuda", "ort:cuda"} for targets in pairs.values())
 
 
 def test_a_stage_pays_one_worker_start_and_a_model_shares_it_across_precisions():
-    groups = sweep.load_config("gpu-1-eager").expand()
+    groups = plan.expand(load_config("gpu-1-eager"))
     contests, alone = contest.plan(groups)
     assert alone == [] and len(contests) == 10  # five models x two precisions
     assert len(sweep.contest_workers(contests, "device")) == 1
@@ -131,16 +132,16 @@ def test_plan_prices_every_stage_from_the_h200_timings_and_marks_estimates(capsy
 @pytest.mark.slow
 def test_parallel_builds_write_every_artifact_and_stop_at_the_deadline(tmp_path, monkeypatch):
     monkeypatch.setenv("CCNBENCH_EXPORT_JOBS", "2")
-    config = sweep.SweepConfig(
+    config = SweepConfig(
         models=({"preset": "tiny", "variants": ["early"], "layouts": ["kept", "merged"]},),
         targets=("ort:cpu",),
         artifacts=str(tmp_path / "artifacts"),
     )
     notes: list[str] = []
     spent = time.monotonic() - 1
-    sweep._export_artifacts(config.expand(), sweep.SweepEvents(on_note=notes.append), deadline=spent)
+    sweep._export_artifacts(plan.expand(config), sweep.SweepEvents(on_note=notes.append), deadline=spent)
     assert "deadline: the builds still running are stopped" in notes
-    sweep._export_artifacts(config.expand(), sweep.SweepEvents(on_note=notes.append))
+    sweep._export_artifacts(plan.expand(config), sweep.SweepEvents(on_note=notes.append))
     assert len(list((tmp_path / "artifacts").glob("early-*-n3-fp32-*.onnx"))) == 2
     assert notes[-3] == "building 2 artifacts in 2 processes"
 
@@ -164,7 +165,7 @@ def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 
 def test_script_header_states_the_case_counts():
     header = SCRIPT.read_text().split("set -uo pipefail")[0]
-    counts = {name: sum(len(g.batches) for g in sweep.load_config(name).expand()) for name in _stages()}
+    counts = {name: sum(len(g.batches) for g in plan.expand(load_config(name))) for name in _stages()}
     for name, cases in counts.items():
         assert re.search(rf"{name}\b.*\n.*\b{cases} cases", header), f"header lacks {name}: {cases} cases"
     assert f"{sum(counts.values())} cases" in header
@@ -184,12 +185,12 @@ def test_deadline_comes_from_the_budget_or_the_environment(monkeypatch):
 
 
 def test_a_spent_deadline_skips_the_remaining_exports(monkeypatch, tmp_path):
-    config = sweep.SweepConfig(
+    config = SweepConfig(
         models=({"preset": "tiny", "variants": ["early"], "layouts": ["kept"]},),
         targets=("ort:cpu",),
         artifacts=str(tmp_path / "artifacts"),
     )
-    groups = config.expand()
+    groups = plan.expand(config)
     notes: list[str] = []
     sweep._export_artifacts(groups, sweep.SweepEvents(on_note=notes.append), deadline=time.monotonic() - 1)
     assert notes == [] and not (tmp_path / "artifacts").exists()
@@ -200,7 +201,7 @@ def test_the_deadline_stops_the_group_in_flight_and_leaves_a_reportable_run(tmp_
     from ccnbench.report import write_report
 
     # One group whose timing would take 120 s; the deadline, 20 s away, must end it.
-    config = sweep.SweepConfig(
+    config = SweepConfig(
         models=({"preset": "tiny", "variants": ["early", "feature"], "layouts": ["kept"]},),
         targets=("torch:cpu",),
         batches=(1,),

@@ -178,14 +178,14 @@ RSS_TOLERANCE = 1.5 * MiB
 def test_early_fusion_kept_and_merged_hold_the_same_rss_in_either_order(artifacts_dir):
     from dataclasses import replace
 
-    from ccnbench import check, contest, selection
+    from ccnbench import contest, plan, selection
     from ccnbench.backends import parse_targets
     from ccnbench.timing import QUICK
 
     protocol = replace(QUICK, warmup_iterations=1, warmup_seconds=0, min_rounds=1, block_seconds=0.001,
                        contest_seconds=0, repeats=1)  # fmt: skip
     sources = selection.sources(preset="tiny", variants="early", layouts_="all")
-    groups = check.plan(
+    groups = plan.case_groups(
         sources, parse_targets("torch:cpu,ort:cpu"), ["fp32"], [1], artifacts_dir, protocol=protocol
     )
     match = contest.plan(groups)[0][0]
@@ -210,12 +210,12 @@ def test_early_fusion_kept_and_merged_hold_the_same_rss_in_either_order(artifact
 
 
 def _tiny_contest(artifacts_dir, targets="torch:cpu,ort:cpu"):
-    from ccnbench import check, contest, selection
+    from ccnbench import contest, plan, selection
     from ccnbench.backends import parse_targets
     from ccnbench.timing import QUICK
 
     sources = selection.sources(preset="tiny", variants="early", layouts_="all")
-    groups = check.plan(sources, parse_targets(targets), ["fp32"], [1], artifacts_dir, protocol=QUICK)
+    groups = plan.case_groups(sources, parse_targets(targets), ["fp32"], [1], artifacts_dir, protocol=QUICK)
     return contest.plan(groups)[0][0]
 
 

@@ -13,8 +13,9 @@ from ccnbench import pt2
 from ccnbench.backends import BuildOptions, Target, backend_of
 from ccnbench.cli import app
 from ccnbench.errors import CcnbenchError, UsageError
-from ccnbench.execute import CaseGroup, run_group
+from ccnbench.execute import run_group
 from ccnbench.models import spec_from_preset
+from ccnbench.plan import CaseGroup
 from ccnbench.source import ModelSource
 
 cli = CliRunner()

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import config, results, shard, sweep
+from ccnbench import config, plan, results, shard, sweep
 from ccnbench.cli import app
 from ccnbench.errors import ResultsError
 
@@ -15,35 +15,35 @@ runner = CliRunner()
 
 
 def _groups():
-    return config.load_config("cpu-default").expand_all()
+    return plan.expand_all(config.load_config("cpu-default"))
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 7])
 def test_parts_are_disjoint_cover_the_sweep_and_keep_contests_whole(parts):
     groups = _groups()
-    chosen = [shard.select(groups, k, parts) for k in range(1, parts + 1)]
+    chosen = [plan.select(groups, k, parts) for k in range(1, parts + 1)]
     labels = [g.label for part in chosen for g in part]
     assert sorted(labels) == sorted(g.label for g in groups) and len(set(labels)) == len(labels)
     for part in chosen:  # all layouts and targets of a model at a precision are in one part
         others = [g for p in chosen if p is not part for g in p]
-        assert not {shard.contest_key(g) for g in part} & {shard.contest_key(g) for g in others}
-    assert chosen == [shard.select(_groups(), k, parts) for k in range(1, parts + 1)]  # deterministic
+        assert not {plan.contest_key(g) for g in part} & {plan.contest_key(g) for g in others}
+    assert chosen == [plan.select(_groups(), k, parts) for k in range(1, parts + 1)]  # deterministic
 
 
 def test_more_parts_than_contests_leaves_valid_empty_parts(tmp_path):
     c = config.SweepConfig.from_dict({"preset": "tiny", "variants": "early", "targets": "ort:cpu", "shard": "2/2",
                                       "artifacts": str(tmp_path)})  # fmt: skip
     assert (
-        c.expand() == [] and len({shard.contest_key(g) for g in c.expand_all()}) == 1
+        plan.expand(c) == [] and len({plan.contest_key(g) for g in plan.expand_all(c)}) == 1
     )  # kept + merged: one contest
     assert sweep.start(c, tmp_path / "run").config["shard"] == "2/2"  # an empty part is still a part
 
 
 def test_parts_are_balanced_by_expected_cost():
     groups = _groups()
-    loads = [sum(map(shard.expected_cost, shard.select(groups, k, 2))) for k in (1, 2)]
-    heaviest = max(sum(shard.expected_cost(g) for g in groups if shard.contest_key(g) == key)
-                   for key in {shard.contest_key(g) for g in groups})  # fmt: skip
+    loads = [sum(map(plan.expected_cost, plan.select(groups, k, 2))) for k in (1, 2)]
+    heaviest = max(sum(plan.expected_cost(g) for g in groups if plan.contest_key(g) == key)
+                   for key in {plan.contest_key(g) for g in groups})  # fmt: skip
     assert abs(loads[0] - loads[1]) <= heaviest * (
         1 + 1e-9
     )  # greedy largest-first: off by one contest at most
@@ -86,9 +86,9 @@ def test_shards_run_apart_report_exactly_like_the_whole_sweep(tmp_path, artifact
     one, two = results.load(dirs["1"]), results.load(dirs["2"])
     assert one.config["shard"] == "1/2" and two.config["shard"] == "2/2"
     assert one.cases and two.cases and not {c.key for c in one.cases} & {c.key for c in two.cases}
-    (whole,) = results.load_runs([dirs["whole"]])
+    (whole,) = shard.load_runs([dirs["whole"]])
     for given in ([dirs["1"], dirs["2"]], [tmp_path / "parts"]):  # the directories, or their parent
-        (combined,) = results.load_runs(given)
+        (combined,) = shard.load_runs(given)
         assert sorted((str(c.key), c.verdict) for c in combined.cases) == sorted(
             (str(c.key), c.verdict) for c in whole.cases
         )

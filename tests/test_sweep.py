@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import results, sweep
+from ccnbench import plan, results, sweep
 from ccnbench.cli import app
+from ccnbench.config import SweepConfig, load_config
 from ccnbench.errors import CcnbenchError, UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "user_models.py"
@@ -22,7 +23,7 @@ def _config(artifacts, **extra):
     data = {"name": "t", "preset": "tiny", "variants": "early", "layouts": "kept", "targets": "torch:cpu",
             "batches": [1, 2], "quick": True, "timeout": 60, "artifacts": str(artifacts)}  # fmt: skip
     data.update(extra)
-    return sweep.SweepConfig.from_dict(data)
+    return SweepConfig.from_dict(data)
 
 
 def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, artifacts_dir):
@@ -172,25 +173,25 @@ def test_bench_a_users_onnx_file(tmp_path, artifacts_dir):
 )
 def test_bad_sweep_files_are_usage_errors(data, words):
     with pytest.raises(UsageError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        sweep.SweepConfig.from_dict(data)
+        SweepConfig.from_dict(data)
 
 
 def test_bundled_sweeps_expand(tmp_path):
-    cpu = sweep.load_config("cpu-default").expand()
+    cpu = plan.expand(load_config("cpu-default"))
     assert {str(g.target) for g in cpu} == {"torch:cpu", "ort:cpu", "openvino:cpu"}  # no inductor builds
     assert all(g.protocol.repeats >= 3 for g in cpu)  # processes have speed modes: an answer needs several
-    baseline = {str(g.target) for g in sweep.load_config("cpu-baseline").expand()}
+    baseline = {str(g.target) for g in plan.expand(load_config("cpu-baseline"))}
     assert baseline == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
     assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
     assert {g.source.layout for g in cpu} == {"kept", "merged"} and all(g.batches == (1, 8) for g in cpu)
-    gpu = sweep.load_config("gpu-4-nsweep").expand()
+    gpu = plan.expand(load_config("gpu-4-nsweep"))
     model_branches = {g.source.spec.branches for g in gpu if g.source.spec.variant == "model"}
     assert model_branches == {2, 4, 8}
     assert {g.precision for g in gpu} == {"fp32", "fp16"} and all(g.batches == (1, 32) for g in gpu)
     (tmp_path / "mine.toml").write_text('preset = "tiny"\nvariants = ["early"]\ntargets = ["ort:cpu"]\n')
-    assert len(sweep.load_config(str(tmp_path / "mine.toml")).expand()) == 2
+    assert len(plan.expand(load_config(str(tmp_path / "mine.toml")))) == 2
     with pytest.raises(UsageError, match="no sweep file"):
-        sweep.load_config("no-such-sweep")
+        load_config("no-such-sweep")
 
 
 @pytest.mark.parametrize(

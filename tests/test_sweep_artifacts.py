@@ -6,8 +6,8 @@ from ccnbench import sweep
 from ccnbench.backends import BuildOptions, Target
 from ccnbench.backends.aoti import AotiBackend
 from ccnbench.backends.base import Backend
-from ccnbench.execute import CaseGroup
 from ccnbench.models import spec_from_preset
+from ccnbench.plan import CaseGroup
 from ccnbench.source import ModelSource
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ccnbench import check
+from ccnbench import check, plan
 from ccnbench.backends import backend_of, parse_targets
 from ccnbench.models import VARIANTS, spec_from_preset
 from ccnbench.source import ModelSource
@@ -20,7 +20,7 @@ def test_cuda_targets_agree_with_the_oracle(variant, precision, artifacts_dir):
         for t in parse_targets("torch:cuda,compile:cuda,compile-graphs:cuda,ort:cuda")
         if not backend_of(t).availability(t.device)
     ]
-    results = check.run(check.plan(sources, targets, [precision], [1, 4], artifacts_dir))
+    results = check.run(plan.case_groups(sources, targets, [precision], [1, 4], artifacts_dir))
     assert results
     for r in results:
         assert r.status == "ok", f"{r.key}: {r.message}"

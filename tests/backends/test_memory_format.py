@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from ccnbench import check, contest, selection
+from ccnbench import check, contest, plan, selection
 from ccnbench.backends import parse_targets
 from ccnbench.backends.torch_eager import conv_backends
 from ccnbench.config import SweepConfig
@@ -21,7 +21,9 @@ CL3D = "channels_last_3d"
 
 def _plan(artifacts, targets="torch:cpu,compile:cpu,ort:cpu", formats=("contiguous", CL3D), variant="model"):
     sources = selection.sources(preset="tiny", variants=variant, layouts_="merged")
-    return check.plan(sources, parse_targets(targets), ["fp32"], [1, 2], artifacts, memory_formats=formats)
+    return plan.case_groups(
+        sources, parse_targets(targets), ["fp32"], [1, 2], artifacts, memory_formats=formats
+    )
 
 
 def test_keys_written_before_the_option_match_default_keys():

@@ -4,7 +4,7 @@ in results/fp16-evidence/)."""
 import pytest
 import torch
 
-from ccnbench import check
+from ccnbench import check, plan
 from ccnbench.agreement import DEFAULT_TOLERANCES, TolerancePolicy, compare, equal_tolerance
 from ccnbench.backends import parse_targets
 from ccnbench.models import build_kept, variant_specs
@@ -58,7 +58,7 @@ def test_faults_leave_the_original_alone_and_reject_unknown_names():
 
 def test_correct_fp16_passes_on_every_variant_and_layout(tmp_path):
     sources = [ModelSource.from_spec(s, layout) for s in SPECS for layout in ("kept", "merged")]
-    results = check.run(check.plan(sources, parse_targets("torch:cpu"), ["fp16"], [BATCH], tmp_path))
+    results = check.run(plan.case_groups(sources, parse_targets("torch:cpu"), ["fp16"], [BATCH], tmp_path))
     assert len(results) == 2 * len(SPECS)
     for r in results:
         assert r.passed, f"{r.key}: {r.agreement.to_dict()}"
