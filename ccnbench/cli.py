@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from ccnbench import __version__
 from ccnbench.config import DEFAULTS, FLAGS, MODEL_DEFAULTS
 from ccnbench.errors import CcnbenchError
+from ccnbench.training import commands as training_commands
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
     from typer._click.exceptions import ClickException, UsageError
@@ -477,6 +478,10 @@ def _print_json(data: Any) -> None:
 
     # Plain print: rich would wrap long lines and break the JSON for scripts.
     print(json.dumps(data, indent=2, default=str))
+
+
+# The training commands (shapes, train-check, train-bench, checkpoint, unmerge) live with their library.
+training_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
