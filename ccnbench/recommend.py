@@ -182,6 +182,12 @@ def recommend(
     return out
 
 
+def unsettled(cases: Sequence[CaseResult]) -> list[Recommendation]:
+    """The answers, with and without ``shippable``, that these cases leave inconclusive: what more
+    processes of their contest would settle (a sweep's ``max_repeats`` runs them)."""
+    return [r for shippable in (False, True) for r in recommend(cases, shippable=shippable) if r.inconclusive]
+
+
 def shipped_as(target: str) -> str | None:
     """What ships for ``target`` (``"ONNX file"``, ``".pt2 package"``, ...), or None when it needs
     the model's Python code at run time, or is a backend this version does not know."""

@@ -7,7 +7,6 @@ status and a message; the sweep goes on. Every finished case is appended to the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ccnbench import config as configuration
-from ccnbench import contest, environment, outcomes, plan, results, worker
+from ccnbench import contest, environment, outcomes, plan, prebuild, recommend, results, worker
 from ccnbench.config import SweepConfig
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.plan import CaseGroup, unavailable_reason
@@ -127,7 +126,7 @@ def execute(
     for case in run.cases:
         events.on_case(case)
     deadline = _deadline(budget_seconds)  # before the exports: they are part of the budget
-    _export_artifacts(pending, events, deadline)
+    prebuild.export_artifacts(pending, events.on_note, deadline)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     runnable = []
@@ -182,89 +181,6 @@ class _RunWriter:
         self.events.on_case(case)
 
 
-def _export_artifacts(
-    groups: Sequence[CaseGroup], events: SweepEvents, deadline: float | None = None
-) -> None:
-    """Build every artifact (ONNX file, .pt2 package) once, before any worker starts.
-
-    Workers then only read them, so no two processes write one file and export or build time
-    (half a minute for a .pt2 package) is not charged to any worker's timeout. On a machine with
-    cores to spare the builds run in parallel processes (``export_jobs``): a GPU check exports
-    some thirty medium ONNX files, each a single-threaded trace. A user's factory is exported
-    inside its worker instead, so a broken one cannot take the sweep down. Failures are left for
-    the worker to report.
-    """
-    from ccnbench.backends import backend_of
-
-    wanted = {}
-    for g in groups:
-        fmt = backend_of(g.target).file_format
-        if fmt and g.source.kind == "spec" and unavailable_reason(g) is None:
-            key = (fmt, g.source.digest, g.source.layout, g.precision, g.target.device_kind)
-            wanted.setdefault(key, g)
-    jobs = export_jobs(len(wanted))
-    if jobs > 1:
-        _export_in_parallel(list(wanted.items()), jobs, events, deadline)
-        return
-    for (fmt, *_), g in wanted.items():
-        if deadline and time.monotonic() > deadline:
-            return
-        events.on_note(f"building {fmt} for {g.source.label} {g.source.layout} {g.precision}")
-        with contextlib.suppress(CcnbenchError):
-            backend_of(g.target).artifact(g.source, g.target, g.options)
-
-
-def export_jobs(count: int) -> int:
-    """Parallel build processes: ``CCNBENCH_EXPORT_JOBS``, else half the cores (a build uses more
-    than one thread at times), never more than there are builds."""
-    env = os.environ.get("CCNBENCH_EXPORT_JOBS")
-    try:
-        jobs = int(env) if env else (os.cpu_count() or 1) // 2
-    except ValueError as exc:
-        raise UsageError(f"CCNBENCH_EXPORT_JOBS must be a whole number, got {env!r}") from exc
-    return max(1, min(jobs, count))
-
-
-def _export_in_parallel(
-    wanted: list[tuple[tuple[str, ...], CaseGroup]], jobs: int, events: SweepEvents, deadline: float | None
-) -> None:
-    """The builds in ``jobs`` spawned processes; at the deadline the ones still running are killed."""
-    import multiprocessing
-
-    events.on_note(f"building {len(wanted)} artifacts in {jobs} processes")
-    tasks = [(key[0], g.source.label, g.source.layout, g.precision, g.to_dict()) for key, g in wanted]
-    pool = multiprocessing.get_context("spawn").Pool(jobs)
-    try:
-        done = pool.imap_unordered(_build_task, tasks)
-        for _ in tasks:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise multiprocessing.TimeoutError
-            events.on_note(done.next(timeout=left))
-        pool.close()
-    except multiprocessing.TimeoutError:
-        events.on_note("deadline: the builds still running are stopped")
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _build_task(task: tuple[str, str, str, str, dict[str, Any]]) -> str:
-    fmt, label, layout, precision, group = task
-    build_artifact(group)
-    return f"built {fmt} for {label} {layout} {precision}"
-
-
-def build_artifact(group: dict[str, Any]) -> None:
-    """One artifact of a case group (a parallel build process's task); failures stay silent
-    here and are reported by the group's worker."""
-    from ccnbench.backends import backend_of
-
-    g = CaseGroup.from_dict(group)
-    with contextlib.suppress(CcnbenchError):
-        backend_of(g.target).artifact(g.source, g.target, g.options)
-
-
 def _without(group: CaseGroup, done: set[CaseKey]) -> CaseGroup:
     keep = tuple(k.batch for k in group.case_keys() if k not in done)
     return replace(group, batches=keep)
@@ -309,14 +225,17 @@ def contest_workers(
 def _run_contests(
     chain: list[contest.Contest], timeout: float, logs: Path, writer: _RunWriter, deadline: float | None
 ) -> list[CaseGroup]:
-    """Run a chain of contests in ``repeats`` fresh workers, one after another, merging each case's
-    blocks; every worker runs the whole chain (process k of each contest).
+    """Run a chain of contests in fresh workers, one after another, merging each case's blocks:
+    ``repeats`` workers of the whole chain (process k of each contest), then, up to
+    ``max_repeats``, one worker at a time for the contests whose answer ``recommend`` still calls
+    inconclusive. Near-ties get the processes that settle them; clear answers do not pay for them.
 
     Returns the members to run alone: those the first process never reported because it died.
     Each contest gets ``timeout`` per member, as a worker per group would.
     """
     protocol = chain[0].groups[0].protocol
     repeats = max(1, protocol.repeats if protocol else 1)
+    extra = max(0, (protocol.max_repeats if protocol else 0) - repeats)
     members = [g for match in chain for g in match.groups]
     per_contest = timeout * max(len(match.groups) for match in chain)
     # A resumed chain keeps every block it has and runs as many fresh processes as its
@@ -324,26 +243,39 @@ def _run_contests(
     recorded = {c.key: _processes(c) for c in writer.run.cases}
     keys = [k for g in members for k in g.case_keys()]
     merged = {c.key: c for c in writer.run.cases if c.key in keys and recorded[c.key]}
-    first = 1 + max((p for k in keys for p in recorded.get(k, ())), default=-1)
-    todo = list(range(first, first + repeats - min((len(recorded.get(k, ())) for k in keys), default=0)))
-    for process in todo:
-        if deadline and time.monotonic() > deadline:
+    process = 1 + max((p for k in keys for p in recorded.get(k, ())), default=-1)
+    base = repeats - min((len(recorded.get(k, ())) for k in keys), default=0)
+    for n in range(max(0, base) + extra):
+        todo = chain if n < base else _unsettled(chain, writer)
+        if not todo or (deadline and time.monotonic() > deadline):
             break
-        payload = {"contests": [match.to_dict() for match in chain], "process": process}
-        log_path = logs / f"{_safe(chain[0].id)}-p{process}.log"
-        firsts = [match.groups[0] for match in chain]
+        payload = {"contests": [match.to_dict() for match in todo], "process": process}
+        log_path = logs / f"{_safe(todo[0].id)}-p{process}.log"
+        firsts = [match.groups[0] for match in todo]
         outcome, code, _, seen = _spawn(payload, firsts, per_contest, log_path, writer, deadline, merged)
+        process += 1
         if outcome == "exited" and code == 0:
             continue
         if outcome == "deadline":
             break
-        writer.events.on_note(
-            f"{chain[0].label}: process {process} {worker.ending(outcome, code, per_contest, log_path)[1]}"
-        )
-        if process == todo[0]:
+        ending = worker.ending(outcome, code, per_contest, log_path)[1]
+        writer.events.on_note(f"{todo[0].label}: process {process - 1} {ending}")
+        if n == 0:
             return [g for g in members if not set(g.case_keys()) <= seen | set(merged)]
         break  # later processes only add rounds: keep what the earlier ones measured
     return []
+
+
+def _unsettled(chain: list[contest.Contest], writer: _RunWriter) -> list[contest.Contest]:
+    """The contests of ``chain`` with an answer still inconclusive, each announced with its count."""
+    open_ = []
+    for match in chain:
+        keys = {k for g in match.groups for k in g.case_keys()}
+        answers = recommend.unsettled([c for c in writer.run.cases if c.key in keys])
+        if answers:
+            open_.append(match)
+            writer.events.on_note(f"{match.label}: {len(answers)} answer(s) inconclusive: one more process")
+    return open_
 
 
 def _spawn(

@@ -52,6 +52,10 @@ class Protocol:
     contest_seconds: float = 3.0
     target_width: float = 0.03
     repeats: int = 3
+    # Up to this many processes in all for a contest whose answer (``ccnbench recommend``, with and
+    # without --shippable) is still inconclusive after ``repeats``, one more at a time, for that
+    # contest only. 0: exactly ``repeats``.
+    max_repeats: int = 0
     # A contest's memory pass (contest.py): each member prepared once more against its own
     # baseline after every member has run, so no figure depends on the order. Off only where a
     # second preparation is too dear (compilations on a time-boxed GPU); memory is then read at

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ccnbench import contest, plan, results, sweep
+from ccnbench import contest, plan, prebuild, results, sweep
 from ccnbench.config import SweepConfig, load_config
 from ccnbench.errors import UsageError
 from ccnbench.timing import Protocol
@@ -98,10 +98,10 @@ def test_a_stage_pays_one_worker_start_and_a_model_shares_it_across_precisions()
 
 def test_builds_run_in_parallel_processes_where_there_are_cores(monkeypatch):
     monkeypatch.setenv("CCNBENCH_EXPORT_JOBS", "8")
-    assert sweep.export_jobs(20) == 8 and sweep.export_jobs(3) == 3 and sweep.export_jobs(0) == 1
+    assert prebuild.export_jobs(20) == 8 and prebuild.export_jobs(3) == 3 and prebuild.export_jobs(0) == 1
     monkeypatch.setenv("CCNBENCH_EXPORT_JOBS", "many")
     with pytest.raises(UsageError, match="CCNBENCH_EXPORT_JOBS"):
-        sweep.export_jobs(4)
+        prebuild.export_jobs(4)
 
 
 def test_plan_prices_every_stage_from_the_h200_timings_and_marks_estimates(capsys):
@@ -139,9 +139,9 @@ def test_parallel_builds_write_every_artifact_and_stop_at_the_deadline(tmp_path,
     )
     notes: list[str] = []
     spent = time.monotonic() - 1
-    sweep._export_artifacts(plan.expand(config), sweep.SweepEvents(on_note=notes.append), deadline=spent)
+    prebuild.export_artifacts(plan.expand(config), notes.append, deadline=spent)
     assert "deadline: the builds still running are stopped" in notes
-    sweep._export_artifacts(plan.expand(config), sweep.SweepEvents(on_note=notes.append))
+    prebuild.export_artifacts(plan.expand(config), notes.append)
     assert len(list((tmp_path / "artifacts").glob("early-*-n3-fp32-*.onnx"))) == 2
     assert notes[-3] == "building 2 artifacts in 2 processes"
 
@@ -192,7 +192,7 @@ def test_a_spent_deadline_skips_the_remaining_exports(monkeypatch, tmp_path):
     )
     groups = plan.expand(config)
     notes: list[str] = []
-    sweep._export_artifacts(groups, sweep.SweepEvents(on_note=notes.append), deadline=time.monotonic() - 1)
+    prebuild.export_artifacts(groups, notes.append, deadline=time.monotonic() - 1)
     assert notes == [] and not (tmp_path / "artifacts").exists()
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ccnbench import sweep
+from ccnbench import prebuild
 from ccnbench.backends import BuildOptions, Target
 from ccnbench.backends.aoti import AotiBackend
 from ccnbench.backends.base import Backend
@@ -33,7 +33,7 @@ def test_each_file_is_built_once_per_model_layout_and_precision(monkeypatch, tmp
         for t in targets
     ]
     notes = []
-    sweep._export_artifacts(groups, sweep.SweepEvents(on_note=notes.append))
+    prebuild.export_artifacts(groups, notes.append)
     # ort and openvino share one ONNX file; eager and torch.compile need none.
     assert sorted(built) == [
         ("onnx", "kept", "fp32", "ort:cpu"),
