@@ -25,6 +25,7 @@ def _config(artifacts, **extra):
     return sweep.SweepConfig.from_dict(data)
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, artifacts_dir):
     models = [
         {"model": f"{FIXTURES}:{name}", "input_shape": "1x8x8x8"} for name in ("crashes", "hangs", "raises")
@@ -52,6 +53,7 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
     assert (tmp_path / "run" / "logs").is_dir()
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_one_worker_per_model_still_isolates_a_crashing_group(tmp_path, artifacts_dir):
     # The crashing factory and a healthy target share a worker; the crash ends only its own group.
     models = [{"model": f"{FIXTURES}:crashes", "input_shape": "1x8x8x8"}, {"variants": "early"}]
@@ -69,6 +71,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path, artifacts_dir):
         sweep.start(config, tmp_path / "run")
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_budget_leaves_a_resumable_incomplete_run(tmp_path, artifacts_dir):
     config = _config(artifacts_dir, variants="early,feature")
     run_dir = tmp_path / "run"
@@ -109,6 +112,7 @@ def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, 
             assert before[case.key] <= {(b.process, b.round, b.samples_ms) for b in case.latency.blocks}
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_bench_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, artifacts_dir):
     run_dir = tmp_path / "run"
     args = ["bench", "--preset", "tiny", "--variant", "multitask", "--layout", "all", "--targets",
@@ -129,6 +133,7 @@ def test_bench_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, artifacts_
     assert again.exit_code == 1 and "already holds a run" in again.output
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_bench_a_users_own_model(tmp_path, artifacts_dir):
     args = ["bench", "--model", f"{FIXTURES}:two_view", "--input-shape", "1x10x10x10", "--branches", "2",
             "--targets", "torch:cpu,ort:cpu", "--batch", "1", "--quick", "--out", str(tmp_path / "run"),
@@ -144,6 +149,7 @@ def test_bench_a_users_own_model(tmp_path, artifacts_dir):
     assert len({c.contest for c in cases}) == 1  # kept and merged timed side by side
 
 
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_bench_a_users_onnx_file(tmp_path, artifacts_dir):
     from ccnbench.export import export
     from ccnbench.models import spec_from_preset
