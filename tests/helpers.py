@@ -13,7 +13,9 @@ _ENV = collect(threads=2)
 # contest process of two short rounds. Each process is a worker that imports torch, and the quick
 # protocol's three per contest were most of a sweep test's time. tests/test_sweep.py's
 # kill-and-resume test keeps the real quick protocol: the multi-process path, end to end.
-PLUMBING = replace(QUICK, repeats=1, min_rounds=2, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01)
+PLUMBING = replace(
+    QUICK, repeats=1, min_rounds=2, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01
+)
 
 
 def case(
