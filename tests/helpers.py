@@ -10,11 +10,12 @@ from ccnbench.timing import QUICK, LatencyStats
 _ENV = collect(threads=2)
 
 # The quick protocol for tests of plumbing (workers, journals, resume, shards, reports): one
-# contest process of two short rounds. Each process is a worker that imports torch, and the quick
-# protocol's three per contest were most of a sweep test's time. tests/test_sweep.py's
-# kill-and-resume test keeps the real quick protocol: the multi-process path, end to end.
+# contest process of five rounds (a block times at least 2 iterations: 10 per case, as QUICK's
+# min_iterations). Each process is a worker that imports torch, and the quick protocol's three
+# per contest were most of a sweep test's time. tests/test_sweep.py's kill-and-resume test runs
+# two processes per contest: the multi-process path, end to end.
 PLUMBING = replace(
-    QUICK, repeats=1, min_rounds=2, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01
+    QUICK, repeats=1, min_rounds=5, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01
 )
 
 
