@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast bench bench-ci lint format gpu-check clean lock
+.PHONY: setup test test-slow bench bench-ci lint format gpu-check clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) ## create .venv and install ccnbench with its dev tools
 
-test: $(STAMP) ## the unit tests (CPU; GPU/TensorRT tests skip themselves)
-	$(BIN)/python -m pytest
-
-test-fast: $(STAMP) ## the unit tests without the slow ones (compile, whole sweeps)
+test: $(STAMP) ## the unit tests, a few minutes on 2 cores (CPU; GPU/TensorRT tests skip themselves)
 	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP) ## the slow end-to-end tests (torch.compile over every variant, whole sweeps, the gate); CI runs them
+	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP) ## the default CPU sweep (small preset, every variant) into results/<time>-cpu/ with its report
 	$(BIN)/ccnbench bench --config cpu-default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,10 +39,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=no_trt))
 
 
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifacts directory for the whole session, so each ONNX file or .pt2 package a test
+    needs is built once (names carry the model's digest, so tests cannot get each other's file),
+    and tests never touch the user's artifacts/."""
+    return tmp_path_factory.mktemp("artifacts", numbered=False)
+
+
 @pytest.fixture
-def artifacts_dir(tmp_path_factory: pytest.TempPathFactory):
-    """A per-session artifacts directory, so tests never touch the user's artifacts/."""
-    return tmp_path_factory.getbasetemp() / "artifacts"
+def quick_is_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--quick`` (and ``quick = true``) as ``helpers.PLUMBING``: one contest process of five short
+    rounds. For tests of what a sweep does with its cases, not of how it times them."""
+    from ccnbench import config
+
+    from helpers import PLUMBING
+
+    monkeypatch.setattr(config, "QUICK", PLUMBING)
 
 
 # The pytest-benchmark suite times runners; `make bench-ci` runs it, `make test` does not.

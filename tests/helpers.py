@@ -1,11 +1,22 @@
-"""Hand-made results for the compare, recommend and report tests."""
+"""Hand-made results for the compare, recommend and report tests, and a protocol for sweep tests."""
+
+from dataclasses import replace
 
 from ccnbench.agreement import Agreement, OutputAgreement
 from ccnbench.environment import collect
 from ccnbench.results import CaseKey, CaseResult, RunResult, new_run
-from ccnbench.timing import LatencyStats
+from ccnbench.timing import QUICK, LatencyStats
 
 _ENV = collect(threads=2)
+
+# The quick protocol for tests of plumbing (workers, journals, resume, shards, reports): one
+# contest process of five rounds (a block times at least 2 iterations: 10 per case, as QUICK's
+# min_iterations). Each process is a worker that imports torch, and the quick protocol's three
+# per contest were most of a sweep test's time. tests/test_sweep.py's kill-and-resume test runs
+# two processes per contest: the multi-process path, end to end.
+PLUMBING = replace(
+    QUICK, repeats=1, min_rounds=5, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01
+)
 
 
 def case(

@@ -41,11 +41,11 @@ def _run_torch(spec, layout, xs):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_and_layout_exports_and_matches_pytorch(variant, out_dir):
+def test_every_variant_and_layout_exports_and_matches_pytorch(variant, artifacts_dir):
     spec = spec_from_preset("tiny", variant, branches=3)
     outputs = {}
     for layout in ("kept", "merged"):
-        artifact = export(spec, layout, out_dir=out_dir)
+        artifact = export(spec, layout, out_dir=artifacts_dir)  # the session's: test_check runs these files
         assert artifact.conv_count == expected_conv_count(spec, layout)
         assert artifact.input_names == spec.input_names and artifact.output_names == spec.output_names
         assert all(shape[0] == "batch" for shape in artifact.input_shapes)

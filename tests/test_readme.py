@@ -44,6 +44,7 @@ def test_readme_has_commands_for_every_cli_command():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_is_one_process")  # runs as written; test_sweep times real contests
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs(command, tmp_path, monkeypatch):
     skip = next((why for pattern, why in NOT_RUN.items() if pattern in command), None)

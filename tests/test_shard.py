@@ -75,6 +75,8 @@ def test_combine_merges_the_parts_and_refuses_bad_sets():
     assert shard.combine([plain]) == [plain]
 
 
+@pytest.mark.slow  # three sweeps end to end; the tests above cover selection and combining
+@pytest.mark.usefixtures("quick_is_one_process")
 def test_shards_run_apart_report_exactly_like_the_whole_sweep(tmp_path, artifacts_dir):
     base = ["bench", "--preset", "tiny", "--variant", "early,model", "--layout", "all", "--targets",
             "torch:cpu,ort:cpu", "--batch", "1", "--quick", "--artifacts", str(artifacts_dir), "--no-report"]  # fmt: skip

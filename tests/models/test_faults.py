@@ -56,6 +56,7 @@ def test_faults_leave_the_original_alone_and_reject_unknown_names():
         inject(kept, "scale_layer:nope")
 
 
+@pytest.mark.slow  # ten fp16 float64-oracle checks; test_check keeps one fp16 case in make test
 def test_correct_fp16_passes_on_every_variant_and_layout(tmp_path):
     sources = [ModelSource.from_spec(s, layout) for s in SPECS for layout in ("kept", "merged")]
     results = check.run(plan.case_groups(sources, parse_targets("torch:cpu"), ["fp16"], [BATCH], tmp_path))

@@ -342,7 +342,12 @@ def _small_densenets() -> nn.Module:
     ("factory", "description", "convs"),
     [
         (_small_resnets, "2 × ResNet (trunks.0, trunks.1), 12 Conv each → 12 grouped Conv", 12),
-        (_small_densenets, "2 × DenseNet (members.0, members.1), 10 Conv each → 10 grouped Conv", 10),
+        pytest.param(  # the same pass and checks as the ResNets, on another library's graph: slow
+            _small_densenets,
+            "2 × DenseNet (members.0, members.1), 10 Conv each → 10 grouped Conv",
+            10,
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_monai_trunks_merge_agree_and_export_grouped(factory, description, convs, tmp_path):
