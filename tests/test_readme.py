@@ -23,6 +23,9 @@ NOT_RUN = {
     "tensorrt:cuda": "needs CUDA to mean anything",
     "library_models.py:two_resnet10_trunks": "two ResNet-10 trunks through torch.compile take minutes; "
     "tests/models/test_graph_merge.py covers the pass, tests/test_check.py the --layout merged route",
+    "my_ckpt.pt": "a placeholder for the reader's checkpoint: tests/training/test_checkpoint.py runs the route",
+    "my_merged.pt": "a placeholder for the reader's merged weights: tests/training/test_checkpoint.py runs it",
+    "train-bench --preset small": "minutes of cold torch.compile: tests/training/test_bench.py runs it at tiny",
     "--variant all --layout all --targets": "every variant, small preset, compile included: tests/test_check.py runs it at tiny",
 }
 
