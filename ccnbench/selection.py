@@ -80,15 +80,30 @@ def _split(value: str | int | Sequence[int | str]) -> list[str]:
 
 def input_shape(text: str | None) -> tuple[int, ...] | None:
     """'1x24x24x24' -> (1, 24, 24, 24): one input's shape without the batch dimension."""
+    return _sizes(text, "--input-shape", "1x24x24x24 (no batch dimension)")
+
+
+def volume(text: str | None) -> tuple[int, int, int] | None:
+    """'20' or '20x24x24' -> (D, H, W): a built-in variant's input volume; None stays None."""
+    sizes = _sizes(text, "--volume", "24 or 24x24x24")
+    if sizes is not None and len(sizes) == 1:
+        sizes = sizes * 3
+    if sizes is not None and len(sizes) != 3:
+        raise UsageError(f"--volume {text!r} must be one or three positive sizes (D, H, W)")
+    return sizes  # type: ignore[return-value]
+
+
+def _sizes(text: str | None, flag: str, example: str) -> tuple[int, ...] | None:
+    """'AxBxC' (or 'A×B×C') -> positive integers; None stays None."""
     if text is None:
         return None
     try:
-        shape = tuple(int(d) for d in text.lower().replace("×", "x").split("x"))
+        sizes = tuple(int(d) for d in text.lower().replace("×", "x").split("x"))
     except ValueError as exc:
-        raise UsageError(f"--input-shape {text!r} must look like 1x24x24x24 (no batch dimension)") from exc
-    if not shape or any(d < 1 for d in shape):
-        raise UsageError(f"--input-shape {text!r} must be positive sizes like 1x24x24x24")
-    return shape
+        raise UsageError(f"{flag} {text!r} must look like {example}") from exc
+    if not sizes or any(d < 1 for d in sizes):
+        raise UsageError(f"{flag} {text!r} must be positive sizes like {example}")
+    return sizes
 
 
 def sources(

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ccnbench import selection
 from ccnbench.errors import UsageError
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -33,15 +34,11 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the weights and input
 
 
 def _variants(text: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The --variant list (selection's rule); ``all`` means ``default`` where a command has one."""
     from ccnbench.models.spec import VARIANTS
 
-    if text == "all":
-        return default or VARIANTS
-    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in chosen if v not in VARIANTS]
-    if unknown or not chosen:
-        raise UsageError(f"--variant {text!r}: choose from {', '.join(VARIANTS)} or all")
-    return chosen
+    chosen = selection.choices(text, VARIANTS, "variant")
+    return default if default and text.strip() == "all" else chosen
 
 
 def _print_json(data: Any) -> None:
@@ -76,7 +73,7 @@ def shapes(
             raise UsageError(
                 "--input-shape goes with --model; the variants take their volume from --preset/--volume"
             )
-        size = trace.parse_volume(volume)
+        size = selection.volume(volume)
         traces = [trace.trace_variant(preset, v, branches, size, input_mode) for v in _variants(variant)]
     if json_output:
         _print_json([t.to_dict() for t in traces])
@@ -177,11 +174,10 @@ def train_bench(
     json_output: JsonFlag = False,
 ) -> None:
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
-    from ccnbench.selection import integers
     from ccnbench.training.bench import DEFAULT_VARIANTS, BenchConfig, run
 
     config = BenchConfig(
-        preset=preset, variants=_variants(variant, DEFAULT_VARIANTS), batches=integers(batch, "--batch"),
+        preset=preset, variants=_variants(variant, DEFAULT_VARIANTS), batches=selection.integers(batch, "--batch"),
         targets=tuple(t.strip() for t in target.split(",")), processes=processes, min_rounds=rounds,
         contest_seconds=contest_seconds, optimizer=optimizer, branches=branches, threads=threads,
     )  # fmt: skip

@@ -193,18 +193,3 @@ def _post_hook(name: str, seen: dict[str, LayerShape]) -> Any:
             seen[name] = LayerShape(name, type(layer).__name__, tuple(output.shape[1:]))
 
     return hook
-
-
-def parse_volume(text: str | None) -> tuple[int, int, int] | None:
-    """'20' or '20x20x20' -> (20, 20, 20); None stays None."""
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError as exc:
-        raise UsageError(f"--volume {text!r} must look like 24 or 24x24x24") from exc
-    if len(sizes) == 1:
-        sizes = sizes * 3
-    if len(sizes) != 3 or any(v < 1 for v in sizes):
-        raise UsageError(f"--volume {text!r} must be one or three positive sizes (D, H, W)")
-    return sizes  # type: ignore[return-value]
