@@ -116,8 +116,12 @@ class _Member:
     settings: ProcessSettings | None = None  # what the process had right after this member was prepared
 
 
-def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
-    """Yield a CaseResult per member and batch size (failures included), timing last."""
+def run_contest(contest: Contest, process: int = 0, checked: bool = False) -> Iterator[CaseResult]:
+    """Yield a CaseResult per member and batch size (failures included), timing last.
+
+    ``checked``: an earlier process of this contest has graded agreement and taken memory, which
+    do not change between processes (``merge_processes`` keeps the first process's), so this one
+    only times: each member is prepared and warmed, and its results carry latency alone."""
     baseline = ProcessSettings.read()
     with contextlib.ExitStack() as stack:
         stack.callback(baseline.apply)  # the process gets its own settings back after the contest
@@ -125,13 +129,14 @@ def run_contest(contest: Contest, process: int = 0) -> Iterator[CaseResult]:
         members: list[_Member] = []
         for index in memory_order(contest, process):
             baseline.apply()  # prepared from the process's settings, not the previous member's
-            member, early = _prepare(contest.groups[index], contest.id, stack)
+            member, early = _prepare(contest.groups[index], contest.id, stack, checked)
             if member is not None:
                 member.settings = ProcessSettings.read()  # its threads, TF32, cuDNN autotuning
                 members.append(member)
             baseline.apply()
             yield from early
-        _memory_pass(contest, members, process, baseline)
+        if not checked:
+            _memory_pass(contest, members, process, baseline)
         batches = contest.groups[0].batches
         for batch in batches:
             alive = [m for m in members if m.results.get(batch) and m.results[batch].status == "ok"]
@@ -178,9 +183,10 @@ def _memory_pass(contest: Contest, members: list[_Member], process: int, baselin
 
 
 def _prepare(
-    group: CaseGroup, contest_id: str, stack: contextlib.ExitStack
+    group: CaseGroup, contest_id: str, stack: contextlib.ExitStack, checked: bool = False
 ) -> tuple[_Member | None, list[CaseResult]]:
-    """Build one member and run its memory + agreement pass; failures become results."""
+    """Build one member and run its memory + agreement pass (not when ``checked``: a timing-only
+    result per batch size); failures become results."""
     reason = unavailable_reason(group)
     if reason:
         return None, outcomes.unavailable(group, reason, contest=contest_id)
@@ -193,7 +199,8 @@ def _prepare(
     early: list[CaseResult] = []
     for key, batch in zip(group.case_keys(), group.batches):
         try:
-            results[batch] = execute.check_case(prepared, key, batch, contest_id)
+            check = execute.timing_case if checked else execute.check_case
+            results[batch] = check(prepared, key, batch, contest_id)
         except Exception as exc:
             message = f"batch {batch}: {outcomes.describe(exc)}"
             early += outcomes.failed(group, message, [key], contest=contest_id, artifact=prepared.artifact)

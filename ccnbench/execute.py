@@ -100,6 +100,23 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
     )
 
 
+def timing_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
+    """A contest's later process: the member runs the batch once (so a broken runner fails here,
+    not inside a timed block), and the result carries what timing needs; agreement and memory
+    come from the process that checked them (``contest.merge_processes``)."""
+    runner = prepared.runner
+    runner.infer(stage(prepared.inputs[batch], runner))
+    return CaseResult(
+        key,
+        "ok",
+        build_seconds=round(runner.build_seconds, 4),
+        artifact=outcomes.artifact_summary(prepared.artifact),
+        spec=prepared.group.spec,
+        details={"timing_only": True},
+        contest=contest,
+    )
+
+
 def measure_memory(prepared: Prepared) -> dict[int, MemoryStats]:
     """A contest's memory pass for one member: its runner prepared again against its own
     baseline, after every member has run once at every batch size.

@@ -16,6 +16,10 @@ intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdi
   settle it (more processes per contest). It is never called a tie.
 - *unpaired*: the two never ran in one contest; a ratio of medians, said as such.
 
+A merged layout whose graph is the kept one (early fusion has no parallel branches; a user's
+model where the graph pass found nothing to merge) is not a second format: it is weighed as its
+kept twin, so two timings of one graph never make an answer "inconclusive".
+
 Each answer says what would be shipped: a file (ONNX, a ``.pt2`` package, a TensorRT engine,
 ONNX run by OpenVINO) or the model's own Python code (eager, ``torch.compile``), as the target's
 backend declares (``Backend.shipped``); ``shippable=True`` keeps only the file formats.
@@ -24,7 +28,7 @@ backend declares (``Backend.shipped``); ``shippable=True`` keeps only the file f
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ccnbench.backends import BACKENDS, Target
@@ -152,7 +156,7 @@ def recommend(
     file (no model code at run time). The filters run before the ranking and the tie-break.
     """
     groups: dict[tuple[str, int, str], list[CaseResult]] = {}
-    for case in cases:
+    for case in distinct_formats(cases):
         if not considered(case, precisions, shippable):
             continue
         device = Target.parse(case.key.target).device_kind
@@ -200,6 +204,20 @@ def considered(case: CaseResult, precisions: Sequence[str] | None, shippable: bo
     if precisions and case.key.precision not in precisions:
         return False
     return not shippable or shipped_as(case.key.target) is not None
+
+
+def distinct_formats(cases: Iterable[CaseResult]) -> list[CaseResult]:
+    """``cases`` less each merged case that is its kept twin's graph (``details["merge"]["merged"]``
+    false: the source said nothing merged) when that kept twin is among them."""
+    cases = list(cases)
+    kept = {replace(c.key, layout="merged") for c in cases if c.key.layout == "kept"}
+    return [c for c in cases if not (same_graph_as_kept(c) and c.key in kept)]
+
+
+def same_graph_as_kept(case: CaseResult) -> bool:
+    """A merged case whose module is the kept one (its source's layout note says nothing merged)."""
+    note = case.details.get("merge")
+    return case.key.layout == "merged" and isinstance(note, dict) and note.get("merged") is False
 
 
 def deliverable(ships: str | None) -> str:

@@ -219,7 +219,8 @@ def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
 
 
 def _merges(cases: Sequence[CaseResult]) -> list[Block]:
-    """What the graph pass did to a user's model in its merged layout, one line per model."""
+    """What the merged layout is, one line per model where there is something to say: what the
+    graph pass merged in a user's model, or why the merged layout runs the kept graph."""
     lines = {}
     for c in cases:
         note = c.details.get("merge")
@@ -228,7 +229,7 @@ def _merges(cases: Sequence[CaseResult]) -> list[Block]:
             lines[c.key.model] = f"{c.key.model}: {what}"
     if not lines:
         return []
-    return [Heading("Merged by the graph pass"), Bullets(tuple(lines[m] for m in sorted(lines)))]
+    return [Heading("What the merged layout is"), Bullets(tuple(lines[m] for m in sorted(lines)))]
 
 
 def _problems(cases: Sequence[CaseResult]) -> list[Block]:

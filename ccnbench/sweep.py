@@ -249,7 +249,8 @@ def _run_contests(
         todo = chain if n < base else _unsettled(chain, writer)
         if not todo or (deadline and time.monotonic() > deadline):
             break
-        payload = {"contests": [match.to_dict() for match in todo], "process": process}
+        payload = {"contests": [match.to_dict() for match in todo], "process": process,
+                   "checked": [match.id for match in todo if _checked(match, merged)]}  # fmt: skip
         log_path = logs / f"{_safe(todo[0].id)}-p{process}.log"
         firsts = [match.groups[0] for match in todo]
         outcome, code, _, seen = _spawn(payload, firsts, per_contest, log_path, writer, deadline, merged)
@@ -264,6 +265,12 @@ def _run_contests(
             return [g for g in members if not set(g.case_keys()) <= seen | set(merged)]
         break  # later processes only add rounds: keep what the earlier ones measured
     return []
+
+
+def _checked(match: contest.Contest, merged: dict[CaseKey, CaseResult]) -> bool:
+    """Every case of the contest has a result from an earlier process (agreement and memory,
+    or the failure): a later process only adds rounds."""
+    return all(k in merged for g in match.groups for k in g.case_keys())
 
 
 def _unsettled(chain: list[contest.Contest], writer: _RunWriter) -> list[contest.Contest]:

@@ -2,8 +2,10 @@
 parent's side of it (``launched``, ``read_events``, ``kill``, ``ending``), so the event format
 is written and read in one module.
 
-The task is a list of case groups, run in order, or ``{"contests": [...], "process": k}``:
-process k of each contest (see contest.py), one after another, each announced as a group. Before each group it appends ``{"group": i}``, after
+The task is a list of case groups, run in order, or ``{"contests": [...], "process": k,
+"checked": [ids]}``: process k of each contest (see contest.py), one after another, each
+announced as a group; the contests in ``checked`` only time (an earlier process graded them).
+Before each group it appends ``{"group": i}``, after
 each case ``{"case": {...}}``; every line is flushed and fsynced, so the parent keeps every
 finished case and knows which group was running if this process dies.
 """
@@ -46,10 +48,12 @@ def main(argv: list[str]) -> int:
     data = json.loads(task.read_text())
     if isinstance(data, dict) and ("contest" in data or "contests" in data):
         contests = data.get("contests") or [data["contest"]]
+        checked = set(data.get("checked", ()))  # contests an earlier process graded: timing only
         with out.open("a") as f:
             for index, contest in enumerate(contests):
                 _emit(f, {"group": index})
-                for result in run_contest(Contest.from_dict(contest), int(data.get("process", 0))):
+                match = Contest.from_dict(contest)
+                for result in run_contest(match, int(data.get("process", 0)), match.id in checked):
                     _emit(f, {"case": result.to_dict()})
                 _release_device_memory()
         return 0

@@ -13,9 +13,11 @@ from ccnbench.timing import Block, LatencyStats
 _MERGED_OVER_KEPT = {"early": lambda p: 2.0, "model": lambda p: 1.08 if p % 2 == 0 else 0.93}
 
 
-def _fake_worker(spawned):
+def _fake_worker(spawned, checked=None):
     def spawn(payload, groups, timeout, log_path, writer, deadline, merged=None):
         chain, process = [contest.Contest.from_dict(c) for c in payload["contests"]], payload["process"]
+        if checked is not None:
+            checked.append((process, len(payload["checked"]), len(chain)))
         spawned.append((process, sorted(m.groups[0].source.spec.variant for m in chain)))
         seen = set()
         for match, group in ((m, g) for m in chain for g in m.groups):
@@ -39,9 +41,9 @@ def _fake_worker(spawned):
     return spawn
 
 
-def _run(tmp_path, artifacts_dir, monkeypatch, **protocol):
+def _run(tmp_path, artifacts_dir, monkeypatch, checked=None, **protocol):
     spawned = []
-    monkeypatch.setattr(sweep, "_spawn", _fake_worker(spawned))
+    monkeypatch.setattr(sweep, "_spawn", _fake_worker(spawned, checked))
     config = SweepConfig.from_dict(
         {"name": "t", "preset": "tiny", "variants": ["early", "model"], "layouts": ["kept", "merged"],
          "targets": "ort:cpu", "batches": [1], "quick": True, "timeout": 60, "isolation": "device",
@@ -52,7 +54,10 @@ def _run(tmp_path, artifacts_dir, monkeypatch, **protocol):
 
 
 def test_only_the_inconclusive_contest_gets_more_processes(tmp_path, artifacts_dir, monkeypatch):
-    spawned, run = _run(tmp_path, artifacts_dir, monkeypatch, repeats=2, max_repeats=5)
+    checked = []
+    spawned, run = _run(tmp_path, artifacts_dir, monkeypatch, checked, repeats=2, max_repeats=5)
+    # The first process grades agreement and memory; every later one is told to time only.
+    assert checked == [(0, 0, 2), (1, 2, 2), (2, 1, 1), (3, 1, 1), (4, 1, 1)]
     # Both models in the two base processes, then model fusion alone until max_repeats.
     assert spawned == [
         (0, ["early", "model"]),

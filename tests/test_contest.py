@@ -111,3 +111,19 @@ def test_a_real_contest_times_every_member_in_the_same_rounds(artifacts_dir):
     merged = by_key[CaseKey("early-n3@tiny", cases[0].key.digest, "merged", "torch:cpu", "fp32", 1)]
     assert [b.round for b in kept.latency.blocks] == [b.round for b in merged.latency.blocks]
     assert stats.paired_ratio(merged.latency, kept.latency) is not None
+
+
+def test_a_checked_contest_process_only_times(artifacts_dir):
+    """A later process of a contest whose agreement and memory an earlier one took: timing alone,
+    and the merged case keeps the first process's agreement and memory with both processes' blocks."""
+    groups = [g for g in _groups(artifacts_dir, variants="early") if g.batches]
+    match = contest.plan(groups)[0][0]
+    first = {c.key: c for c in contest.run_contest(match, process=0)}
+    later = list(contest.run_contest(match, process=1, checked=True))
+    assert len(later) == len(first) == 8
+    for c in later:
+        assert c.status == "ok" and c.agreement is None and c.memory is None
+        assert c.details == {"timing_only": True} and {b.process for b in c.latency.blocks} == {1}
+        merged = contest.merge_processes(first[c.key], c)
+        assert merged.agreement == first[c.key].agreement and merged.memory == first[c.key].memory
+        assert {b.process for b in merged.latency.blocks} == {0, 1} and merged.passed

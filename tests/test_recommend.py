@@ -97,3 +97,24 @@ def test_a_resolved_difference_ships_the_faster_format_with_its_interval():
     ratio = rec.runner_up_ratio
     assert not ratio.tie and ratio.contains(2.0)
     assert f"takes {ratio.format()} its time (slower)" in rec.line()
+
+
+def test_a_merged_layout_that_is_the_kept_graph_is_one_format_with_it():
+    from dataclasses import replace
+
+    from helpers import contest_cases
+
+    # Early fusion: kept and merged are one graph, timed twice; noise puts merged 1 % ahead with
+    # a wide interval. Weighed as two formats that reads "inconclusive"; it is one format.
+    levels = {("ort:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 1.98, ("openvino:cpu", "kept"): 3.0}
+    cases = contest_cases(levels, noise=0.3, rounds=4)
+    (before,) = recommend(cases, shippable=True)
+    assert before.best.label == "ort:cpu merged fp32" and before.runner_up.label == "ort:cpu kept fp32"
+    note = {"merged": False, "reason": "no parallel branches to merge"}
+    same = [replace(c, details={"merge": note}) if c.key.layout == "merged" else c for c in cases]
+    (rec,) = recommend(same, shippable=True)
+    assert rec.best.label == "ort:cpu kept fp32" and rec.runner_up.label == "openvino:cpu kept fp32"
+    # Without its kept twin a same-graph merged case is still a format of its own.
+    alone = [c for c in same if c.key.layout == "merged" or c.key.target != "ort:cpu"]
+    (rec,) = recommend(alone, shippable=True)
+    assert rec.best.label == "ort:cpu merged fp32"

@@ -105,7 +105,7 @@ def test_report_says_what_the_graph_pass_merged_and_what_it_left_kept(tmp_path):
         details={"merge": {"merged": False, "reason": "branches differ: b.0.weight is 6×1×3×3×3"}},
     )
     text = write_report([_dir(tmp_path, run(merged, kept_anyway))], tmp_path / "out").read_text()
-    section = text.split("## Merged by the graph pass", 1)[1]
+    section = text.split("## What the merged layout is", 1)[1]
     assert "user:nets.py:two_trunks: 2 × ResNet (trunks.0, trunks.1), 12 Conv each" in section
     assert "user:nets.py:odd: runs kept: branches differ: b.0.weight is 6×1×3×3×3" in section
 

@@ -128,3 +128,11 @@ def test_the_oracle_cache_is_read_back_and_a_damaged_file_is_recomputed(tmp_path
     assert calls == [1]
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
     assert torch.load(cached, weights_only=True)["outputs"]  # rewritten whole
+
+
+def test_a_merged_layout_without_branches_says_it_is_the_kept_graph():
+    early = ModelSource.from_spec(spec_from_preset("tiny", "early"), "merged")
+    note = early.layout_note()
+    assert note["merged"] is False and "no parallel branches" in note["reason"]
+    assert ModelSource.from_spec(spec_from_preset("tiny", "early"), "kept").layout_note() is None
+    assert ModelSource.from_spec(spec_from_preset("tiny", "feature"), "merged").layout_note() is None

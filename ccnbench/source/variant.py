@@ -62,6 +62,15 @@ class VariantSource(ModelSource):
             key, lambda: export(self.spec, self.layout, precision, opset=opset, out_dir=out, io=io)
         )
 
+    def layout_note(self) -> dict[str, Any] | None:
+        """Said only when the merged layout is the kept graph (early fusion, or one branch): then
+        kept and merged are one format, and ``recommend`` weighs them as one."""
+        if self.layout != "merged" or self.spec.has_branches:
+            return None
+        why = "one branch" if self.spec.branches == 1 else "the inputs are stacked as channels"
+        return {"merged": False, "description": "", "groups": [],
+                "reason": f"no parallel branches to merge ({why}): the merged module is the kept one"}  # fmt: skip
+
     def oracle(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return self.module_oracle(inputs)
 
