@@ -28,7 +28,7 @@ import gc
 import hashlib
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,10 +36,11 @@ import numpy as np
 
 from ccnbench import execute, outcomes, stats
 from ccnbench.backends import backend_of
+from ccnbench.backends.base import Runner
 from ccnbench.backends.settings import ProcessSettings, applied
 from ccnbench.plan import CaseGroup, contest_key, unavailable_reason
 from ccnbench.results import CaseResult
-from ccnbench.timing import Block, LatencyStats, bound_call, stage, time_block, warm_up
+from ccnbench.timing import Block, LatencyStats, Protocol, bound_call, stage, time_block, warm_up
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int
 
 
 def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, LatencyStats]:
+    """Warm every member up under its own settings, then time them in ``interleave``'s rounds."""
     protocol = members[0].group.protocol
     assert protocol is not None
     calls = []
@@ -252,22 +254,62 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
         with _own_settings(m):
             warm_up(call, m.runner, protocol)
         calls.append(call)
-    pairs = partners(members)
-    order = list(range(len(members)))
-    rng = random.Random(process * 100_003 + batch)  # seeded: a rerun shuffles the same way
-    blocks: list[list[Block]] = [[] for _ in members]
-    medians: list[list[float]] = [[] for _ in members]
+    blocks = interleave(
+        calls,
+        [m.runner for m in members],
+        partners(members),
+        protocol,
+        batch,
+        process,
+        around=lambda i: _own_settings(members[i]),
+    )
+    return {
+        m: LatencyStats.from_blocks(
+            blocks[i],
+            batch,
+            "cuda_events" if m.runner.is_cuda else "perf_counter",
+            flops_per_sample=m.flops,
+            warmup_iterations=protocol.warmup_iterations,
+        )
+        for i, m in enumerate(members)
+    }
+
+
+def interleave(
+    calls: Sequence[Callable[[], object]],
+    runners: Sequence[Runner],
+    pairs: Sequence[tuple[int, int]],
+    protocol: Protocol,
+    batch: int,
+    process: int,
+    around: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
+) -> list[list[Block]]:
+    """Time warmed-up ``calls`` side by side: the blocks of each, one per round.
+
+    Each round runs one ``time_block`` of every member (``runners[i]`` chooses the clock) in an
+    order shuffled anew, so no member always follows the same one and drift is shared by all;
+    ``settle`` comes before every block, so no member is timed against its predecessor's spinning
+    threads. Rounds stop once ``min_rounds`` ran and either ``contest_seconds`` is spent or every
+    ``pairs`` ratio ``converged``. The shuffle is seeded by ``process`` and ``batch``, so a rerun
+    repeats the order. ``around(i)`` is entered for each block of member ``i`` (its own
+    process-wide settings, in a contest). Garbage collection is off inside the rounds (a
+    collection inside a block is the harness's pause, not the model's) and runs between them.
+    """
+    order = list(range(len(calls)))
+    rng = random.Random(process * 100_003 + batch)
+    blocks: list[list[Block]] = [[] for _ in calls]
+    medians: list[list[float]] = [[] for _ in calls]
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a block is the harness's pause, not the model's
+    gc.disable()
     start = time.perf_counter()
     try:
         round_ = 0
         while True:
-            rng.shuffle(order)  # no member always follows the same one
+            rng.shuffle(order)
             for i in order:
                 settle(protocol.settle_seconds)
-                with _own_settings(members[i]):
-                    block = time_block(calls[i], members[i].runner, protocol.block_seconds, process, round_)
+                with around(i) if around is not None else contextlib.nullcontext():
+                    block = time_block(calls[i], runners[i], protocol.block_seconds, process, round_)
                 blocks[i].append(block)
                 medians[i].append(block.median)
             round_ += 1
@@ -280,16 +322,7 @@ def _rounds(members: list[_Member], batch: int, process: int) -> dict[_Member, L
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {
-        m: LatencyStats.from_blocks(
-            blocks[i],
-            batch,
-            "cuda_events" if m.runner.is_cuda else "perf_counter",
-            flops_per_sample=m.flops,
-            warmup_iterations=protocol.warmup_iterations,
-        )
-        for i, m in enumerate(members)
-    }
+    return blocks
 
 
 # settle(): the process counts as idle once its CPU time grows by less than a quarter of the wall

@@ -1,13 +1,18 @@
 """Contest bookkeeping: who competes with whom, pairing, stopping, merging processes, one real contest."""
 
+import contextlib
+import gc
+import random
+import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 
 from ccnbench import contest, plan, selection, stats
 from ccnbench.backends import parse_targets
 from ccnbench.results import CaseKey, CaseResult
-from ccnbench.timing import QUICK, Block, LatencyStats
+from ccnbench.timing import QUICK, Block, LatencyStats, Protocol
 
 PROTOCOL = replace(QUICK, block_seconds=0.005, min_rounds=4, contest_seconds=0.2, warmup_seconds=0.01)
 
@@ -127,3 +132,92 @@ def test_a_checked_contest_process_only_times(artifacts_dir):
         merged = contest.merge_processes(first[c.key], c)
         assert merged.agreement == first[c.key].agreement and merged.memory == first[c.key].memory
         assert {b.process for b in merged.latency.blocks} == {0, 1} and merged.passed
+
+
+# contest.interleave alone, on members that cost nothing: no settle, two-iteration blocks.
+CHEAP = Protocol(block_seconds=0.0, settle_seconds=0.0, min_rounds=4, contest_seconds=60.0)
+
+
+def _interleave(members, protocol=CHEAP, pairs=((1, 0),), batch=8, process=3, calls_made=None):
+    """Blocks of ``members`` fake members, and the member each block was timed for, in order. A
+    call checks it runs inside its own member's context with gc off and counts itself in
+    ``calls_made``; 10 s after the start it raises, so a loop that never stops fails, not hangs."""
+    order: list[int] = []
+    inside: list[int] = []
+    counted = calls_made if calls_made is not None else [0]
+    deadline = time.perf_counter() + 10.0
+
+    @contextlib.contextmanager
+    def around(i):
+        order.append(i)
+        inside.append(i)
+        yield
+        inside.pop()
+
+    def call_of(i):
+        def call():
+            assert inside == [i] and not gc.isenabled()
+            counted[0] += 1
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the rounds never stopped")
+
+        return call
+
+    calls = [call_of(i) for i in range(members)]
+    runners = [SimpleNamespace(is_cuda=False)] * members
+    blocks = contest.interleave(calls, runners, list(pairs), protocol, batch, process, around=around)
+    return blocks, order
+
+
+def _converged_after(rounds, monkeypatch):
+    seen = []
+
+    def fake(medians, pairs, width):
+        seen.append((len(medians), {len(m) for m in medians}, list(pairs), width))
+        return len(medians[0]) >= rounds
+
+    monkeypatch.setattr(contest, "converged", fake)
+    return seen
+
+
+def test_interleave_stops_at_min_rounds_once_converged(monkeypatch):
+    seen = _converged_after(0, monkeypatch)
+    blocks, _ = _interleave(3, pairs=[(1, 0), (2, 0)])
+    assert [len(b) for b in blocks] == [CHEAP.min_rounds] * 3
+    # asked only once min_rounds ran, with every member's medians so far and the pairs and width
+    assert seen == [(3, {CHEAP.min_rounds}, [(1, 0), (2, 0)], CHEAP.target_width)]
+
+
+def test_interleave_goes_past_min_rounds_until_converged(monkeypatch):
+    _converged_after(CHEAP.min_rounds + 3, monkeypatch)
+    blocks, _ = _interleave(2)
+    assert [len(b) for b in blocks] == [CHEAP.min_rounds + 3] * 2
+
+
+def test_interleave_goes_past_min_rounds_until_contest_seconds_are_spent(monkeypatch):
+    _converged_after(10**9, monkeypatch)  # never
+    calls_made = [0]  # the contest's clock: 1 ms a call, whatever gc.collect costs between rounds
+    monkeypatch.setattr(contest, "time", SimpleNamespace(perf_counter=lambda: calls_made[0] / 1000))
+    protocol = replace(CHEAP, min_rounds=3, contest_seconds=0.05)
+    blocks, _ = _interleave(2, protocol, calls_made=calls_made)
+    # a round is two blocks of three calls (the first one discarded): 48 ms after 8 rounds, 54 after 9
+    assert [len(b) for b in blocks] == [9, 9]
+
+
+def test_interleave_times_every_member_once_per_round_in_a_seeded_order_that_changes(monkeypatch):
+    rounds, members, batch, process = 8, 4, 8, 3
+    _converged_after(rounds, monkeypatch)
+    gc.enable()
+    blocks, order = _interleave(members, batch=batch, process=process)
+    assert gc.isenabled()  # gc is back on after the rounds
+    for member_blocks in blocks:
+        assert [b.round for b in member_blocks] == list(range(rounds))
+        assert {b.process for b in member_blocks} == {process}
+        assert all(len(b.samples_ms) == 2 for b in member_blocks)  # the first call is not kept
+    per_round = [order[r * members : (r + 1) * members] for r in range(rounds)]
+    assert all(sorted(r) == list(range(members)) for r in per_round)
+    assert len({tuple(r) for r in per_round}) > 1  # the order changes between rounds
+    rng, expected = random.Random(process * 100_003 + batch), list(range(members))
+    for r in per_round:  # and a rerun repeats it: the shuffle is seeded by process and batch
+        rng.shuffle(expected)
+        assert r == expected

@@ -1,10 +1,11 @@
 """The training-step benchmark: one optimisation step of each form of a variant, kept vs merged.
 
-It follows the contest protocol (``ccnbench.contest``): in one process, every form of a variant
-on one target is built and warmed, then timed in interleaved rounds (one block each, a seeded
-order that changes every round, ``contest.settle`` before each block, no garbage collection
-inside blocks) until every ratio to its kept partner has a within-process interval inside the
-target width or the time is spent; the whole thing runs in several fresh processes
+It runs the contest protocol (``ccnbench.contest``), not a copy of it, so a training ratio and
+an inference ratio are measured the same way: in one process, every form of a variant on one
+target is built and warmed, then timed by ``contest.interleave`` (one block each per round, a
+seeded order that changes every round, ``contest.settle`` before each block, no garbage
+collection inside blocks) until every ratio to its kept partner has a within-process interval
+inside the target width or the time is spent; the whole thing runs in several fresh processes
 (``python -m ccnbench.training.bench``), and the blocks are turned into paired ratios with
 between-process intervals by ``ccnbench.stats``.
 
@@ -17,9 +18,7 @@ optimizer step stay eager, as most training loops have them.
 
 from __future__ import annotations
 
-import gc
 import json
-import random
 import subprocess
 import sys
 import time
@@ -32,17 +31,27 @@ import torch
 
 from ccnbench import stats
 from ccnbench.backends.base import Runner, Target
-from ccnbench.contest import converged, settle
+from ccnbench.contest import interleave
 from ccnbench.errors import CcnbenchError, UsageError, one_line
 from ccnbench.models import build_kept, merge
 from ccnbench.models.spec import ModelSpec, spec_from_preset
-from ccnbench.timing import Block, LatencyStats, time_block, warm_up
-from ccnbench.timing import Protocol as TimingProtocol
+from ccnbench.timing import Block, LatencyStats, Protocol, warm_up
 from ccnbench.training.equivalent import training_form
 from ccnbench.training.step import OPTIMIZERS, make_batch, make_optimizer, step
 
 TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
 DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
+# Shorter than an inference contest's (timing.DEFAULT): every (variant, target) pair is a contest
+# of its own, in every process, and the default run must stay within minutes.
+PROTOCOL = Protocol(
+    warmup_iterations=3,
+    warmup_seconds=0.2,
+    block_seconds=0.05,
+    settle_seconds=0.2,
+    min_rounds=5,
+    contest_seconds=2.0,
+    target_width=0.03,
+)
 
 
 @dataclass(frozen=True)
@@ -68,18 +77,14 @@ def members_of(variant: str) -> tuple[Member, ...]:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to time; the defaults are the issue's: small preset, batch 8 and 32, torch and compile on the CPU."""
+    """What to time; by default the small preset, batch 8 and 32, torch and compile on the CPU."""
 
     preset: str = "small"
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     batches: tuple[int, ...] = (8, 32)
     targets: tuple[str, ...] = ("torch:cpu", "compile:cpu")
     processes: int = 3
-    min_rounds: int = 5
-    block_seconds: float = 0.05
-    contest_seconds: float = 2.0
-    target_width: float = 0.03
-    settle_seconds: float = 0.2
+    protocol: Protocol = PROTOCOL  # warm-up and rounds, the fields a contest reads
     optimizer: str = "sgd"
     branches: int | None = None
     threads: int | None = None
@@ -91,7 +96,7 @@ class BenchConfig:
                 raise UsageError(f"training target {target!r}: choose from {', '.join(TARGETS)}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
-        if self.processes < 1 or self.min_rounds < 3:
+        if self.processes < 1 or self.protocol.min_rounds < 3:
             raise UsageError("a training benchmark needs >= 1 process and >= 3 rounds")
 
     def specs(self) -> list[ModelSpec]:
@@ -105,7 +110,8 @@ class BenchConfig:
     @classmethod
     def from_json(cls, text: str) -> BenchConfig:
         data = json.loads(text)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        protocol = Protocol(**data.pop("protocol"))
+        return cls(protocol=protocol, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass
@@ -156,53 +162,25 @@ def run_contest(
     if reason:
         return {batch: {"unavailable": reason} for batch in config.batches}
     members = members_of(spec.variant)
-    protocol = TimingProtocol(warmup_iterations=3, warmup_seconds=0.2, settle_seconds=config.settle_seconds)
     runners, build_s = [], {}
     for member in members:
         start = time.perf_counter()
         by_batch = _build_member(member, spec, target, config)
         for runner in by_batch.values():
-            warm_up(runner.call, runner, protocol)  # the first calls compile (compile targets)
+            warm_up(runner.call, runner, config.protocol)  # the first calls compile (compile targets)
         build_s[member.name] = round(time.perf_counter() - start, 3)
         runners.append(by_batch)
     index = {m.name: i for i, m in enumerate(members)}
     pairs = [(i, index[m.partner]) for i, m in enumerate(members) if m.partner]
     records = {}
     for batch in config.batches:
-        blocks = _rounds([r[batch] for r in runners], pairs, batch, config, process)
+        steps = [r[batch] for r in runners]
+        blocks = interleave([r.call for r in steps], steps, pairs, config.protocol, batch, process)
         records[batch] = {
             "build_seconds": build_s,
             "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},
         }
     return records
-
-
-def _rounds(runners: list[_StepRunner], pairs: list[tuple[int, int]], batch: int, config: BenchConfig,
-            process: int) -> list[list[Block]]:  # fmt: skip
-    """Interleaved rounds, one block per member, until the ratios converge or the time is spent."""
-    blocks: list[list[Block]] = [[] for _ in runners]
-    order = list(range(len(runners)))
-    rng = random.Random(process * 100_003 + batch)  # seeded: a rerun shuffles the same way
-    gc.disable()  # a collection inside a block is the harness's pause, not the step's
-    start = time.perf_counter()
-    try:
-        for round_ in range(10_000):
-            rng.shuffle(order)  # no member always follows the same one
-            for i in order:
-                settle(config.settle_seconds)
-                blocks[i].append(
-                    time_block(runners[i].call, runners[i], config.block_seconds, process, round_)
-                )
-            medians = [[b.median for b in bs] for bs in blocks]
-            if round_ + 1 >= config.min_rounds and (
-                time.perf_counter() - start >= config.contest_seconds
-                or converged(medians, pairs, config.target_width)
-            ):
-                break
-            gc.collect()  # between rounds, outside every block
-    finally:
-        gc.enable()
-    return blocks
 
 
 def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -174,12 +175,13 @@ def train_bench(
     json_output: JsonFlag = False,
 ) -> None:
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
-    from ccnbench.training.bench import DEFAULT_VARIANTS, BenchConfig, run
+    from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig, run
 
+    protocol = replace(PROTOCOL, min_rounds=rounds, contest_seconds=contest_seconds)
     config = BenchConfig(
         preset=preset, variants=_variants(variant, DEFAULT_VARIANTS), batches=selection.integers(batch, "--batch"),
-        targets=tuple(t.strip() for t in target.split(",")), processes=processes, min_rounds=rounds,
-        contest_seconds=contest_seconds, optimizer=optimizer, branches=branches, threads=threads,
+        targets=tuple(t.strip() for t in target.split(",")), processes=processes, protocol=protocol,
+        optimizer=optimizer, branches=branches, threads=threads,
     )  # fmt: skip
     start = time.perf_counter()
 

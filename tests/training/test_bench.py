@@ -1,7 +1,7 @@
 """The training-step benchmark's plumbing: members, one contest, and ratios from blocks."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import typer
@@ -11,12 +11,14 @@ from ccnbench.backends.base import Target
 from ccnbench.cli import _OneLineErrors
 from ccnbench.errors import UsageError
 from ccnbench.models import spec_from_preset
-from ccnbench.timing import Block
-from ccnbench.training.bench import BenchConfig, members_of, run_contest, summarize
+from ccnbench.timing import Block, Protocol
+from ccnbench.training import bench
+from ccnbench.training.bench import PROTOCOL, BenchConfig, members_of, run_contest, summarize
 from ccnbench.training.commands import register
 
-TINY = BenchConfig(preset="tiny", batches=(2,), targets=("torch:cpu",), processes=1, min_rounds=3,
-                   block_seconds=0.005, contest_seconds=0.0, settle_seconds=0.0)  # fmt: skip
+TINY = BenchConfig(preset="tiny", batches=(2,), targets=("torch:cpu",), processes=1,
+                   protocol=replace(PROTOCOL, min_rounds=3, block_seconds=0.005, contest_seconds=0.0,
+                                    settle_seconds=0.0))  # fmt: skip
 
 
 def test_every_merged_member_is_paired_with_a_kept_member_of_the_same_loss():
@@ -56,9 +58,43 @@ def test_summary_pairs_blocks_across_processes_into_a_ratio_with_an_interval():
     assert results["kept"].ratio is None and results["merged"].build_seconds == (0.2, 0.2)
 
 
-def test_an_unknown_target_is_a_usage_error():
+def test_an_unknown_target_or_too_few_rounds_is_a_usage_error():
     with pytest.raises(UsageError, match="training target"):
         BenchConfig(targets=("ort:cpu",))
+    with pytest.raises(UsageError, match=">= 3 rounds"):
+        BenchConfig(protocol=replace(PROTOCOL, min_rounds=2))
+
+
+def test_the_default_protocol_is_the_training_benchmarks_own():
+    p = BenchConfig().protocol
+    assert (p.min_rounds, p.block_seconds, p.contest_seconds, p.target_width, p.settle_seconds) == (
+        5, 0.05, 2.0, 0.03, 0.2,
+    )  # fmt: skip
+    assert (p.warmup_iterations, p.warmup_seconds) == (3, 0.2)
+
+
+def test_a_config_keeps_its_protocol_through_json():
+    """The worker process receives its config as JSON: nothing of the protocol may be lost."""
+    protocol = Protocol(warmup_iterations=7, warmup_seconds=0.3, block_seconds=0.02, settle_seconds=0.1,
+                        min_rounds=4, contest_seconds=1.5, target_width=0.05, max_seconds=9.0)  # fmt: skip
+    config = BenchConfig(preset="tiny", variants=("model",), batches=(2, 4), processes=2, protocol=protocol,
+                         threads=1)  # fmt: skip
+    again = BenchConfig.from_json(config.to_json())
+    assert again == config and isinstance(again.protocol, Protocol) and again.protocol == protocol
+
+
+def test_cli_rounds_and_contest_seconds_fill_the_protocol(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda config, on_process=None: seen.append(config) or [])
+    app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_enable=False)
+    register(app)
+    args = ["train-bench", "-v", "model", "-p", "tiny", "-b", "2", "-t", "torch:cpu", "--processes", "2",
+            "--rounds", "4", "--contest-seconds", "0.5"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.processes == 2
+    assert config.protocol == replace(PROTOCOL, min_rounds=4, contest_seconds=0.5)
 
 
 @pytest.mark.slow
