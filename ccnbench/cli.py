@@ -1,7 +1,7 @@
 """The `ccnbench` command line. Commands parse options and call the library; no logic lives here.
 
 The options ``bench``, ``check`` and ``export`` share with sweep files come from one table
-(``config.FLAGS``). About 470 lines: Typer needs each command's options spelled out in its
+(``config.FLAGS``). About 500 lines: Typer needs each command's options spelled out in its
 signature, one per line.
 """
 
@@ -346,6 +346,9 @@ RunDirs = Annotated[list[Path], typer.Argument(help="Run directories (or results
 ReportOut = Annotated[Path | None, typer.Option("--out", "-o", help="Where report.md, report.html and plots/ go.")]
 Base = Annotated[Path, typer.Argument(help="Baseline: a run directory, results.json or pytest-benchmark JSON.")]
 New = Annotated[Path, typer.Argument(help="The run to judge, of the same kind as BASE.")]
+Margin = Annotated[
+    str, typer.Option("--margin", help="Equivalence margin: formats whose ratio is known within it are a tie.")
+]
 Threshold = Annotated[str, typer.Option("--threshold", help="Slow-down that counts as a regression: 10% or 0.1.")]
 Metric = Annotated[str, typer.Option("--metric", help="p50, p99 or throughput.")]
 Absolute = Annotated[bool, typer.Option("--absolute", help="Compare raw times instead of ratios to eager PyTorch in the same run.")]
@@ -410,15 +413,23 @@ def compare(
 
 @app.command()
 def recommend(
-    runs: Runs, precision: OnlyPrecisions = None, shippable: Shippable = False, json_output: JsonFlag = False
+    runs: Runs,
+    precision: OnlyPrecisions = None,
+    shippable: Shippable = False,
+    margin: Margin = "10%",
+    json_output: JsonFlag = False,
 ) -> None:
     """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
     from ccnbench import shard
     from ccnbench.analysis import all_cases
+    from ccnbench.compare import parse_threshold
     from ccnbench.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
-    recs = recommending(all_cases(shard.load_runs(runs)), precisions, shippable=shippable)
+    equivalence = parse_threshold(margin, "--margin")
+    recs = recommending(
+        all_cases(shard.load_runs(runs)), precisions, shippable=shippable, equivalence=equivalence
+    )
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return

@@ -149,8 +149,8 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def parse_threshold(text: str | float) -> float:
-    """'10%' or '0.1' -> 0.1."""
+def parse_threshold(text: str | float, flag: str = "--threshold") -> float:
+    """'10%' or '0.1' -> 0.1 (``flag`` names the option in the error)."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -159,10 +159,10 @@ def parse_threshold(text: str | float) -> float:
             value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
         except ValueError as exc:
             raise UsageError(
-                f"--threshold {text!r}: expected a percentage like 10% or a fraction like 0.1"
+                f"{flag} {text!r}: expected a percentage like 10% or a fraction like 0.1"
             ) from exc
     if not 0 <= value < 100 or math.isnan(value):
-        raise UsageError(f"--threshold must be a non-negative percentage, got {text!r}")
+        raise UsageError(f"{flag} must be a non-negative percentage, got {text!r}")
     return value
 
 

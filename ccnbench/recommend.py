@@ -7,7 +7,8 @@ or crashed is named with the reason it was rejected, so the choice is never sile
 When formats were timed in one contest, "fastest" is judged by paired ratios with 95 %
 intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdict``:
 
-- *tie*: the interval lies inside ±5 % of parity (``stats.EQUIVALENCE``). Among formats tied with
+- *tie*: the interval lies inside the equivalence margin, ±10 % of parity by default
+  (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes another). Among formats tied with
   the fastest the simpler one is shipped (eager before compiled or exported, kept before merged,
   then by target name so that two runs pick the same one), and the line says so.
 - *slower*: the fastest is shipped.
@@ -71,6 +72,7 @@ class Recommendation:
     rejected: tuple[str, ...] = ()  # faster formats that were not chosen, with the reason
     not_measured: tuple[str, ...] = field(default_factory=tuple)
     tie_note: str = ""  # why a format that was not the fastest is shipped
+    equivalence: float = EQUIVALENCE  # the margin inside which a ratio is a tie
 
     @property
     def runner_up_ratio(self) -> Interval | None:
@@ -82,7 +84,7 @@ class Recommendation:
     @property
     def verdict(self) -> str:
         """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up)."""
-        return verdict(self.runner_up_ratio) if self.runner_up is not None else ""
+        return verdict(self.runner_up_ratio, self.equivalence) if self.runner_up is not None else ""
 
     @property
     def inconclusive(self) -> bool:
@@ -117,7 +119,7 @@ class Recommendation:
                 f"{text}; runner-up {runner} takes {ratio.value:.2f}× its time (unpaired: not timed in "
                 "one contest with it, no interval)"
             )
-        said = {"tie": f"a tie, inside ±{EQUIVALENCE:.0%}"}.get(self.verdict, self.verdict)
+        said = {"tie": f"a tie, inside ±{self.equivalence:.0%}"}.get(self.verdict, self.verdict)
         return f"{text}; runner-up {runner} takes {ratio.format()} its time ({said})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,12 +150,16 @@ class Recommendation:
 
 
 def recommend(
-    cases: Iterable[CaseResult], precisions: Sequence[str] | None = None, shippable: bool = False
+    cases: Iterable[CaseResult],
+    precisions: Sequence[str] | None = None,
+    shippable: bool = False,
+    equivalence: float = EQUIVALENCE,
 ) -> list[Recommendation]:
     """One recommendation per (model, batch, device kind), fastest passing format first.
 
     ``precisions`` keeps only those precisions; ``shippable`` keeps only formats that ship as a
     file (no model code at run time). The filters run before the ranking and the tie-break.
+    ``equivalence``: the margin inside which two formats are a tie.
     """
     groups: dict[tuple[str, int, str], list[CaseResult]] = {}
     for case in distinct_formats(cases):
@@ -164,7 +170,7 @@ def recommend(
     out = []
     for (model, batch, device), members in sorted(groups.items()):
         timed = sorted((c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.median)
-        passing, note = break_ties([c for c in timed if c.passed])
+        passing, note = break_ties([c for c in timed if c.passed], equivalence)
         best = Choice(passing[0]) if passing else None
         runner_up = Choice(passing[1]) if len(passing) > 1 else None
         rejected = []
@@ -181,7 +187,9 @@ def recommend(
             }
         )
         out.append(
-            Recommendation(model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured), note)
+            Recommendation(
+                model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured), note, equivalence
+            )
         )
     return out
 
@@ -237,7 +245,9 @@ def simplicity(case: CaseResult) -> tuple[int, int, int, str]:
     )
 
 
-def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
+def break_ties(
+    passing: Sequence[CaseResult], equivalence: float = EQUIVALENCE
+) -> tuple[list[CaseResult], str]:
     """Formats sorted fastest first -> the same list with the simplest of those tied with the fastest
     moved to the front, and a note saying so ("" when the fastest stays first).
 
@@ -247,7 +257,7 @@ def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
     if len(passing) < 2:
         return list(passing), ""
     fastest = passing[0]
-    tied = [fastest, *(c for c in passing[1:] if verdict(pair(c, fastest)) == "tie")]
+    tied = [fastest, *(c for c in passing[1:] if verdict(pair(c, fastest), equivalence) == "tie")]
     pick = min(tied, key=simplicity)
     if pick is fastest:
         return list(passing), ""
@@ -260,7 +270,7 @@ def break_ties(passing: Sequence[CaseResult]) -> tuple[list[CaseResult], str]:
         else "shipping the first of equally simple formats by target name"
     )
     note = (
-        f"a tie (inside ±{EQUIVALENCE:.0%}) with the fastest, {f.target_label} {f.layout} {f.precision} "
+        f"a tie (inside ±{equivalence:.0%}) with the fastest, {f.target_label} {f.layout} {f.precision} "
         f"(this one takes {ratio.format()} its time): {why}"
     )
     return [pick, *(c for c in passing if c is not pick)], note
