@@ -7,7 +7,8 @@
 A contest times torch, torch.compile, ONNX Runtime and OpenVINO in one process, block after
 block (``ccnbench.contest``). A runtime's idle threads may keep spinning after its block (ONNX
 Runtime's intra-op pool, OpenMP and TBB workers) and slow the member timed next. This script
-measures that with the contest code itself, at the thread count of the ``cpu-default`` sweep:
+measures that with the contest code itself, at the thread count of the ``cpu-default`` sweep
+(``--threads`` for another):
 
 - *interleaved*: ``--processes`` fresh processes each run one contest of every ``--targets``
   member (the same model, layout and batch), and every block is labelled with the member that
@@ -56,17 +57,29 @@ def main() -> int:
     parser.add_argument(
         "--settle", type=float, default=None, help="longest settle, s (default: the protocol's)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per runtime (default: the cpu-default sweep's)"
+    )
     parser.add_argument("--artifacts", default=None, help="ONNX files (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write every figure to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "all" or one target
     parser.add_argument("--process", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.threads = args.threads or _sweep_threads()
     if args.worker:
         _worker(args)
         return 0
     with tempfile.TemporaryDirectory(prefix="ccnbench-interference-") as tmp:
         args.artifacts = args.artifacts or tmp
         return _parent(args)
+
+
+def _sweep_threads() -> int:
+    """The thread count ``make bench`` times with: the cpu-default sweep's, else every physical core."""
+    from ccnbench.config import load_config
+    from ccnbench.environment import default_threads
+
+    return load_config("cpu-default").threads or default_threads()
 
 
 # --- the worker: one contest in this process, every block labelled with its predecessor ---------
@@ -81,7 +94,13 @@ def _worker(args: argparse.Namespace) -> None:
     targets = parse_targets(args.targets if args.worker == "all" else args.worker)
     sources = selection.sources(preset=args.preset, variants=args.variant, layouts_=args.layout, seed=0)
     groups = plan.case_groups(
-        sources, targets, ["fp32"], [args.batch], Path(args.artifacts), protocol=protocol
+        sources,
+        targets,
+        ["fp32"],
+        [args.batch],
+        Path(args.artifacts),
+        threads=args.threads,
+        protocol=protocol,
     )
     names = {}
     blocks: list[dict[str, Any]] = []
@@ -126,7 +145,6 @@ def _protocol(base: Any, args: argparse.Namespace) -> Any:
 
 def _parent(args: argparse.Namespace) -> int:
     from ccnbench import selection
-    from ccnbench.environment import default_threads
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     start = time.perf_counter()
@@ -153,8 +171,8 @@ def _parent(args: argparse.Namespace) -> int:
     settle = args.settle if args.settle is not None else _default_settle()
     report = _judge(targets, records)
     header = (
-        f"{args.variant} {args.layout} @{args.preset}, batch {args.batch}, {default_threads()} threads "
-        f"(cpu-default), settle at most {settle * 1000:g} ms, {args.processes} processes per kind, "
+        f"{args.variant} {args.layout} @{args.preset}, batch {args.batch}, {args.threads} thread(s) "
+        f"per runtime, settle at most {settle * 1000:g} ms, {args.processes} processes per kind, "
         f"{args.rounds} rounds each, {time.perf_counter() - start:.0f} s in all"
     )
     print(_markdown(header, report))
@@ -168,7 +186,7 @@ def _parent(args: argparse.Namespace) -> int:
 def _passed(args: argparse.Namespace) -> list[str]:
     passed = ["--targets", args.targets, "--preset", args.preset, "--variant", args.variant, "--layout",
               args.layout, "--batch", str(args.batch), "--rounds", str(args.rounds), "--artifacts",
-              args.artifacts]  # fmt: skip
+              args.artifacts, "--threads", str(args.threads)]  # fmt: skip
     return passed + (["--settle", str(args.settle)] if args.settle is not None else [])
 
 
