@@ -8,6 +8,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from ccnbench import contest, plan, selection, stats
 from ccnbench.backends import parse_targets
@@ -102,10 +103,16 @@ def test_processes_merge_their_blocks():
     assert again.blocks == merged.latency.blocks
 
 
-def test_a_real_contest_times_every_member_in_the_same_rounds(artifacts_dir):
+@pytest.fixture(scope="module")
+def early_contest(artifacts_dir):
+    """One real contest of early fusion (torch and ORT, kept and merged), run once as process 2."""
     groups = [g for g in _groups(artifacts_dir, variants="early") if g.batches]
     match = contest.plan(groups)[0][0]
-    cases = list(contest.run_contest(match, process=2))
+    return match, list(contest.run_contest(match, process=2))
+
+
+def test_a_real_contest_times_every_member_in_the_same_rounds(early_contest):
+    match, cases = early_contest
     assert len(cases) == 8 and all(c.passed for c in cases), [c.message for c in cases]
     by_key = {c.key: c for c in cases}
     for c in cases:
@@ -118,20 +125,19 @@ def test_a_real_contest_times_every_member_in_the_same_rounds(artifacts_dir):
     assert stats.paired_ratio(merged.latency, kept.latency) is not None
 
 
-def test_a_checked_contest_process_only_times(artifacts_dir):
+def test_a_checked_contest_process_only_times(early_contest):
     """A later process of a contest whose agreement and memory an earlier one took: timing alone,
     and the merged case keeps the first process's agreement and memory with both processes' blocks."""
-    groups = [g for g in _groups(artifacts_dir, variants="early") if g.batches]
-    match = contest.plan(groups)[0][0]
-    first = {c.key: c for c in contest.run_contest(match, process=0)}
-    later = list(contest.run_contest(match, process=1, checked=True))
+    match, cases = early_contest
+    first = {c.key: c for c in cases}
+    later = list(contest.run_contest(match, process=3, checked=True))
     assert len(later) == len(first) == 8
     for c in later:
         assert c.status == "ok" and c.agreement is None and c.memory is None
-        assert c.details == {"timing_only": True} and {b.process for b in c.latency.blocks} == {1}
+        assert c.details == {"timing_only": True} and {b.process for b in c.latency.blocks} == {3}
         merged = contest.merge_processes(first[c.key], c)
         assert merged.agreement == first[c.key].agreement and merged.memory == first[c.key].memory
-        assert {b.process for b in merged.latency.blocks} == {0, 1} and merged.passed
+        assert {b.process for b in merged.latency.blocks} == {2, 3} and merged.passed
 
 
 # contest.interleave alone, on members that cost nothing: no settle, two-iteration blocks.
