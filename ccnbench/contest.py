@@ -198,9 +198,9 @@ def _prepare(
         return None, outcomes.failed(group, f"prepare: {outcomes.describe(exc)}", contest=contest_id)
     results: dict[int, CaseResult] = {}
     early: list[CaseResult] = []
+    check = execute.timing_case if checked else execute.check_case
     for key, batch in zip(group.case_keys(), group.batches):
         try:
-            check = execute.timing_case if checked else execute.check_case
             results[batch] = check(prepared, key, batch, contest_id)
         except Exception as exc:
             message = f"batch {batch}: {outcomes.describe(exc)}"

@@ -87,33 +87,30 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
     agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
     del outputs
     memory = _steady_memory(prepared.probe, runner, staged, prepared.artifact)
-    return CaseResult(
-        key,
-        "ok",
-        agreement=agreement,
-        memory=memory,
-        build_seconds=round(runner.build_seconds, 4),
-        artifact=outcomes.artifact_summary(prepared.artifact),
-        spec=group.spec,
-        details=_jsonable(runner.details) | _reference_mark(group) | _layout_note(group),
-        contest=contest,
-    )
+    details = _jsonable(runner.details) | _reference_mark(group) | _layout_note(group)
+    return _ok_case(prepared, key, contest, details, agreement=agreement, memory=memory)
 
 
 def timing_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
     """A contest's later process: the member runs the batch once (so a broken runner fails here,
     not inside a timed block), and the result carries what timing needs; agreement and memory
     come from the process that checked them (``contest.merge_processes``)."""
-    runner = prepared.runner
-    runner.infer(stage(prepared.inputs[batch], runner))
+    prepared.runner.infer(stage(prepared.inputs[batch], prepared.runner))
+    return _ok_case(prepared, key, contest, {"timing_only": True})
+
+
+def _ok_case(prepared: Prepared, key: CaseKey, contest: str | None, details: dict[str, Any],
+             **measured: Any) -> CaseResult:  # fmt: skip
+    """A passing run's result: what every ok case carries, plus what this pass ``measured``."""
     return CaseResult(
         key,
         "ok",
-        build_seconds=round(runner.build_seconds, 4),
+        build_seconds=round(prepared.runner.build_seconds, 4),
         artifact=outcomes.artifact_summary(prepared.artifact),
         spec=prepared.group.spec,
-        details={"timing_only": True},
+        details=details,
         contest=contest,
+        **measured,
     )
 
 

@@ -341,7 +341,7 @@ def _student_t():
     return t
 
 
-def floor_se(rounds: np.ndarray) -> np.ndarray | float:
+def floor_se(rounds: np.ndarray) -> np.ndarray:
     """Standard error of the median of one process's rounds (last axis; NaN below 2 rounds), as the
     between-process interval's floor uses it: √(π/2)·σ/√n with σ estimated robustly, as 1.4826 times
     the median absolute deviation.
@@ -357,8 +357,6 @@ def floor_se(rounds: np.ndarray) -> np.ndarray | float:
     rounds = np.asarray(rounds, dtype=float)
     n = rounds.shape[-1]
     if n < 2:
-        return math.nan if rounds.ndim == 1 else np.full(rounds.shape[:-1], np.nan)
-    median = np.median(rounds, axis=-1, keepdims=True)
-    scale = _MAD_SIGMA * np.median(np.abs(rounds - median), axis=-1)
-    se = _MEDIAN_SE * scale / math.sqrt(n)
-    return float(se) if rounds.ndim == 1 else se
+        return np.full(rounds.shape[:-1], np.nan)
+    deviations = np.abs(rounds - np.median(rounds, axis=-1, keepdims=True))
+    return _MEDIAN_SE * _MAD_SIGMA * np.median(deviations, axis=-1) / math.sqrt(n)

@@ -67,9 +67,11 @@ class VariantSource(ModelSource):
         kept and merged are one format, and ``recommend`` weighs them as one."""
         if self.layout != "merged" or self.spec.has_branches:
             return None
+        from ccnbench.models.graph_merge import MergeOutcome  # torch.fx: only for this note
+
         why = "one branch" if self.spec.branches == 1 else "the inputs are stacked as channels"
-        return {"merged": False, "description": "", "groups": [],
-                "reason": f"no parallel branches to merge ({why}): the merged module is the kept one"}  # fmt: skip
+        reason = f"no parallel branches to merge ({why}): the merged module is the kept one"
+        return MergeOutcome(nn.Identity(), merged=False, reason=reason).to_dict()
 
     def oracle(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return self.module_oracle(inputs)
