@@ -12,7 +12,8 @@ one kind of device, prepares every member once in one worker, and then:
    more against its own baseline (``execute.measure_memory``), when every member has already
    run at every batch size, so no figure depends on which member went first;
 2. **timing**, per batch size: rounds in which each member runs one block of about
-   ``block_seconds`` (first call discarded), in a seeded order that changes every round, until
+   ``block_seconds`` (first call discarded unless one call fills the block), in a seeded
+   order that changes every round, until
    every ratio to its reference (eager PyTorch on that device, same layout; merged vs kept on
    the same target) has a 95 % interval within +-``target_width`` or ``contest_seconds`` is
    spent.
@@ -38,6 +39,7 @@ from ccnbench import execute, outcomes, stats
 from ccnbench.backends import backend_of
 from ccnbench.backends.base import Runner
 from ccnbench.backends.settings import ProcessSettings, applied
+from ccnbench.memory import long_lived_frozen
 from ccnbench.plan import CaseGroup, contest_key, unavailable_reason
 from ccnbench.results import CaseResult
 from ccnbench.timing import Block, LatencyStats, Protocol, bound_call, stage, time_block, warm_up
@@ -127,6 +129,7 @@ def run_contest(contest: Contest, process: int = 0, checked: bool = False) -> It
     with contextlib.ExitStack() as stack:
         stack.callback(baseline.apply)  # the process gets its own settings back after the contest
         execute.warm_runtimes(contest.groups)
+        stack.enter_context(long_lived_frozen())  # after the imports: each collection then costs ~0
         members: list[_Member] = []
         for index in memory_order(contest, process):
             baseline.apply()  # prepared from the process's settings, not the previous member's
@@ -192,7 +195,7 @@ def _prepare(
     if reason:
         return None, outcomes.unavailable(group, reason, contest=contest_id)
     try:
-        prepared = execute.prepare(group)
+        prepared = execute.prepare(group, timing_only=checked)
         stack.enter_context(prepared.runner)
     except Exception as exc:
         return None, outcomes.failed(group, f"prepare: {outcomes.describe(exc)}", contest=contest_id)
@@ -309,7 +312,10 @@ def interleave(
             for i in order:
                 settle(protocol.settle_seconds)
                 with around(i) if around is not None else contextlib.nullcontext():
-                    block = time_block(calls[i], runners[i], protocol.block_seconds, process, round_)
+                    previous = medians[i][-1] if medians[i] else None
+                    block = time_block(
+                        calls[i], runners[i], protocol.block_seconds, process, round_, previous
+                    )
                 blocks[i].append(block)
                 medians[i].append(block.median)
             round_ += 1

@@ -28,7 +28,8 @@ from ccnbench.timing import measure, stage
 @dataclass
 class Prepared:
     """A built runner and what its cases are checked with: seeded inputs and oracle outputs per
-    batch size, the FLOP count, the artifact it loaded, and the memory probe started before it."""
+    batch size, the FLOP count, the artifact it loaded, and the memory probe started before it
+    (no oracle outputs and no probe when prepared only to be timed)."""
 
     group: CaseGroup
     runner: Runner
@@ -36,7 +37,7 @@ class Prepared:
     expected: dict[int, tuple[Tensor, ...]]
     flops: int | None
     artifact: Any
-    probe: MemoryProbe
+    probe: MemoryProbe | None
 
 
 def warm_runtimes(groups: Sequence[CaseGroup]) -> None:
@@ -53,22 +54,28 @@ def warm_runtimes(groups: Sequence[CaseGroup]) -> None:
             backend_of(g.target).warm(g.target.device, g.options)
 
 
-def prepare(group: CaseGroup) -> Prepared:
+def prepare(group: CaseGroup, timing_only: bool = False) -> Prepared:
     """Build the group's runner (raises on failure). Shared by ``run_group`` and contests.
 
     The oracle's float64 pass and the FLOP count run before the memory probe starts, so neither
-    is charged to the target's memory.
+    is charged to the target's memory. ``timing_only`` (a contest's later process, which neither
+    grades nor measures memory) skips the oracle and the probe, whose start (a full garbage
+    collection and a heap trim) cost ~0.14 s per member.
     """
     backend = backend_of(group.target)
     inputs = {b: group.source.make_inputs(b, group.seed) for b in group.batches}
-    expected = {
-        b: reference(group.source, x, b, group.seed, group.options.artifacts_dir) for b, x in inputs.items()
-    }
+    expected = {}
+    if not timing_only:
+        expected = {
+            b: reference(group.source, x, b, group.seed, group.options.artifacts_dir)
+            for b, x in inputs.items()
+        }
     flops = group.source.flops_per_sample()
     # The file the target loads (ONNX, .pt2), built in the sweep's parent and reused here.
     artifact = backend.artifact(group.source, group.target, group.options)
-    probe = MemoryProbe(group.target.device_kind)
-    probe.start()
+    probe = None if timing_only else MemoryProbe(group.target.device_kind)
+    if probe is not None:
+        probe.start()
     runner = backend.prepare(group.source, group.target, group.options)
     return Prepared(group, runner, inputs, expected, flops, artifact, probe)
 
@@ -86,6 +93,7 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
     policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
     agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
     del outputs
+    assert prepared.probe is not None, "a timing-only preparation is never checked"
     memory = _steady_memory(prepared.probe, runner, staged, prepared.artifact)
     details = _jsonable(runner.details) | _reference_mark(group) | _layout_note(group)
     return _ok_case(prepared, key, contest, details, agreement=agreement, memory=memory)

@@ -27,6 +27,7 @@ import ctypes
 import gc
 import os
 import resource
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,23 @@ def release_freed_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def long_lived_frozen() -> Iterator[None]:
+    """Inside: every object alive on entry (imported modules, the runtimes' bindings: ~180 k
+    objects once torch, ONNX Runtime and OpenVINO are loaded) sits in the collector's permanent
+    generation, so a full collection scans only what was made since. ``release_freed_memory``
+    collects before every memory baseline and reading, and each of those scans took ~116 ms
+    (5.3 s of a 19 s contest of six members); frozen, ~0.01 ms. Collected first, so no garbage is
+    frozen; moved back on exit, so nothing frozen outlives the block unreachable and uncollected.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def reset_peak_rss() -> bool:

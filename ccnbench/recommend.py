@@ -34,7 +34,7 @@ from typing import Any
 
 from ccnbench.backends import BACKENDS, Target
 from ccnbench.results import CaseResult
-from ccnbench.stats import EQUIVALENCE, Interval, pair, resolve_hint, verdict
+from ccnbench.stats import EQUIVALENCE, Interval, pair, resolve_hint, tie_evidence, verdict
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Recommendation:
                 f"{text}; runner-up {runner} takes {ratio.value:.2f}× its time (unpaired: not timed in "
                 "one contest with it, no interval)"
             )
-        said = {"tie": f"a tie, inside ±{self.equivalence:.0%}"}.get(self.verdict, self.verdict)
+        said = {"tie": f"a tie: {tie_evidence(ratio, self.equivalence)}"}.get(self.verdict, self.verdict)
         return f"{text}; runner-up {runner} takes {ratio.format()} its time ({said})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,8 +270,8 @@ def break_ties(
         else "shipping the first of equally simple formats by target name"
     )
     note = (
-        f"a tie (inside ±{equivalence:.0%}) with the fastest, {f.target_label} {f.layout} {f.precision} "
-        f"(this one takes {ratio.format()} its time): {why}"
+        f"a tie ({tie_evidence(ratio, equivalence)}) with the fastest, {f.target_label} {f.layout} "
+        f"{f.precision} (this one takes {ratio.format()} its time): {why}"
     )
     return [pick, *(c for c in passing if c is not pick)], note
 

@@ -18,8 +18,9 @@ rule is :func:`paired_processes`, and every view compares two cases through :fun
 and its interval) or :func:`process_ratios` (its per-process units, for the regression gate) built
 on it; anything else is a ratio of medians, marked *unpaired*.
 
-A ratio's verdict (:func:`verdict`): a *tie* when its whole interval lies inside the
-equivalence margin (±``EQUIVALENCE``, 10 %), *faster* or *slower* when it excludes parity, and
+A ratio's verdict (:func:`verdict`): a *tie* when it is shown to lie inside the equivalence
+margin (±``EQUIVALENCE``, 10 %): two one-sided tests at 5 % each, i.e. its 90 % interval (``tie_low``,
+``tie_high``) lies inside; *faster* or *slower* when its 95 % interval excludes parity, and
 *inconclusive* when it contains parity but is too wide to call a tie (then more processes
 resolve it: :func:`resolve_hint`). Every view takes its verdict from here.
 """
@@ -48,6 +49,11 @@ class Timed(Protocol):
 
 
 CONFIDENCE = 0.95
+# Equivalence is two one-sided tests, "not more than the margin slower" and "not more than the margin
+# faster", each at 5 % (TOST, Schuirmann 1987; how bioequivalence is judged): both pass exactly when
+# the 90 % interval lies inside the margin. Asking the 95 % interval to fit tests each side at 2.5 %,
+# which made a 1.03x ratio with a +-8 % interval "inconclusive" at four processes.
+TIE_CONFIDENCE = 0.90
 # Two formats whose ratio is known to lie within ±10 % of parity are a tie: the same speed for
 # choosing what to ship. 10 % is the slow-down ``compare`` calls a regression by default (a
 # difference the gate would let through is no reason to ship a harder format) and asv's default
@@ -76,7 +82,8 @@ class Interval:
     spread), ``within-process`` (one process: its rounds only) or ``unpaired`` (a ratio of medians
     of cases that never ran in one contest: no interval). ``low``/``high`` are NaN when the
     interval is not computable (``computable`` is False). ``p_value`` (paired ratios, K >= 2) is
-    the t-test of the per-process log ratios against parity; ``processes`` is K.
+    the t-test of the per-process log ratios against parity; ``processes`` is K. ``tie_low`` and
+    ``tie_high`` bound the same estimate at ``TIE_CONFIDENCE`` (90 %), which the tie test reads.
     """
 
     value: float
@@ -86,6 +93,8 @@ class Interval:
     p_value: float | None = None
     processes: int = 0
     scope: str = BETWEEN
+    tie_low: float = math.nan
+    tie_high: float = math.nan
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -111,7 +120,15 @@ class Interval:
 
     def inverse(self) -> Interval:
         return Interval(
-            1 / self.value, 1 / self.high, 1 / self.low, self.n, self.p_value, self.processes, self.scope
+            1 / self.value,
+            1 / self.high,
+            1 / self.low,
+            self.n,
+            self.p_value,
+            self.processes,
+            self.scope,
+            1 / self.tie_high,
+            1 / self.tie_low,
         )
 
     def format(self, digits: int = 2, suffix: str = "×") -> str:
@@ -125,26 +142,39 @@ class Interval:
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         out = dict(self.__dict__)
-        if not self.computable:  # JSON has no NaN
-            out["low"] = out["high"] = None
+        for key in ("low", "high", "tie_low", "tie_high"):  # JSON has no NaN
+            if not math.isfinite(out[key]):
+                out[key] = None
         return out
 
 
 def verdict(interval: Interval | None, margin: float = EQUIVALENCE) -> str:
-    """The one verdict on a ratio, shared by every view: ``tie`` (the interval lies inside
-    ±``margin`` of parity), ``slower`` (above parity: the numerator is slower), ``faster``,
+    """The one verdict on a ratio, shared by every view: ``tie`` (shown inside ±``margin`` of
+    parity: the 90 % interval lies inside; an interval made without one, the 95 % one),
+    ``slower`` (the 95 % interval lies above parity: the numerator is slower), ``faster``,
     ``inconclusive`` (contains parity, or cannot be computed), or ``unpaired`` (no interval)."""
     if interval is None or interval.scope == UNPAIRED:
         return "unpaired"
     if not interval.computable:
         return "inconclusive"
-    if interval.low >= 1 / (1 + margin) and interval.high <= 1 + margin:
+    low, high = interval.low, interval.high
+    if math.isfinite(interval.tie_low) and math.isfinite(interval.tie_high):
+        low, high = interval.tie_low, interval.tie_high
+    if low >= 1 / (1 + margin) and high <= 1 + margin:
         return "tie"
     if interval.low > 1:
         return "slower"
     if interval.high < 1:
         return "faster"
     return "inconclusive"
+
+
+def tie_evidence(interval: Interval, margin: float = EQUIVALENCE) -> str:
+    """Why a ratio is a tie, as answers print it: ``90 % interval [0.97, 1.06] inside ±10%``."""
+    low, high = (interval.tie_low, interval.tie_high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        low, high = interval.low, interval.high
+    return f"{TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] inside ±{margin:.0%}"
 
 
 def resolve_hint(interval: Interval | None) -> str:
@@ -278,22 +308,25 @@ def log_interval(groups: Mapping[int, Sequence[float]], p_value: bool = True) ->
     n, k = sum(len(v) for v in values), len(values)
     if k == 1:
         point, low, high, _ = within_interval(values[0][None, :])
+        _, tie_low, tie_high, _ = within_interval(values[0][None, :], TIE_CONFIDENCE)
         p = None
     else:
         medians = np.array([[np.median(v) for v in values]])
         ses = np.array([[floor_se(v) for v in values]])
         point, low, high, p_values = process_interval(medians, ses, n)
+        _, tie_low, tie_high, _ = process_interval(medians, ses, n, TIE_CONFIDENCE)
         p = float(p_values[0]) if p_value and math.isfinite(p_values[0]) else None
-    return Interval(
-        math.exp(point[0]), math.exp(low[0]), math.exp(high[0]), n, p, k, BETWEEN if k >= 2 else WITHIN
-    )
+    bounds = (math.exp(b[0]) for b in (point, low, high))
+    ties = (math.exp(tie_low[0]), math.exp(tie_high[0]))
+    return Interval(*bounds, n, p, k, BETWEEN if k >= 2 else WITHIN, *ties)
 
 
 def process_interval(
-    medians: np.ndarray, ses: np.ndarray, rounds: int | None = None
+    medians: np.ndarray, ses: np.ndarray, rounds: int | None = None, confidence: float = CONFIDENCE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised over data sets (rows): per-process medians (D, K) and their within-process standard
-    errors (D, K; NaN where unknown) -> point, low, high and the t-test p-value against 0.
+    errors (D, K; NaN where unknown) -> point, low, high (at ``confidence``) and the t-test p-value
+    against 0.
 
     The half-width is the larger of t(K-1)·s/√K (the spread seen between processes) and
     t(rounds-K)·SE/√K (what the processes' own rounds allow, SE their root mean square standard
@@ -306,7 +339,7 @@ def process_interval(
     if k < 2:
         nan = np.full(point.shape, np.nan)
         return point, nan, nan, nan
-    q = (1 + CONFIDENCE) / 2
+    q = (1 + confidence) / 2
     between = t.ppf(q, k - 1) * medians.std(axis=1, ddof=1) / math.sqrt(k)
     known = np.all(np.isfinite(ses), axis=1)
     df_within = max(1, (rounds if rounds is not None else 2 * k) - k)
@@ -318,9 +351,11 @@ def process_interval(
     return point, point - half, point + half, p
 
 
-def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def within_interval(
+    rounds: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised over data sets (rows) of one process's rounds (D, n): the median and its
-    t-interval from the rounds alone (not computable below 3 rounds)."""
+    t-interval at ``confidence`` from the rounds alone (not computable below 3 rounds)."""
     t = _student_t()
     n = rounds.shape[1]
     point = np.median(rounds, axis=1)
@@ -328,7 +363,7 @@ def within_interval(rounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     if n < 3:
         return point, nan, nan, nan
     se = _MEDIAN_SE * rounds.std(axis=1, ddof=1) / math.sqrt(n)
-    half = t.ppf((1 + CONFIDENCE) / 2, n - 1) * se
+    half = t.ppf((1 + confidence) / 2, n - 1) * se
     half = np.where(half > 0, half, np.nan)  # identical rounds prove nothing about the next one
     return point, point - half, point + half, nan
 

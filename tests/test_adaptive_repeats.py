@@ -8,9 +8,9 @@ from ccnbench.recommend import recommend
 from ccnbench.timing import Block, LatencyStats
 
 # Per model, kept's and merged's latency (ms) in each process. Early fusion: merged clearly
-# twice as slow in every process. Model fusion: merged 8 % slower in even processes and 7 %
+# twice as slow in every process. Model fusion: merged 12 % slower in even processes and 10 %
 # faster in odd ones, so its interval contains parity and is far too wide for a tie.
-_MERGED_OVER_KEPT = {"early": lambda p: 2.0, "model": lambda p: 1.08 if p % 2 == 0 else 0.93}
+_MERGED_OVER_KEPT = {"early": lambda p: 2.0, "model": lambda p: 1.12 if p % 2 == 0 else 0.90}
 
 
 def _fake_worker(spawned, checked=None):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ccnbench import contest, plan, selection, stats
+from ccnbench import contest, execute, plan, selection, stats
 from ccnbench.backends import parse_targets
 from ccnbench.results import CaseKey, CaseResult
 from ccnbench.timing import QUICK, Block, LatencyStats, Protocol
@@ -125,11 +125,18 @@ def test_a_real_contest_times_every_member_in_the_same_rounds(early_contest):
     assert stats.paired_ratio(merged.latency, kept.latency) is not None
 
 
-def test_a_checked_contest_process_only_times(early_contest):
-    """A later process of a contest whose agreement and memory an earlier one took: timing alone,
-    and the merged case keeps the first process's agreement and memory with both processes' blocks."""
+def test_a_checked_contest_process_only_times(early_contest, monkeypatch):
+    """A later process of a contest whose agreement and memory an earlier one took: timing alone
+    (no oracle pass, no memory probe), and the merged case keeps the first process's agreement and
+    memory with both processes' blocks."""
     match, cases = early_contest
     first = {c.key: c for c in cases}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a timing-only process started a memory probe or an oracle pass")
+
+    monkeypatch.setattr(execute.MemoryProbe, "start", refuse)
+    monkeypatch.setattr(execute, "reference", refuse)
     later = list(contest.run_contest(match, process=3, checked=True))
     assert len(later) == len(first) == 8
     for c in later:

@@ -235,7 +235,7 @@ def test_every_runtime_is_warmed_once_before_any_member_is_prepared(artifacts_di
     )
     monkeypatch.setattr(OrtBackend, "warm", broken_warm)
 
-    def prepare(group):
+    def prepare(group, timing_only=False):
         events.append(f"prepare {group.target}")
         raise RuntimeError("stop here")
 
@@ -255,3 +255,28 @@ def test_the_memory_order_is_a_seeded_shuffle_that_changes_with_the_process(arti
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
     assert orders == [contest.memory_order(match, p) for p in range(12)]  # a rerun repeats it
     assert len({o[0] for o in orders}) > 1  # no member is always first
+
+
+def test_long_lived_objects_are_frozen_only_inside_and_garbage_is_still_collected():
+    import gc
+    import weakref
+
+    from ccnbench.memory import long_lived_frozen
+
+    class Node:
+        pass
+
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    before = cycle()  # garbage on entry: collected, not frozen
+    frozen_before = gc.get_freeze_count()
+    with long_lived_frozen():
+        assert before() is None
+        assert gc.get_freeze_count() > frozen_before
+        inside = cycle()  # made inside: a full collection still finds it
+        gc.collect()
+        assert inside() is None
+    assert gc.get_freeze_count() == 0

@@ -44,6 +44,21 @@ def test_a_wide_interval_holding_parity_is_inconclusive_not_a_tie():
     assert "repeats" in stats.resolve_hint(ratio) and "3 processes" in stats.resolve_hint(ratio)
 
 
+def test_a_tie_is_two_one_sided_tests_on_the_90_percent_interval():
+    """Equivalence at 5 % a side: the 90 % interval must lie inside the margin, the 95 % one need not."""
+    offsets = [-0.066, -0.033, 0.0, 0.033, 0.066]  # five processes around 1.04x, rounds alike
+    groups = {p: [math.log(1.04) + offsets[p] + 0.001 * r for r in range(6)] for p in range(5)}
+    ratio = stats.log_interval(groups)
+    assert ratio.low < ratio.tie_low < ratio.value < ratio.tie_high < ratio.high
+    assert ratio.high > 1.10 >= ratio.tie_high and stats.verdict(ratio) == "tie"
+    assert "90% interval [" in stats.tie_evidence(ratio) and stats.tie_evidence(ratio).endswith("inside ±10%")
+    # inverted, the tie bounds swap with the others: still a tie, from the other side
+    assert stats.verdict(ratio.inverse()) == "tie" and ratio.inverse().tie_low == 1 / ratio.tie_high
+    # one process: the same rule on its rounds' interval
+    one = stats.log_interval({0: [math.log(1.02) + 0.02 * ((r % 3) - 1) for r in range(8)]})
+    assert one.scope == stats.WITHIN and one.low < one.tie_low and one.tie_high < one.high
+
+
 def test_verdict_against_the_equivalence_margin():
     def v(low, high):
         return stats.verdict(stats.Interval((low * high) ** 0.5, low, high))
@@ -86,7 +101,9 @@ def test_intervals_cover_the_true_ratio(process_sd):
     assert hits / trials >= 0.9  # 60 trials of a 95 % interval
 
 
-def _coverage(k, process_sd, round_sd=0.05, rounds=10, datasets=2000, seed=0, outliers=0.0, floor=None):
+def _coverage(
+    k, process_sd, round_sd=0.05, rounds=10, datasets=2000, seed=0, outliers=0.0, floor=None, confidence=0.95
+):
     """Share of ``datasets`` simulated contests (K processes with a known between-process spread,
     ``rounds`` paired log ratios each, a share ``outliers`` of them off by ±0.4 in log, as a slow
     block reads) whose 95 % interval covers the true ratio, computed by the same vectorised core
@@ -100,7 +117,7 @@ def _coverage(k, process_sd, round_sd=0.05, rounds=10, datasets=2000, seed=0, ou
     logs = logs + hit * rng.choice([-0.4, 0.4], logs.shape)
     medians = np.median(logs, axis=2)
     ses = (floor or stats.floor_se)(logs)
-    _, low, high, _ = stats.process_interval(medians, ses, k * rounds)
+    _, low, high, _ = stats.process_interval(medians, ses, k * rounds, confidence)
     return float(np.mean((low <= truth) & (truth <= high))), float(np.median(high - low))
 
 
@@ -112,6 +129,14 @@ def test_95_percent_intervals_cover_95_percent_with_few_processes(k, process_sd)
     # honest, not useless: from three processes on, without spread between them, about ±4 %
     if process_sd == 0.0 and k >= 3:
         assert width < 0.1
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("process_sd", [0.0, 0.03, 0.15])
+def test_the_tie_test_s_90_percent_intervals_cover_90_percent(k, process_sd):
+    """Each one-sided test of a tie then errs at most 5 % of the time."""
+    coverage, _ = _coverage(k, process_sd, confidence=stats.TIE_CONFIDENCE)
+    assert coverage >= 0.88, (k, process_sd, coverage)
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

@@ -140,6 +140,25 @@ def test_a_cpu_block_discards_its_first_call_and_keeps_its_place():
     assert sum(block.samples_ms) >= 20 and slow.calls == len(block.samples_ms) + 1
 
 
+def test_a_call_that_filled_its_last_block_is_timed_once_without_a_discarded_call():
+    slow = CountingRunner(sleep=0.03)
+    call = bound_call(slow, [torch.ones(1)])
+    block = time_block(call, slow, seconds=0.02, previous_ms=31.0)
+    assert len(block.samples_ms) == 1 and slow.calls == 1 and block.samples_ms[0] >= 30
+    # a shorter previous block (or none, the first round) keeps the discarded call, and a discarded
+    # call that filled the block is followed by one kept call
+    block = time_block(call, slow, seconds=0.02, previous_ms=19.0)
+    assert len(block.samples_ms) == 1 and slow.calls == 1 + 2
+    quick = CountingRunner(sleep=0.004)
+    block = time_block(bound_call(quick, [torch.ones(1)]), quick, seconds=0.02, previous_ms=50.0)
+    assert (
+        quick.calls == len(block.samples_ms) >= 4
+    )  # told it was long: nothing discarded, the block still 20 ms
+    quick.calls = 0
+    block = time_block(bound_call(quick, [torch.ones(1)]), quick, seconds=0.02)
+    assert quick.calls == 1 + len(block.samples_ms) and len(block.samples_ms) >= 4
+
+
 class FakeEvent:
     """A CUDA end event that completes when the fake device has done its work."""
 

@@ -164,10 +164,19 @@ def train_bench(
         ),
     ] = "torch:cpu,compile:cpu",
     processes: Annotated[int, typer.Option("--processes", help="Fresh processes (intervals need >= 2).")] = 3,
-    rounds: Annotated[int, typer.Option("--rounds", help="Least rounds per contest and process.")] = 5,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", help="Least rounds per contest and process (default: the training protocol's)."
+        ),
+    ] = None,
     contest_seconds: Annotated[
-        float, typer.Option("--contest-seconds", help="Timing budget per contest and process.")
-    ] = 2.0,
+        float | None,
+        typer.Option(
+            "--contest-seconds",
+            help="Timing budget per contest and process (default: the training protocol's).",
+        ),
+    ] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "sgd",
     threads: Annotated[
         int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")
@@ -177,7 +186,8 @@ def train_bench(
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
     from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig, run
 
-    protocol = replace(PROTOCOL, min_rounds=rounds, contest_seconds=contest_seconds)
+    given = {"min_rounds": rounds, "contest_seconds": contest_seconds}
+    protocol = replace(PROTOCOL, **{k: v for k, v in given.items() if v is not None})
     config = BenchConfig(
         preset=preset, variants=_variants(variant, DEFAULT_VARIANTS), batches=selection.integers(batch, "--batch"),
         targets=tuple(t.strip() for t in target.split(",")), processes=processes, protocol=protocol,

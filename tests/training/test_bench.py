@@ -68,9 +68,9 @@ def test_an_unknown_target_or_too_few_rounds_is_a_usage_error():
 def test_the_default_protocol_is_the_training_benchmarks_own():
     p = BenchConfig().protocol
     assert (p.min_rounds, p.block_seconds, p.contest_seconds, p.target_width, p.settle_seconds) == (
-        5, 0.05, 2.0, 0.03, 0.2,
+        3, 0.05, 1.0, 0.03, 0.2,
     )  # fmt: skip
-    assert (p.warmup_iterations, p.warmup_seconds) == (3, 0.2)
+    assert (p.warmup_iterations, p.warmup_seconds) == (1, 0.0)
 
 
 def test_a_config_keeps_its_protocol_through_json():
@@ -95,6 +95,9 @@ def test_cli_rounds_and_contest_seconds_fill_the_protocol(monkeypatch):
     (config,) = seen
     assert config.processes == 2
     assert config.protocol == replace(PROTOCOL, min_rounds=4, contest_seconds=0.5)
+    result = CliRunner().invoke(app, args[:-4])  # without them: the protocol's own
+    assert result.exit_code == 0, result.output
+    assert seen[-1].protocol == PROTOCOL
 
 
 @pytest.mark.slow
