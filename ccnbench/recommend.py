@@ -7,9 +7,9 @@ or crashed is named with the reason it was rejected, so the choice is never sile
 When formats were timed in one contest, "fastest" is judged by paired ratios with 95 %
 intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdict``:
 
-- *tie*: the interval lies inside the equivalence margin, ±10 % of parity by default
-  (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes another). Among formats tied with
-  the fastest the simpler one is shipped (eager before compiled or exported, kept before merged,
+- *tie*: the 90 % interval lies inside the equivalence margin (two one-sided tests at 5 %),
+  ±10 % of parity by default (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes
+  another). Among formats tied with the fastest the simpler one is shipped (eager before compiled or exported, kept before merged,
   then by target name so that two runs pick the same one), and the line says so.
 - *slower*: the fastest is shipped.
 - *inconclusive*: the interval contains parity but is too wide to call a tie. The fastest point

@@ -160,8 +160,9 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         Heading("Which format to ship"),
         Text(
             "The fastest format (target, layout, precision) whose outputs agree with the oracle. The "
-            f"runner-up's time over the shipped one's: a tie when its 95 % interval lies inside ±{EQUIVALENCE:.0%}, "
-            "inconclusive when the interval holds parity but is wider (the faster point estimate is shipped)."
+            f"runner-up's time over the shipped one's: a tie when its 90 % interval lies inside ±{EQUIVALENCE:.0%} "
+            "(two one-sided tests at 5 %), inconclusive when the 95 % interval holds parity and the ratio is "
+            "not shown inside the margin (the faster point estimate is shipped)."
         ),
         TableBlock(headers, tuple(rows), frozenset({1, 4})),
     ] + ([Bullets(unsettled)] if unsettled else [])

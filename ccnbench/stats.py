@@ -109,7 +109,7 @@ class Interval:
 
     @property
     def tie(self) -> bool:
-        """For a ratio: the whole interval lies inside the equivalence margin."""
+        """For a ratio: shown inside the equivalence margin (``verdict``: its 90 % interval lies inside)."""
         return verdict(self) == "tie"
 
     @property
