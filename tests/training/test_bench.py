@@ -37,7 +37,8 @@ def test_one_contest_times_every_member_in_interleaved_rounds():
     assert set(record["blocks"]) == {m.name for m in members_of("decision")}
     rounds = {name: [b["round"] for b in blocks] for name, blocks in record["blocks"].items()}
     assert all(r == [0, 1, 2] for r in rounds.values())
-    assert all(len(b["samples_ms"]) >= 2 for blocks in record["blocks"].values() for b in blocks)
+    # every block fills its 5 ms (one call when a step alone fills it, else at least two)
+    assert all(sum(b["samples_ms"]) >= 5.0 for blocks in record["blocks"].values() for b in blocks)
 
 
 def _record(process, kept_ms, merged_ms):
