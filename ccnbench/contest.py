@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -238,11 +239,9 @@ def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int
     within-process interval of ``stats.log_interval``, the one the results will show)."""
     for a, b in pairs:
         logs = np.log(np.asarray(medians[a]) / np.asarray(medians[b]))
-        interval = stats.log_interval({0: logs})
-        if (
-            not interval.computable
-            or max(interval.high / interval.value, interval.value / interval.low) - 1 > width
-        ):
+        point, low, high, _ = stats.within_interval(logs[None, :])  # log_interval's, without its extras
+        half = max(high[0] - point[0], point[0] - low[0])
+        if not math.isfinite(half) or math.expm1(half) > width:
             return False
     return True
 

@@ -9,8 +9,9 @@ intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdi
 
 - *tie*: the 90 % interval lies inside the equivalence margin (two one-sided tests at 5 %),
   ±10 % of parity by default (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes
-  another). Among formats tied with the fastest the simpler one is shipped (eager before compiled or exported, kept before merged,
-  then by target name so that two runs pick the same one), and the line says so.
+  another). Among formats tied with the fastest the simpler one is shipped (eager before compiled
+  or exported, kept before merged, then by target name so that two runs pick the same one), and
+  the line says so.
 - *slower*: the fastest is shipped.
 - *inconclusive*: the interval contains parity but is too wide to call a tie. The fastest point
   estimate is shipped, and the line says that the answer is inconclusive and what to run to

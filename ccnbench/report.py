@@ -18,7 +18,7 @@ from ccnbench.analysis import all_cases, index, noise_warnings
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult, RunResult
-from ccnbench.stats import EQUIVALENCE, resolve_hint
+from ccnbench.stats import EQUIVALENCE, TIE_CONFIDENCE, resolve_hint
 from ccnbench.tables import case_cells, failure_lines, unavailable_lines
 
 
@@ -160,8 +160,8 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         Heading("Which format to ship"),
         Text(
             "The fastest format (target, layout, precision) whose outputs agree with the oracle. The "
-            f"runner-up's time over the shipped one's: a tie when its 90 % interval lies inside ±{EQUIVALENCE:.0%} "
-            "(two one-sided tests at 5 %), inconclusive when the 95 % interval holds parity and the ratio is "
+            f"runner-up's time over the shipped one's: a tie when its {TIE_CONFIDENCE:.0%} interval lies inside "
+            f"±{EQUIVALENCE:.0%} (two one-sided tests), inconclusive when the 95 % interval holds parity and the ratio is "
             "not shown inside the margin (the faster point estimate is shipped)."
         ),
         TableBlock(headers, tuple(rows), frozenset({1, 4})),

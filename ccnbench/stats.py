@@ -108,6 +108,13 @@ class Interval:
         return self.computable and self.low <= x <= self.high
 
     @property
+    def tie_bounds(self) -> tuple[float, float]:
+        """What the tie test reads: the 90 % bounds, or the 95 % ones for an interval made without them."""
+        if math.isfinite(self.tie_low) and math.isfinite(self.tie_high):
+            return self.tie_low, self.tie_high
+        return self.low, self.high
+
+    @property
     def tie(self) -> bool:
         """For a ratio: shown inside the equivalence margin (``verdict``: its 90 % interval lies inside)."""
         return verdict(self) == "tie"
@@ -157,9 +164,7 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE) -> str:
         return "unpaired"
     if not interval.computable:
         return "inconclusive"
-    low, high = interval.low, interval.high
-    if math.isfinite(interval.tie_low) and math.isfinite(interval.tie_high):
-        low, high = interval.tie_low, interval.tie_high
+    low, high = interval.tie_bounds
     if low >= 1 / (1 + margin) and high <= 1 + margin:
         return "tie"
     if interval.low > 1:
@@ -171,9 +176,7 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE) -> str:
 
 def tie_evidence(interval: Interval, margin: float = EQUIVALENCE) -> str:
     """Why a ratio is a tie, as answers print it: ``90 % interval [0.97, 1.06] inside ±10%``."""
-    low, high = (interval.tie_low, interval.tie_high)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        low, high = interval.low, interval.high
+    low, high = interval.tie_bounds
     return f"{TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] inside ±{margin:.0%}"
 
 

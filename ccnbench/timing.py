@@ -151,12 +151,12 @@ def time_block(
     """One contest block: consecutive iterations for about ``seconds``, ms each.
 
     The first call is run but not kept: it pays for whatever the member before it evicted from
-    the caches, which a model serving requests back to back does not see. A member whose last
-    block's median (``previous_ms``) already filled the block needs neither that call nor a second
-    one: its block is one call (and a discarded call that filled the block is followed by one kept
-    call). Such a call streams far more than the caches hold, and its first call after the other
-    members ran was measured within 1 % of the next (eager model fusion at batch 8, 111 ms: 0.999
-    and 1.007), while two spare calls made eager PyTorch 40 % of ``make bench``'s round time. On CUDA the first call is also timed with events, and the block
+    the caches, which a model serving requests back to back does not see. A call known to fill the
+    block (the member's last block median, ``previous_ms``, or the discarded call itself) needs
+    neither the discarded call nor a second kept one: such a call streams far more than the caches
+    hold, and its first call after the other members ran was measured within 1 % of the next (eager
+    model fusion at batch 8, 111 ms: 0.999 and 1.007), while two spare calls made eager PyTorch 40 %
+    of ``make bench``'s round time. On CUDA the first call is also timed with events, and the block
     is sized by device time from it (see ``_cuda_loop``).
     """
     if runner.is_cuda:
@@ -164,15 +164,18 @@ def time_block(
         block = Protocol(min_iterations=2, min_seconds=seconds, max_seconds=max(4 * seconds, 1.0))
         device_ms, host_ms = _cuda_loop(call, runner, block, estimate)
         return Block(process, round_, device_ms, host_ms, sm_clock_mhz())
-    long_call = seconds > 0 and previous_ms is not None and previous_ms >= seconds * 1e3
-    if not long_call:
+
+    def fills(ms: float | None) -> bool:
+        return seconds > 0 and ms is not None and ms >= seconds * 1e3
+
+    one_call = fills(previous_ms)
+    if not one_call:  # not known to fill the block: one discarded call, which may tell
         start = time.perf_counter()
         call()
-        # A discarded call that alone filled the block says the same: one kept call is enough.
-        long_call = seconds > 0 and time.perf_counter() - start >= seconds
+        one_call = fills((time.perf_counter() - start) * 1e3)
     # On the CPU a block has no cap: it ends after its minimum iterations and ``seconds``, however long.
     block = Protocol(
-        min_iterations=1 if long_call else 2,
+        min_iterations=1 if one_call else 2,
         min_seconds=seconds,
         max_iterations=sys.maxsize,
         max_seconds=math.inf,
