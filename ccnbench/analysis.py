@@ -4,8 +4,8 @@ and merged vs kept.
 The reference of a case (:func:`reference_key`) is the same case on eager PyTorch on the same kind
 of device (``Target.reference``); every view finds it here. Ratios come from ``ccnbench.stats.pair``,
 the one pairing rule: cases timed in one contest of one run give paired speed-ups with 95 %
-intervals, so every view shows the same number; other cases get the ratio of medians, marked
-unpaired, without an interval.
+intervals, so every view shows the same number; other cases get the ratio of their fastest
+calls, marked unpaired, without an interval.
 """
 
 from __future__ import annotations

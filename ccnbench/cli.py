@@ -350,7 +350,14 @@ Margin = Annotated[
     str, typer.Option("--margin", help="Equivalence margin: formats whose ratio is known within it are a tie.")
 ]
 Threshold = Annotated[str, typer.Option("--threshold", help="Slow-down that counts as a regression: 10% or 0.1.")]
-Metric = Annotated[str, typer.Option("--metric", help="p50, p99 or throughput.")]
+Metric = Annotated[
+    str,
+    typer.Option(
+        "--metric",
+        help="p50, p99 or throughput. Relative p50 of contest runs is the paired ratio that every view "
+        "shows (fastest calls, per process) with its interval.",
+    ),
+]
 Absolute = Annotated[bool, typer.Option("--absolute", help="Compare raw times instead of ratios to eager PyTorch in the same run.")]
 By = Annotated[str, typer.Option("--by", help="Judge each case, or each target by its geometric mean: case|target.")]
 FailOnMissing = Annotated[bool, typer.Option("--fail-on-missing", help="Also fail when a baseline case is missing from NEW.")]

@@ -32,7 +32,7 @@ class Row:
     metrics: Mapping[str, float]
     reference_key: str | None = None
     ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
-    processes: tuple[float, ...] = ()  # per contest process: its paired log ratio to the reference
+    processes: tuple[float, ...] = ()  # per contest process: its log ratio of fastest calls to the reference
     pool: str = ""  # rows whose process variances are pooled: one target at one batch size
 
 

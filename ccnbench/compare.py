@@ -9,12 +9,12 @@ files are read too. With ``by="target"`` the gate judges each target by the geom
 its cases.
 
 When both runs come from contests (schema 2), a case's ratio to its reference is the *paired*
-ratio (same process, same round) with its 95 % interval, and a change only counts when it is
+ratio (fastest call over fastest call in the same process, ``stats.pair``) with its 95 % interval, and a change only counts when it is
 beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
 A schema-1 run has no intervals; its point value is then compared with the other's interval.
 
 Where both runs have several contest processes, the change is judged by a two-sample t-test on
-the processes themselves (each process's paired log ratio to its reference is one unit), which
+the processes themselves (each process's log ratio of fastest calls to its reference is one unit), which
 is what stays honest at 2-4 processes: its variance is the larger of the case's own and the one
 pooled over the cases of its target at its batch size, so a case whose processes disagree (a
 process "mode") widens its own test instead of counting as a regression.

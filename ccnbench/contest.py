@@ -234,12 +234,13 @@ def _slot(group: CaseGroup) -> tuple[str, str, str]:
     return (str(group.target), group.source.layout, group.options.memory_format)
 
 
-def converged(medians: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:
-    """Every pair's ratio over this process's rounds has a 95 % interval within +-width (the
-    within-process interval of ``stats.log_interval``, the one the results will show)."""
+def converged(fastest: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:
+    """Every pair's ratio over this process's rounds (each block's fastest call, paired by round)
+    has a 95 % interval within +-width (the within-process interval of ``stats.paired_ratio``,
+    the one a one-process result shows)."""
     for a, b in pairs:
-        logs = np.log(np.asarray(medians[a]) / np.asarray(medians[b]))
-        point, low, high, _ = stats.within_interval(logs[None, :])  # log_interval's, without its extras
+        logs = np.log(np.asarray(fastest[a]) / np.asarray(fastest[b]))
+        point, low, high, _ = stats.within_interval(logs[None, :])
         half = max(high[0] - point[0], point[0] - low[0])
         if not math.isfinite(half) or math.expm1(half) > width:
             return False
@@ -301,6 +302,7 @@ def interleave(
     rng = random.Random(process * 100_003 + batch)
     blocks: list[list[Block]] = [[] for _ in calls]
     medians: list[list[float]] = [[] for _ in calls]
+    fastest: list[list[float]] = [[] for _ in calls]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     start = time.perf_counter()
@@ -317,10 +319,11 @@ def interleave(
                     )
                 blocks[i].append(block)
                 medians[i].append(block.median)
+                fastest[i].append(min(block.samples_ms))
             round_ += 1
             if round_ >= protocol.min_rounds and (
                 time.perf_counter() - start >= protocol.contest_seconds
-                or converged(medians, pairs, protocol.target_width)
+                or converged(fastest, pairs, protocol.target_width)
             ):
                 break
             # Between rounds, outside every block, the youngest generation only: the rounds' garbage

@@ -4,8 +4,10 @@ A format is a target (backend and device) with a layout and a precision. The ans
 fastest one whose outputs agree with the float64 oracle; a faster format that failed agreement
 or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
 
-When formats were timed in one contest, "fastest" is judged by paired ratios with 95 %
-intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdict``:
+Formats are ranked by their fastest call (``LatencyStats.fastest``: on a shared machine noise
+only adds time, so it is the figure a second run repeats), and when they were timed in one
+contest the comparison is the paired fastest-call ratio with its 95 % interval over processes
+(``stats.pair``); the runner-up's verdict comes from ``stats.verdict``:
 
 - *tie*: the 90 % interval lies inside the equivalence margin (two one-sided tests at 5 %),
   ±10 % of parity by default (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes
@@ -16,7 +18,7 @@ intervals (``stats.pair``), and the runner-up's verdict comes from ``stats.verdi
 - *inconclusive*: the interval contains parity but is too wide to call a tie. The fastest point
   estimate is shipped, and the line says that the answer is inconclusive and what to run to
   settle it (more processes per contest). It is never called a tie.
-- *unpaired*: the two never ran in one contest; a ratio of medians, said as such.
+- *unpaired*: the two never ran in one contest; a ratio of fastest calls, said as such.
 
 A merged layout whose graph is the kept one (early fusion has no parallel branches; a user's
 model where the graph pass found nothing to merge) is not a second format: it is weighed as its
@@ -56,6 +58,12 @@ class Choice:
     def median(self) -> float:
         assert self.case.latency is not None
         return self.case.latency.median
+
+    @property
+    def fastest(self) -> float:
+        """What formats are ranked by (``LatencyStats.fastest``)."""
+        assert self.case.latency is not None
+        return self.case.latency.fastest
 
     @property
     def p99(self) -> float:
@@ -102,7 +110,8 @@ class Recommendation:
             return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
         text = (
             f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} "
-            f"({deliverable(self.best.ships)}, {self.best.median:.3f} ms median)"
+            f"({deliverable(self.best.ships)}, fastest call {self.best.fastest:.3f} ms, "
+            f"median {self.best.median:.3f} ms)"
         )
         ratio = self.runner_up_ratio
         if self.tie_note:
@@ -130,7 +139,7 @@ class Recommendation:
             return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
                     "memory_format": c.case.key.memory_format,
                     "precision": c.case.key.precision, "ships": c.ships, "shippable": c.ships is not None,
-                    "median_ms": c.median, "p99_ms": c.p99,
+                    "fastest_ms": c.fastest, "median_ms": c.median, "p99_ms": c.p99,
                     "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
 
         return {
@@ -170,13 +179,15 @@ def recommend(
         groups.setdefault((case.key.model, case.key.batch, device), []).append(case)
     out = []
     for (model, batch, device), members in sorted(groups.items()):
-        timed = sorted((c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.median)
+        timed = sorted(
+            (c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.fastest
+        )
         passing, note = break_ties([c for c in timed if c.passed], equivalence)
         best = Choice(passing[0]) if passing else None
         runner_up = Choice(passing[1]) if len(passing) > 1 else None
         rejected = []
         for c in timed:
-            if best is not None and c.latency.median >= best.median:
+            if best is not None and c.latency.fastest >= best.fastest:
                 break
             if not c.passed:
                 rejected.append(_why_rejected(c, best))
@@ -279,7 +290,7 @@ def break_ties(
 
 def _why_rejected(case: CaseResult, best: Choice | None) -> str:
     k = case.key
-    faster = f" was {best.median / case.latency.median:.2f}x faster but" if best and case.latency else ""
+    faster = f" was {best.fastest / case.latency.fastest:.2f}x faster but" if best and case.latency else ""
     worst = case.agreement.worst if case.agreement else None
     if worst is None:
         reason = "has no agreement result"

@@ -3,20 +3,33 @@
 A contest times its members in rounds (one block each) in several fresh processes, so a
 sample has two levels: processes, and rounds within a process. The process level matters: the
 same file can run 30 % slower for the whole life of one process. So the unit of evidence is the
-process: each process gives one statistic (the median over its rounds, of log latencies or of
-paired log ratios), and with K >= 2 processes the interval is a t-interval over those K values,
-``mean ± t(0.975, K-1) · s/√K``. That is wide at K = 2 (t = 12.7), as it must be: two processes
-cannot say how far a third would land. A bootstrap over processes is far too narrow at K = 2-3,
-which is why it is not used. The within-process standard error of each process's median sets
-a floor on the half-width (two processes that happen to agree do not make an interval narrower
-than their own rounds allow). With one process the interval comes from its rounds alone and is
-labelled *within-process*: it says nothing about how the next process would do.
+process: each process gives one statistic, and with K >= 2 processes the interval is a
+t-interval over those K values, ``mean ± t(0.975, K-1) · s/√K``. That is wide at K = 2
+(t = 12.7), as it must be: two processes cannot say how far a third would land. A bootstrap over
+processes is far too narrow at K = 2-3, which is why it is not used. With one process the
+interval comes from its rounds alone and is labelled *within-process*: it says nothing about how
+the next process would do.
 
-Ratios are paired: member A's block median over member B's in the *same* (process, round), so
-drift that moves both in a round cancels. Pairs only exist inside one contest of one run: that
-rule is :func:`paired_processes`, and every view compares two cases through :func:`pair` (the ratio
-and its interval) or :func:`process_ratios` (its per-process units, for the regression gate) built
-on it; anything else is a ratio of medians, marked *unpaired*.
+A latency's statistic (``median_interval``) is the median over a process's rounds of their block
+medians, with that median's within-process standard error as a floor on the half-width (two
+processes that happen to agree do not make an interval narrower than their own rounds allow).
+
+A ratio's statistic is the *fastest-call ratio*: member A's fastest call in the process over
+member B's. On a shared machine noise only ever adds time (a neighbour's burst, a kernel
+thread), and it comes in episodes of a second or so that slow some members more than others
+(memory-bound ONNX Runtime more than OpenVINO): a round's paired ratio moves with them, and a
+process's median over rounds with the share of its rounds they hit. Each member's fastest call
+is what it does when nothing interferes (the minimum, as BenchmarkTools.jl's ``judge`` compares;
+Chen and Revels 2016). Measured on four ``make bench`` runs (156 pairs of shippable formats within
+12 % of each other, five processes each), the between-process standard deviation of the log
+ratio was 0.023 (median) for fastest calls and 0.060 for medians of paired rounds. Members of
+one contest share their processes and rounds, so the fastest calls of a process are taken in the
+same minute: pairing is by process.
+
+Pairs only exist inside one contest of one run: that rule is :func:`paired_processes`, and every
+view compares two cases through :func:`pair` (the ratio and its interval) or
+:func:`process_ratios` (its per-process units, for the regression gate) built on it; anything
+else is a ratio of the fastest calls, marked *unpaired*.
 
 A ratio's verdict (:func:`verdict`): a *tie* when it is shown to lie inside the equivalence
 margin (±``EQUIVALENCE``, 10 %): two one-sided tests at 5 % each, i.e. its 90 % interval (``tie_low``,
@@ -213,60 +226,95 @@ def median_interval(latency: LatencyStats | None) -> Interval | None:
 
 
 def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval | None:
-    """num's latency over den's, paired by (process, round); None when no pair exists.
+    """num's latency over den's, paired by process; None when no process timed both.
 
-    Over 1 means ``num`` is slower. Only meaningful for two members of one contest: call
-    :func:`pair` with the cases, which checks that.
+    The unit is a process's *fastest-call ratio*: num's fastest call in that process over den's
+    (``paired_fastest``). K >= 2 processes: a t-interval over those K log ratios. One process:
+    the same point, with the half-width of the within-process interval of its rounds' paired
+    ratios (``paired_logs``), labelled within-process. Over 1 means ``num`` is slower. Only
+    meaningful for two members of one contest: call :func:`pair` with the cases, which checks that.
     """
-    groups = paired_logs(num, den)
-    return log_interval(groups) if groups else None
+    fastest = paired_fastest(num, den)
+    if not fastest:
+        return None
+    rounds = paired_logs(num, den)
+    n = sum(len(v) for v in rounds.values())
+    if len(fastest) >= 2:
+        units = np.array([list(fastest.values())])
+        unknown = np.full(units.shape, np.nan)  # a process's fastest call has no within-process error
+        point, low, high, p_values = process_interval(units, unknown, n)
+        _, tie_low, tie_high, _ = process_interval(units, unknown, n, TIE_CONFIDENCE)
+        p = float(p_values[0]) if math.isfinite(p_values[0]) else None
+        scope = BETWEEN
+    else:
+        # One process: its rounds' spread is all there is. Their interval is centred on their
+        # median; it is moved onto the fastest-call ratio, which stays the point.
+        (unit,), (logs,) = fastest.values(), rounds.values()
+        rows = np.array([logs])
+        middle, low, high, _ = within_interval(rows)
+        _, tie_low, tie_high, _ = within_interval(rows, TIE_CONFIDENCE)
+        point = np.array([unit])
+        low, high, tie_low, tie_high = (bound + point - middle for bound in (low, high, tie_low, tie_high))
+        p, scope = None, WITHIN
+    value, low_, high_, tie_low_, tie_high_ = (math.exp(b[0]) for b in (point, low, high, tie_low, tie_high))
+    return Interval(value, low_, high_, n, p, len(fastest), scope, tie_low_, tie_high_)
+
+
+def paired_fastest(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
+    """Per process that timed both: log(num's fastest call / den's), the unit of every ratio."""
+    if num is None or den is None:
+        return {}
+    a, b = num.fastest_by_process(), den.fastest_by_process()
+    return {p: math.log(a[p] / b[p]) for p in sorted(a) if p in b and a[p] > 0 and b[p] > 0}
 
 
 def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, list[float]]:
-    """Per process: log(num block median / den block median) for each round both timed."""
+    """Per process: log(num's fastest call in its block / den's in theirs) for each round both
+    timed: the rounds a one-process interval (and ``contest.converged``) reads."""
     if num is None or den is None:
         return {}
-    by_id = {(b.process, b.round): b.median for b in den.blocks}
+    by_id = {(b.process, b.round): min(b.samples_ms) for b in den.blocks}
     groups: dict[int, list[float]] = {}
     for block in num.blocks:
         other = by_id.get((block.process, block.round))
-        if other and block.median > 0:
-            groups.setdefault(block.process, []).append(math.log(block.median / other))
+        if other and min(block.samples_ms) > 0:
+            groups.setdefault(block.process, []).append(math.log(min(block.samples_ms) / other))
     return groups
 
 
-def paired_processes(num: Timed | None, den: Timed | None) -> dict[int, list[float]]:
-    """The one pairing rule: per process, the paired log ratios of two cases (``paired_logs``),
-    but only when both ran (status ok) in the same contest of the same run; {} otherwise."""
+def paired_processes(num: Timed | None, den: Timed | None) -> dict[int, float]:
+    """The one pairing rule: per process, the fastest-call log ratio of two cases
+    (``paired_fastest``), but only when both ran (status ok) in the same contest of the same run;
+    {} otherwise."""
     if num is None or den is None or num is den or num.status != "ok" or den.status != "ok":
         return {}
     if num.contest is None or num.contest != den.contest or num.run != den.run:
         return {}
-    return paired_logs(num.latency, den.latency)
+    return paired_fastest(num.latency, den.latency)
 
 
 def pair(num: Timed | None, den: Timed | None) -> Interval | None:
     """The one way two cases are compared: num's latency over den's (over 1: num is slower).
 
-    Paired, with its interval, only where :func:`paired_processes` pairs them; otherwise the
-    ratio of their medians, with scope ``unpaired``. None when either has no latency (or they are
-    the same case). Every view (tables, report, plots, recommend, compare) calls this.
+    Paired, with its interval (``paired_ratio``), only where :func:`paired_processes` pairs them;
+    otherwise the ratio of their fastest calls (``LatencyStats.fastest``), with scope
+    ``unpaired``. None when either has no latency (or they are the same case). Every view
+    (tables, report, plots, recommend, compare) calls this.
     """
     if num is None or den is None or num is den:
         return None
     if num.status != "ok" or den.status != "ok" or num.latency is None or den.latency is None:
         return None
-    groups = paired_processes(num, den)
-    if groups:
-        return log_interval(groups)
-    value = num.latency.median / den.latency.median if den.latency.median else math.inf
+    if paired_processes(num, den):
+        return paired_ratio(num.latency, den.latency)
+    value = num.latency.fastest / den.latency.fastest if den.latency.fastest else math.inf
     return Interval(value, math.nan, math.nan, scope=UNPAIRED)
 
 
 def process_ratios(num: Timed | None, den: Timed | None) -> tuple[float, ...]:
-    """Per contest process, in process order: the median over its rounds of the paired log ratios
-    of ``pair(num, den)``; () when the two do not pair. Each is one unit of a test across processes."""
-    return tuple(statistics.median(v) for _, v in sorted(paired_processes(num, den).items()))
+    """Per contest process, in process order: the fastest-call log ratio of ``pair(num, den)``;
+    () when the two do not pair. Each is one unit of a test across processes."""
+    return tuple(paired_processes(num, den).values())
 
 
 def sum_squares(values: Sequence[float]) -> float:
@@ -346,7 +394,8 @@ def process_interval(
     between = t.ppf(q, k - 1) * medians.std(axis=1, ddof=1) / math.sqrt(k)
     known = np.all(np.isfinite(ses), axis=1)
     df_within = max(1, (rounds if rounds is not None else 2 * k) - k)
-    within = np.where(known, t.ppf(q, df_within) * np.sqrt(np.nanmean(ses**2, axis=1) / k), 0.0)
+    mean_square = np.mean(np.where(known[:, None], ses, 0.0) ** 2, axis=1)  # rows with a NaN: unused
+    within = np.where(known, t.ppf(q, df_within) * np.sqrt(mean_square / k), 0.0)
     half = np.maximum(between, within)
     half = np.where(half > 0, half, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -8,9 +8,10 @@ from ccnbench.recommend import recommend
 from ccnbench.timing import Block, LatencyStats
 
 # Per model, kept's and merged's latency (ms) in each process. Early fusion: merged clearly
-# twice as slow in every process. Model fusion: merged 12 % slower in even processes and 10 %
+# about twice as slow in every process (never exactly: identical processes prove nothing, and
+# make an interval not computable). Model fusion: merged 12 % slower in even processes and 10 %
 # faster in odd ones, so its interval contains parity and is far too wide for a tie.
-_MERGED_OVER_KEPT = {"early": lambda p: 2.0, "model": lambda p: 1.12 if p % 2 == 0 else 0.90}
+_MERGED_OVER_KEPT = {"early": lambda p: 2.0 + 0.01 * p, "model": lambda p: 1.12 if p % 2 == 0 else 0.90}
 
 
 def _fake_worker(spawned, checked=None):
