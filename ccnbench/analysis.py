@@ -10,6 +10,8 @@ calls, marked unpaired, without an interval.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -137,6 +139,41 @@ def all_cases(runs: Iterable[RunResult]) -> list[CaseResult]:
     for run in runs:
         merged.update({c.key: replace(c, run=run.tag) for c in run.cases})
     return list(merged.values())
+
+
+# A run whose medians sat at most this far above the fastest calls, on average, was timed on a
+# quiet enough machine. Fifteen `make bench` runs of one day on a 2-core AMD EPYC (today's sweep
+# and its earlier, 4-6 round settings), with the answers recomputed by today's rule: the eleven
+# at 1.07-1.15 left 0-2 answers inconclusive (none in six of them), the four at 1.18-1.23 left 1-4.
+BUSY_LOAD = 1.15
+
+
+def machine_load(cases: Iterable[CaseResult]) -> float | None:
+    """How much other work slowed the timing down: the geometric mean, over every contest case
+    and process, of the median of its blocks' medians over its fastest call (1.0: every call as
+    fast as the fastest). None without contest blocks."""
+    logs = []
+    for case in cases:
+        if case.status != "ok" or case.latency is None:
+            continue
+        by_process: dict[int, list[float]] = {}
+        for block in case.latency.blocks:
+            by_process.setdefault(block.process, []).append(block.median)
+        fastest = case.latency.fastest_by_process()
+        logs += [math.log(statistics.median(m) / fastest[p]) for p, m in by_process.items() if fastest[p] > 0]
+    return math.exp(statistics.fmean(logs)) if logs else None
+
+
+def load_note(cases: Iterable[CaseResult]) -> str | None:
+    """A warning when the machine was busy while ``cases`` ran (``machine_load`` above ``BUSY_LOAD``)."""
+    load = machine_load(cases)
+    if load is None or load <= BUSY_LOAD:
+        return None
+    return (
+        f"the machine was busy while these ran: medians were {load:.2f}x the fastest calls (quiet: up to "
+        f"{BUSY_LOAD:.2f}x), so answers within the margin may not repeat; rerun on a quieter machine, or "
+        "raise `repeats` under [protocol]"
+    )
 
 
 def noise_warnings(cases: Iterable[CaseResult], resolve: float = 0.10) -> list[str]:

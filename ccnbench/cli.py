@@ -329,6 +329,7 @@ def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
     _print_problems(run.cases)
     _print_unchecked(run.cases)
+    _print_load(run.cases)
     if report:
         from ccnbench.report import write_report
 
@@ -434,9 +435,8 @@ def recommend(
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
     equivalence = parse_threshold(margin, "--margin")
-    recs = recommending(
-        all_cases(shard.load_runs(runs)), precisions, shippable=shippable, equivalence=equivalence
-    )
+    cases = all_cases(shard.load_runs(runs))
+    recs = recommending(cases, precisions, shippable=shippable, equivalence=equivalence)
     if json_output:
         _print_json([r.to_dict() for r in recs])
         return
@@ -446,6 +446,7 @@ def recommend(
             _note(f"    rejected: {reason}", "yellow")
         for reason in r.not_measured:
             _note(f"    not measured: {reason}", "dim")
+    _print_load(cases)
 
 
 def _print_problems(cases: Any) -> None:
@@ -453,6 +454,15 @@ def _print_problems(cases: Any) -> None:
 
     for line, style in problem_lines(cases):
         _note(line, style)
+
+
+def _print_load(cases: Any) -> None:
+    """A warning when the machine was busy while the cases were timed (``analysis.load_note``)."""
+    from ccnbench.analysis import load_note
+
+    note = load_note(cases)
+    if note:
+        err_console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
 
 def _print_unchecked(cases: Any) -> None:

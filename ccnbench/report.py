@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccnbench import fileio, plots, shard
-from ccnbench.analysis import all_cases, index, noise_warnings
+from ccnbench.analysis import all_cases, index, load_note, noise_warnings
 from ccnbench.errors import CcnbenchError
 from ccnbench.recommend import recommend
 from ccnbench.results import CaseResult, RunResult
@@ -249,6 +249,9 @@ def _problems(cases: Sequence[CaseResult]) -> list[Block]:
     unavailable = unavailable_lines(cases)
     blocks: list[Block] = []
     noisy = noise_warnings(cases)
+    busy = load_note(cases)
+    if busy:
+        noisy.insert(0, busy[0].upper() + busy[1:])
     if noisy:
         blocks += [Heading("Too noisy to resolve"), Bullets(tuple(noisy))]
     if failures:

@@ -108,3 +108,23 @@ def test_a_cases_reference_is_eager_pytorch_on_the_same_kind_of_device():
     assert ref == replace(key, target="torch:cuda")  # everything else is the case's own
     assert analysis.is_reference(ref) and analysis.reference_key(ref) == ref
     assert not analysis.is_reference(key) and not analysis.is_reference(replace(key, target="compile:cpu"))
+
+
+def _timed(per_process):
+    """A contest case whose process p ran the calls ``per_process[p]`` (ms), one block per round."""
+    from ccnbench.results import CaseKey, CaseResult
+    from ccnbench.timing import Block, LatencyStats
+
+    blocks = [Block(p, r, (ms,)) for p, calls in enumerate(per_process) for r, ms in enumerate(calls)]
+    key = CaseKey("model-n3", "d1g3st00", "kept", "ort:cpu", "fp32", 1)
+    return CaseResult(key, "ok", latency=LatencyStats.from_blocks(blocks, 1, "perf_counter"), contest="c1")
+
+
+def test_machine_load_is_how_far_medians_sat_above_the_fastest_calls():
+    quiet = _timed([[1.0, 1.01, 1.02], [2.0, 2.0, 2.02]])
+    busy = _timed([[1.0, 1.4, 1.5], [1.0, 1.2, 1.3]])  # median 1.4 and 1.2 over a fastest call of 1.0
+    assert abs(analysis.machine_load([quiet]) - (1.01 * 1.0) ** 0.5) < 1e-9
+    assert abs(analysis.machine_load([busy]) - (1.4 * 1.2) ** 0.5) < 1e-9
+    assert analysis.load_note([quiet]) is None and analysis.machine_load([]) is None
+    note = analysis.load_note([busy])
+    assert "1.30x the fastest calls" in note and "repeats" in note

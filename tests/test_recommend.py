@@ -144,3 +144,31 @@ def test_the_margin_decides_what_a_tie_is(tmp_path):
     assert out.exit_code == 0 and "(slower)" in out.output, out.output
     bad = CliRunner().invoke(app, ["recommend", str(path), "--margin", "a lot"])
     assert bad.exit_code != 0 and "--margin 'a lot'" in bad.output and "Traceback" not in bad.output
+
+
+def test_answers_from_a_busy_machine_say_so(tmp_path):
+    from dataclasses import replace
+
+    from ccnbench.timing import Block, LatencyStats
+
+    from helpers import contest_cases
+
+    def timed(case, slow):  # every call 1-2 % above the fastest, and ``slow`` in two rounds of three
+        blocks = [
+            Block(
+                b.process,
+                b.round,
+                (case.latency.fastest * (1 + 0.01 * (b.round % 3)) * (slow if b.round % 3 else 1),),
+            )
+            for b in case.latency.blocks
+        ]
+        return replace(case, latency=LatencyStats.from_blocks(blocks, 1, "perf_counter"))
+
+    cases = contest_cases({("ort:cpu", "kept"): 2.0, ("openvino:cpu", "kept"): 1.0})
+    for name, slow in (("quiet", 1.0), ("busy", 1.3)):  # medians 1.01x and 1.31x the fastest calls
+        results.save(run(*(timed(c, slow) for c in cases)), tmp_path / name)
+    calm = CliRunner().invoke(app, ["recommend", str(tmp_path / "quiet")])
+    loud = CliRunner().invoke(app, ["recommend", str(tmp_path / "busy")])
+    assert calm.exit_code == loud.exit_code == 0
+    assert "busy" not in calm.output and "note: the machine was busy" in loud.output
+    assert "ship openvino:cpu kept" in loud.output  # the answer is still given
