@@ -54,6 +54,7 @@ def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, ar
     assert (tmp_path / "run" / "logs").is_dir()
 
 
+@pytest.mark.slow  # 12 s of `make test` on 2 cores; the crash test above covers the plain path there
 @pytest.mark.usefixtures("quick_is_one_process")
 def test_one_worker_per_model_still_isolates_a_crashing_group(tmp_path, artifacts_dir):
     # The crashing factory and a healthy target share a worker; the crash ends only its own group.
