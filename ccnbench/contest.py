@@ -319,7 +319,7 @@ def interleave(
                     )
                 blocks[i].append(block)
                 medians[i].append(block.median)
-                fastest[i].append(min(block.samples_ms))
+                fastest[i].append(block.fastest)
             round_ += 1
             if round_ >= protocol.min_rounds and (
                 time.perf_counter() - start >= protocol.contest_seconds

@@ -237,7 +237,7 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
     fastest = paired_fastest(num, den)
     if not fastest:
         return None
-    rounds = paired_logs(num, den)
+    rounds = paired_logs(num, den)  # n counts them; a one-process interval reads them
     n = sum(len(v) for v in rounds.values())
     if len(fastest) >= 2:
         units = np.array([list(fastest.values())])
@@ -273,12 +273,12 @@ def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int,
     timed: the rounds a one-process interval (and ``contest.converged``) reads."""
     if num is None or den is None:
         return {}
-    by_id = {(b.process, b.round): min(b.samples_ms) for b in den.blocks}
+    by_id = {(b.process, b.round): b.fastest for b in den.blocks}
     groups: dict[int, list[float]] = {}
     for block in num.blocks:
         other = by_id.get((block.process, block.round))
-        if other and min(block.samples_ms) > 0:
-            groups.setdefault(block.process, []).append(math.log(min(block.samples_ms) / other))
+        if other and block.fastest > 0:
+            groups.setdefault(block.process, []).append(math.log(block.fastest / other))
     return groups
 
 
@@ -286,11 +286,14 @@ def paired_processes(num: Timed | None, den: Timed | None) -> dict[int, float]:
     """The one pairing rule: per process, the fastest-call log ratio of two cases
     (``paired_fastest``), but only when both ran (status ok) in the same contest of the same run;
     {} otherwise."""
+    return paired_fastest(num.latency, den.latency) if _one_contest(num, den) else {}
+
+
+def _one_contest(num: Timed | None, den: Timed | None) -> bool:
+    """Both ran (status ok), as two cases, in the same contest of the same run."""
     if num is None or den is None or num is den or num.status != "ok" or den.status != "ok":
-        return {}
-    if num.contest is None or num.contest != den.contest or num.run != den.run:
-        return {}
-    return paired_fastest(num.latency, den.latency)
+        return False
+    return num.contest is not None and num.contest == den.contest and num.run == den.run
 
 
 def pair(num: Timed | None, den: Timed | None) -> Interval | None:
@@ -305,8 +308,9 @@ def pair(num: Timed | None, den: Timed | None) -> Interval | None:
         return None
     if num.status != "ok" or den.status != "ok" or num.latency is None or den.latency is None:
         return None
-    if paired_processes(num, den):
-        return paired_ratio(num.latency, den.latency)
+    paired = paired_ratio(num.latency, den.latency) if _one_contest(num, den) else None
+    if paired is not None:
+        return paired
     value = num.latency.fastest / den.latency.fastest if den.latency.fastest else math.inf
     return Interval(value, math.nan, math.nan, scope=UNPAIRED)
 
