@@ -9,15 +9,16 @@ files are read too. With ``by="target"`` the gate judges each target by the geom
 its cases.
 
 When both runs come from contests (schema 2), a case's ratio to its reference is the *paired*
-ratio (fastest call over fastest call in the same process, ``stats.pair``) with its 95 % interval, and a change only counts when it is
-beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
+ratio (fastest call over fastest call in the same process, ``stats.pair``) with its 95 %
+interval, and a change only counts when it is beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
 A schema-1 run has no intervals; its point value is then compared with the other's interval.
 
 Where both runs have several contest processes, the change is judged by a two-sample t-test on
-the processes themselves (each process's log ratio of fastest calls to its reference is one unit), which
-is what stays honest at 2-4 processes: its variance is the larger of the case's own and the one
-pooled over the cases of its target at its batch size, so a case whose processes disagree (a
-process "mode") widens its own test instead of counting as a regression.
+the processes themselves (each calm process's log ratio of fastest calls to its reference is one
+unit), which is what stays honest at 2-4 processes: its variance is the one pooled over the cases
+of its target at its batch size, or the case's own where an F-test finds that larger, so a case
+whose processes disagree (a process "mode") widens its own test instead of counting as a
+regression, and two processes that happen to disagree a little do not hide a real change.
 
 Speed is judged only **like with like**: ratios between runtimes differ by CPU, so when the two
 runs' machine or software fingerprints differ (or one run has none: an unknown machine), speed
@@ -300,8 +301,8 @@ def _judge_processes(
     pooled: tuple[float, int] | None,
 ) -> tuple[str, str] | None:
     """A change beyond the threshold counts only if a two-sample t-test on the processes resolves
-    it (``stats.shift_interval``, 95 %, two-sided) with the larger of the case's own variance and
-    its pool's (``_pooled_variances``); None when neither exists (one process a side, alone)."""
+    it (``stats.shift_interval``, 95 %, two-sided) with its pool's variance (``_pooled_variances``)
+    or its own where that is larger by an F-test; None when neither exists (one process a side, alone)."""
     kind = _kind(slowdown, threshold)
     test = stats.shift_interval(base, new, pooled)
     if test is None:

@@ -228,23 +228,24 @@ def median_interval(latency: LatencyStats | None) -> Interval | None:
 def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval | None:
     """num's latency over den's, paired by process; None when no process timed both.
 
-    The unit is a process's *fastest-call ratio*: num's fastest call in that process over den's
-    (``paired_fastest``). K >= 2 processes: a t-interval over those K log ratios. One process:
-    the same point, with the half-width of the within-process interval of its rounds' paired
-    ratios (``paired_logs``), labelled within-process. Over 1 means ``num`` is slower. Only
-    meaningful for two members of one contest: call :func:`pair` with the cases, which checks that.
+    The unit is a process's *fastest-call ratio*: num's fastest call in that process over den's,
+    over the processes calm for both (``paired_fastest``). K >= 2 such processes: a t-interval
+    over those K log ratios. One: the same point, with the half-width of the within-process
+    interval of its rounds' paired ratios (``paired_logs``), labelled within-process; where other
+    processes timed both but ran disturbed, no narrower than the t-interval over all of them (one
+    calm process says nothing about the spread between calm ones). Over 1 means ``num`` is
+    slower. Only meaningful for two members of one contest: call :func:`pair` with the cases,
+    which checks that.
     """
-    fastest = paired_fastest(num, den)
+    shared = _fastest_logs(num, den)
+    fastest = _calm(shared, num, den)
     if not fastest:
         return None
-    rounds = paired_logs(num, den)  # n counts them; a one-process interval reads them
+    # The rounds of the processes that count: n counts them; a one-process interval reads them.
+    rounds = {p: logs for p, logs in paired_logs(num, den).items() if p in fastest}
     n = sum(len(v) for v in rounds.values())
     if len(fastest) >= 2:
-        units = np.array([list(fastest.values())])
-        unknown = np.full(units.shape, np.nan)  # a process's fastest call has no within-process error
-        point, low, high, p_values = process_interval(units, unknown, n)
-        _, tie_low, tie_high, _ = process_interval(units, unknown, n, TIE_CONFIDENCE)
-        p = float(p_values[0]) if math.isfinite(p_values[0]) else None
+        point, low, high, tie_low, tie_high, p = _between(fastest, n)
         scope = BETWEEN
     else:
         # One process: its rounds' spread is all there is. Their interval is centred on their
@@ -255,17 +256,50 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
         _, tie_low, tie_high, _ = within_interval(rows, TIE_CONFIDENCE)
         point = np.array([unit])
         low, high, tie_low, tie_high = (bound + point - middle for bound in (low, high, tie_low, tie_high))
+        if len(shared) >= 2:
+            _, *bounds, _ = _between(shared, n)
+            halves = [(b - a) / 2 for a, b in (bounds[0:2], bounds[2:4])]
+            low, high = np.minimum(low, point - halves[0]), np.maximum(high, point + halves[0])
+            tie_low, tie_high = (
+                np.minimum(tie_low, point - halves[1]),
+                np.maximum(tie_high, point + halves[1]),
+            )
         p, scope = None, WITHIN
     value, low_, high_, tie_low_, tie_high_ = (math.exp(b[0]) for b in (point, low, high, tie_low, tie_high))
     return Interval(value, low_, high_, n, p, len(fastest), scope, tie_low_, tie_high_)
 
 
+def _between(units: dict[int, float], n: int) -> tuple[np.ndarray, ...]:
+    """The t-interval over per-process log ratios: point, 95 % bounds, 90 % (tie) bounds, p-value."""
+    rows = np.array([list(units.values())])
+    unknown = np.full(rows.shape, np.nan)  # a process's fastest call has no within-process error
+    point, low, high, p_values = process_interval(rows, unknown, n)
+    _, tie_low, tie_high, _ = process_interval(rows, unknown, n, TIE_CONFIDENCE)
+    p = float(p_values[0]) if math.isfinite(p_values[0]) else None
+    return point, low, high, tie_low, tie_high, p
+
+
 def paired_fastest(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
-    """Per process that timed both: log(num's fastest call / den's), the unit of every ratio."""
+    """Per process that timed both: log(num's fastest call / den's), the unit of every ratio.
+    Only processes calm for both count (``LatencyStats.calm_processes``): in one where either
+    format ran disturbed throughout, the ratio is the disturbance's. All shared ones count when
+    no process was calm for both."""
+    return _calm(_fastest_logs(num, den), num, den)
+
+
+def _fastest_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
+    """Per process that timed both: log(num's fastest call / den's)."""
     if num is None or den is None:
         return {}
     a, b = num.fastest_by_process(), den.fastest_by_process()
     return {p: math.log(a[p] / b[p]) for p in sorted(a) if p in b and a[p] > 0 and b[p] > 0}
+
+
+def _calm(units: dict[int, float], num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
+    if num is None or den is None:
+        return {}
+    calm_a, calm_b = num.calm_processes(), den.calm_processes()
+    return {p: u for p, u in units.items() if p in calm_a and p in calm_b} or units
 
 
 def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, list[float]]:
@@ -330,19 +364,34 @@ def shift_interval(
     base: Sequence[float], new: Sequence[float], pooled: tuple[float, int] | None = None
 ) -> tuple[float, float] | None:
     """A two-sample t-test on per-process values (log ratios): the shift ``mean(new) - mean(base)``
-    and its 95 % half-width. The variance is the larger of the two samples' own (pooled over both)
-    and ``pooled`` (variance, degrees of freedom) from elsewhere, so a case whose processes happen
-    to agree is not judged more sharply than its neighbours; None when neither exists."""
+    and its 95 % half-width; None when there is no variance to use.
+
+    ``pooled`` (variance, degrees of freedom) is the noise of the case's pool (its target at its
+    batch size, over both runs, this case included). It is used unless the case's own variance is
+    larger by an F-test (95 %): a case whose processes happen to agree is not judged more sharply
+    than its neighbours, one that is really noisier is judged by its own noise, and a case whose
+    2+2 processes happen to disagree is not judged with t(0.975, 2) = 4.3 on them alone (with the
+    larger of the two, as before, a 1.3x slow-down of 2+2 processes went unresolved in busy hours).
+    """
     df_own = len(base) + len(new) - 2
-    options = [((sum_squares(base) + sum_squares(new)) / df_own, df_own)] if df_own > 0 else []
-    options += [pooled] if pooled else []
-    if not options:
+    own = ((sum_squares(base) + sum_squares(new)) / df_own, df_own) if df_own > 0 else None
+    noise = pooled or own
+    if noise is None:
         return None
-    t = _student_t()
-    variance, df = max(options)
+    if own and pooled and (pooled[0] <= 0 or own[0] / pooled[0] > _f_quantile(own[1], pooled[1])):
+        noise = own
+    variance, df = noise
     shift = statistics.fmean(new) - statistics.fmean(base)
-    half = float(t.ppf((1 + CONFIDENCE) / 2, df)) * math.sqrt(variance * (1 / len(base) + 1 / len(new)))
+    half = float(_student_t().ppf((1 + CONFIDENCE) / 2, df)) * math.sqrt(
+        variance * (1 / len(base) + 1 / len(new))
+    )
     return shift, half
+
+
+def _f_quantile(df_num: int, df_den: int) -> float:
+    from scipy.stats import f
+
+    return float(f.ppf(CONFIDENCE, df_num, df_den))
 
 
 def noisy(latency: LatencyStats | None, threshold: float = NOISY_CV) -> bool:

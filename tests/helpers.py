@@ -53,10 +53,12 @@ def run(*cases: CaseResult, run_id: str = "r") -> RunResult:
 
 def contest_cases(levels: dict[tuple[str, str], float], *, noise: float = 0.02, processes: int = 3,
                   rounds: int = 10, batch: int = 1, seed: int = 0, model: str = "model-n3",
-                  process_sd: float = 0.0) -> list[CaseResult]:  # fmt: skip
+                  process_spread: float = 0.0) -> list[CaseResult]:  # fmt: skip
     """Cases timed in one contest: ``levels`` maps (target, layout) to a median in ms. Every round
     shares a drift (which pairing cancels); each block has its own noise (CV ``noise``), and each
-    process moves each member by its own factor (sd ``process_sd``, what widens an interval)."""
+    process moves each member by its own factor (uniform in ±``process_spread``, what widens an
+    interval; beyond ±0.07 a member's process could sit over 15 % above its fastest one, and be
+    left out as disturbed). Noise only adds time: drift and block noise are never negative."""
     import numpy as np
 
     from ccnbench.timing import Block
@@ -64,11 +66,13 @@ def contest_cases(levels: dict[tuple[str, str], float], *, noise: float = 0.02, 
     rng = np.random.default_rng(seed)
     blocks: dict[tuple[str, str], list[Block]] = {k: [] for k in levels}
     for p in range(processes):
-        offsets = {k: rng.normal(0, process_sd) for k in levels}
+        offsets = {k: rng.uniform(-process_spread, process_spread) for k in levels}
         for r in range(rounds):
-            drift = rng.normal(0, 0.1)
+            drift = abs(rng.normal(0, 0.1))  # noise only adds time
             for k, level in levels.items():
-                samples = level * np.exp(drift + offsets[k] + rng.normal(0, noise) + rng.normal(0, 0.01, 8))
+                samples = level * np.exp(
+                    drift + offsets[k] + abs(rng.normal(0, noise)) + abs(rng.normal(0, 0.01, 8))
+                )
                 blocks[k].append(Block(p, r, tuple(float(x) for x in samples)))
     out = []
     for (target, layout), bs in blocks.items():

@@ -66,9 +66,9 @@ def test_a_tie_ships_the_simpler_format_and_says_so():
 def test_a_wide_interval_is_inconclusive_ships_the_faster_point_estimate_and_says_what_to_run():
     from helpers import contest_cases
 
-    # OpenVINO 1.3x faster on the point estimate, but 3 processes that disagree cannot tell.
-    cases = contest_cases({("ort:cpu", "kept"): 2.6, ("openvino:cpu", "merged"): 2.0},
-                          rounds=3, process_sd=0.3)  # fmt: skip
+    # OpenVINO 1.1x faster on the point estimate, but 3 processes that disagree cannot tell.
+    cases = contest_cases({("ort:cpu", "kept"): 2.2, ("openvino:cpu", "merged"): 2.0},
+                          rounds=3, process_spread=0.07, seed=3)  # fmt: skip
     (rec,) = recommend(cases, shippable=True)
     ratio = rec.runner_up_ratio
     assert ratio.contains(1.0) and not ratio.tie
@@ -112,7 +112,7 @@ def test_a_merged_layout_that_is_the_kept_graph_is_one_format_with_it():
     # Early fusion: kept and merged are one graph, timed twice; noise puts merged 1 % ahead with
     # a wide interval. Weighed as two formats that reads "inconclusive"; it is one format.
     levels = {("ort:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 1.98, ("openvino:cpu", "kept"): 3.0}
-    cases = contest_cases(levels, noise=0.3, rounds=4)
+    cases = contest_cases(levels, noise=0.3, rounds=4, seed=1)
     (before,) = recommend(cases, shippable=True)
     assert before.best.label == "ort:cpu merged fp32" and before.runner_up.label == "ort:cpu kept fp32"
     note = {"merged": False, "reason": "no parallel branches to merge"}

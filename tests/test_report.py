@@ -166,7 +166,9 @@ def test_every_case_cell_carries_the_one_verdict():
     tied = contest_cases({("torch:cpu", "kept"): 2.0, ("torch:cpu", "merged"): 2.0}, noise=0.01)
     merged = next(c for c in tied if c.key.layout == "merged")
     assert case_cells(merged, index(tied))["merged vs kept"].endswith(" tie")
-    wide = contest_cases({("torch:cpu", "kept"): 2.0, ("torch:cpu", "merged"): 2.0}, rounds=3, process_sd=0.3)
+    wide = contest_cases(
+        {("torch:cpu", "kept"): 2.0, ("torch:cpu", "merged"): 2.0}, rounds=3, process_spread=0.07, seed=3
+    )
     merged = next(c for c in wide if c.key.layout == "merged")
     assert case_cells(merged, index(wide))["merged vs kept"].endswith(" inconclusive")
     apart = [replace(c, contest="elsewhere") if c.key.layout == "merged" else c for c in tied]

@@ -26,6 +26,7 @@ def _config(artifacts, **extra):
     return SweepConfig.from_dict(data)
 
 
+@pytest.mark.slow  # 19 s: real worker processes crash, hang into their timeout and raise
 @pytest.mark.usefixtures("quick_is_one_process")
 def test_crash_hang_and_raise_become_statuses_and_the_sweep_goes_on(tmp_path, artifacts_dir):
     models = [
@@ -84,6 +85,7 @@ def test_budget_leaves_a_resumable_incomplete_run(tmp_path, artifacts_dir):
     assert finished.complete and len(finished.cases) == 4
 
 
+@pytest.mark.slow  # 20 s: a real sweep is killed mid-run and resumed
 def test_killing_a_sweep_keeps_finished_cases_and_resume_completes_it(tmp_path, artifacts_dir):
     # The multi-process contest path end to end: two real processes per contest, of short rounds.
     sweep_file = tmp_path / "two-processes.toml"

@@ -51,7 +51,7 @@ def _record(process, kept_ms, merged_ms):
 
 
 def test_summary_pairs_blocks_across_processes_into_a_ratio_with_an_interval():
-    records = json.loads(json.dumps([_record(0, 10.0, 5.0), _record(1, 12.0, 6.3)]))
+    records = json.loads(json.dumps([_record(0, 10.0, 5.0), _record(1, 11.0, 5.6)]))
     results = {r.member: r for r in summarize(records)}
     ratio = results["merged"].ratio
     assert ratio.processes == 2 and ratio.low < ratio.value < ratio.high
@@ -112,4 +112,5 @@ def test_cli_runs_fresh_processes_and_reports_ratios():
     rows = json.loads(result.stdout)  # progress lines go to stderr
     merged = [r for r in rows if r["member"] == "merged"]
     assert {r["target"] for r in merged} == {"torch:cpu", "compile:cpu"}
-    assert all(r["ratio"]["processes"] == 2 for r in merged)
+    # both processes, or the one calm for both members (a process over 15 % slow is left out)
+    assert all(r["ratio"]["processes"] in (1, 2) and r["ratio"]["low"] <= r["ratio"]["value"] for r in merged)
