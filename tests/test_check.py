@@ -21,7 +21,11 @@ def _run(sources, targets, artifacts, precisions=("fp32",), batches=(1, 3), **kw
     return check.run(plan.case_groups(sources, targets, precisions, batches, artifacts, threads=2, **kw))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# Feature and model fusion (a shared and a per-branch extractor) in `make test`; the other three,
+# 20 s together, with the slow tests (CI runs both).
+@pytest.mark.parametrize(
+    "variant", [v if v in ("feature", "model") else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+)
 def test_every_variant_and_layout_agrees_on_cpu_targets(variant, artifacts_dir):
     spec = spec_from_preset("tiny", variant, branches=3)
     sources = [ModelSource.from_spec(spec, layout) for layout in ("kept", "merged")]
