@@ -10,7 +10,8 @@ its cases.
 
 When both runs come from contests (schema 2), a case's ratio to its reference is the *paired*
 ratio (fastest call over fastest call in the same process, ``stats.pair``) with its 95 %
-interval, and a change only counts when it is beyond the threshold *and* outside the noise of both runs: the two intervals do not overlap.
+interval, and a change only counts when it is beyond the threshold *and* outside the noise of
+both runs: the two intervals do not overlap.
 A schema-1 run has no intervals; its point value is then compared with the other's interval.
 
 Where both runs have several contest processes, the change is judged by a two-sample t-test on

@@ -26,6 +26,12 @@ ratio was 0.023 (median) for fastest calls and 0.060 for medians of paired round
 one contest share their processes and rounds, so the fastest calls of a process are taken in the
 same minute: pairing is by process.
 
+An episode can also last through a whole process's contest (seconds), and then no call of a
+member in that process ran at its own speed: a process counts for a ratio only where both
+members' fastest calls lie within ``latency.CALM`` (15 %) of their fastest process's
+(``LatencyStats.calm_processes``); the others are left out, and an interval left with one
+process is no narrower than the t-interval over all of them.
+
 Pairs only exist inside one contest of one run: that rule is :func:`paired_processes`, and every
 view compares two cases through :func:`pair` (the ratio and its interval) or
 :func:`process_ratios` (its per-process units, for the regression gate) built on it; anything
@@ -257,13 +263,12 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
         point = np.array([unit])
         low, high, tie_low, tie_high = (bound + point - middle for bound in (low, high, tie_low, tie_high))
         if len(shared) >= 2:
-            _, *bounds, _ = _between(shared, n)
-            halves = [(b - a) / 2 for a, b in (bounds[0:2], bounds[2:4])]
-            low, high = np.minimum(low, point - halves[0]), np.maximum(high, point + halves[0])
-            tie_low, tie_high = (
-                np.minimum(tie_low, point - halves[1]),
-                np.maximum(tie_high, point + halves[1]),
-            )
+            # The others timed both but ran disturbed: one process says nothing about the spread
+            # between processes, so the interval is no narrower than the t-interval over all.
+            _, all_low, all_high, all_tie_low, all_tie_high, _ = _between(shared, n)
+            half, tie_half = (all_high - all_low) / 2, (all_tie_high - all_tie_low) / 2
+            low, high = np.minimum(low, point - half), np.maximum(high, point + half)
+            tie_low, tie_high = np.minimum(tie_low, point - tie_half), np.maximum(tie_high, point + tie_half)
         p, scope = None, WITHIN
     value, low_, high_, tie_low_, tie_high_ = (math.exp(b[0]) for b in (point, low, high, tie_low, tie_high))
     return Interval(value, low_, high_, n, p, len(fastest), scope, tie_low_, tie_high_)
@@ -296,8 +301,9 @@ def _fastest_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[in
 
 
 def _calm(units: dict[int, float], num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
-    if num is None or den is None:
-        return {}
+    """``units`` of the processes calm for both, or all of them when none is."""
+    if not units or num is None or den is None:
+        return units
     calm_a, calm_b = num.calm_processes(), den.calm_processes()
     return {p: u for p, u in units.items() if p in calm_a and p in calm_b} or units
 
