@@ -341,7 +341,12 @@ def _small_densenets() -> nn.Module:
 @pytest.mark.parametrize(
     ("factory", "description", "convs"),
     [
-        (_small_resnets, "2 × ResNet (trunks.0, trunks.1), 12 Conv each → 12 grouped Conv", 12),
+        pytest.param(  # 14 s: with the slow tests (make test merges our own models' branches)
+            _small_resnets,
+            "2 × ResNet (trunks.0, trunks.1), 12 Conv each → 12 grouped Conv",
+            12,
+            marks=pytest.mark.slow,
+        ),
         pytest.param(  # the same pass and checks as the ResNets, on another library's graph: slow
             _small_densenets,
             "2 × DenseNet (members.0, members.1), 10 Conv each → 10 grouped Conv",
