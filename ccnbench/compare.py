@@ -303,7 +303,8 @@ def _judge_processes(
 ) -> tuple[str, str] | None:
     """A change beyond the threshold counts only if a two-sample t-test on the processes resolves
     it (``stats.shift_interval``, 95 %, two-sided) with its pool's variance (``_pooled_variances``)
-    or its own where that is larger by an F-test; None when neither exists (one process a side, alone)."""
+    or its own where that is larger by an F-test; None when neither exists (one process a side,
+    alone)."""
     kind = _kind(slowdown, threshold)
     test = stats.shift_interval(base, new, pooled)
     if test is None:

@@ -23,6 +23,13 @@ import numpy as np
 CALM = 1.15
 
 
+def calm(fastest_by_process: dict[int, float]) -> dict[int, float]:
+    """The processes (and their fastest calls) that did not run disturbed throughout: those whose
+    fastest call is at most ``CALM`` times the fastest process's."""
+    floor = min(fastest_by_process.values(), default=0.0)
+    return {p: f for p, f in fastest_by_process.items() if f <= CALM * floor}
+
+
 @dataclass(frozen=True)
 class Block:
     """One member's block of consecutive iterations in one round of one contest process. On
@@ -86,11 +93,8 @@ class LatencyStats:
         return out
 
     def calm_processes(self) -> dict[int, float]:
-        """``fastest_by_process`` without the processes that ran disturbed throughout: those
-        whose fastest call is more than ``CALM`` times the fastest process's."""
-        by_process = self.fastest_by_process()
-        floor = min(by_process.values(), default=0.0)
-        return {p: f for p, f in by_process.items() if f <= CALM * floor}
+        """``fastest_by_process`` without the processes that ran disturbed throughout (``calm``)."""
+        return calm(self.fastest_by_process())
 
     @property
     def fastest(self) -> float:

@@ -29,7 +29,7 @@ same minute: pairing is by process.
 An episode can also last through a whole process's contest (seconds), and then no call of a
 member in that process ran at its own speed: a process counts for a ratio only where both
 members' fastest calls lie within ``latency.CALM`` (15 %) of their fastest process's
-(``LatencyStats.calm_processes``); the others are left out, and an interval left with one
+(``latency.calm``); the others are left out, and an interval left with one
 process is no narrower than the t-interval over all of them.
 
 Pairs only exist inside one contest of one run: that rule is :func:`paired_processes`, and every
@@ -54,6 +54,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ccnbench.latency import calm
 from ccnbench.timing import LatencyStats
 
 
@@ -243,8 +244,7 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
     slower. Only meaningful for two members of one contest: call :func:`pair` with the cases,
     which checks that.
     """
-    shared = _fastest_logs(num, den)
-    fastest = _calm(shared, num, den)
+    shared, fastest = _fastest_logs(num, den)
     if not fastest:
         return None
     # The rounds of the processes that count: n counts them; a one-process interval reads them.
@@ -286,26 +286,23 @@ def _between(units: dict[int, float], n: int) -> tuple[np.ndarray, ...]:
 
 def paired_fastest(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
     """Per process that timed both: log(num's fastest call / den's), the unit of every ratio.
-    Only processes calm for both count (``LatencyStats.calm_processes``): in one where either
-    format ran disturbed throughout, the ratio is the disturbance's. All shared ones count when
-    no process was calm for both."""
-    return _calm(_fastest_logs(num, den), num, den)
+    Only processes calm for both count (``latency.calm``): in one where either format ran
+    disturbed throughout, the ratio is the disturbance's. All shared ones count when no process
+    was calm for both."""
+    return _fastest_logs(num, den)[1]
 
 
-def _fastest_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
-    """Per process that timed both: log(num's fastest call / den's)."""
+def _fastest_logs(
+    num: LatencyStats | None, den: LatencyStats | None
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Per process that timed both, log(num's fastest call / den's): for all of them, and for
+    those calm for both (all of them when none is)."""
     if num is None or den is None:
-        return {}
+        return {}, {}
     a, b = num.fastest_by_process(), den.fastest_by_process()
-    return {p: math.log(a[p] / b[p]) for p in sorted(a) if p in b and a[p] > 0 and b[p] > 0}
-
-
-def _calm(units: dict[int, float], num: LatencyStats | None, den: LatencyStats | None) -> dict[int, float]:
-    """``units`` of the processes calm for both, or all of them when none is."""
-    if not units or num is None or den is None:
-        return units
-    calm_a, calm_b = num.calm_processes(), den.calm_processes()
-    return {p: u for p, u in units.items() if p in calm_a and p in calm_b} or units
+    shared = {p: math.log(a[p] / b[p]) for p in sorted(a) if p in b and a[p] > 0 and b[p] > 0}
+    calm_a, calm_b = calm(a), calm(b)
+    return shared, {p: u for p, u in shared.items() if p in calm_a and p in calm_b} or shared
 
 
 def paired_logs(num: LatencyStats | None, den: LatencyStats | None) -> dict[int, list[float]]:
