@@ -14,10 +14,13 @@ contest the comparison is the paired fastest-call ratio with its 95 % interval o
   another). Among formats tied with the fastest the simpler one is shipped (eager before compiled
   or exported, kept before merged, then by target name so that two runs pick the same one), and
   the line says so.
-- *slower*: the fastest is shipped.
-- *inconclusive*: the interval contains parity but is too wide to call a tie. The fastest point
-  estimate is shipped, and the line says that the answer is inconclusive and what to run to
-  settle it (more processes per contest). It is never called a tie.
+- *slower*: the fastest is shipped. When the runner-up is the simpler format (a tie would ship
+  it), slower must mean beyond the margin: its 90 % interval above it (``stats.verdict``'s
+  ``material``).
+- *inconclusive*: the interval contains parity but is too wide to call a tie, or (a simpler
+  runner-up) it crosses the margin's edge. The fastest point estimate is shipped, and the line
+  says that the answer is inconclusive and what to run to settle it (more processes per
+  contest). It is never called a tie.
 - *unpaired*: the two never ran in one contest; a ratio of fastest calls, said as such.
 
 A merged layout whose graph is the kept one (early fusion has no parallel branches; a user's
@@ -37,7 +40,7 @@ from typing import Any
 
 from ccnbench.backends import BACKENDS, Target
 from ccnbench.results import CaseResult
-from ccnbench.stats import EQUIVALENCE, Interval, pair, resolve_hint, tie_evidence, verdict
+from ccnbench.stats import EQUIVALENCE, TIE_CONFIDENCE, Interval, pair, resolve_hint, tie_evidence, verdict
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,21 @@ class Recommendation:
 
     @property
     def verdict(self) -> str:
-        """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up)."""
-        return verdict(self.runner_up_ratio, self.equivalence) if self.runner_up is not None else ""
+        """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up),
+        judged against the margin (``material``) when the runner-up is the simpler of the two:
+        it would ship in a tie, so "slower" must mean beyond the margin."""
+        if self.best is None or self.runner_up is None:
+            return ""
+        return verdict(self.runner_up_ratio, self.equivalence, material=self.decides_tie)
+
+    @property
+    def decides_tie(self) -> bool:
+        """Whether the runner-up is simpler than what is shipped, so a tie would ship it instead."""
+        return (
+            self.best is not None
+            and self.runner_up is not None
+            and simplicity(self.runner_up.case) < simplicity(self.best.case)
+        )
 
     @property
     def inconclusive(self) -> bool:
@@ -120,6 +136,14 @@ class Recommendation:
             return text
         runner = self.runner_up.label
         if self.verdict == "inconclusive":
+            if verdict(ratio, self.equivalence) == "slower":  # slower, but maybe within the margin
+                low, high = ratio.tie_bounds
+                return (
+                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: "
+                    f"slower, but its {TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] crosses the "
+                    f"±{self.equivalence:.0%} margin, and in a tie it would ship instead; shipped as the "
+                    f"faster; to settle it, {resolve_hint(ratio)}"
+                )
             return (
                 f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: shipped "
                 f"as the faster point estimate, not a tie; to settle it, {resolve_hint(ratio)}"

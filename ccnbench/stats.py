@@ -175,11 +175,18 @@ class Interval:
         return out
 
 
-def verdict(interval: Interval | None, margin: float = EQUIVALENCE) -> str:
+def verdict(interval: Interval | None, margin: float = EQUIVALENCE, material: bool = False) -> str:
     """The one verdict on a ratio, shared by every view: ``tie`` (shown inside ±``margin`` of
     parity: the 90 % interval lies inside; an interval made without one, the 95 % one),
     ``slower`` (the 95 % interval lies above parity: the numerator is slower), ``faster``,
-    ``inconclusive`` (contains parity, or cannot be computed), or ``unpaired`` (no interval)."""
+    ``inconclusive`` (contains parity, or cannot be computed), or ``unpaired`` (no interval).
+
+    ``material``: the ratio decides between shipping a simpler format (in a tie) and a faster
+    one, so the margin is the question, not parity: ``slower``/``faster`` need the 90 % interval
+    beyond the margin (the one-sided test at 5 % that the gap exceeds it, as the tie's two are),
+    and an interval across the margin's edge is ``inconclusive``. Without this a ratio near the
+    edge (1.08x, say) is a tie in one run and "slower" in the next, and what ships flips on both
+    runs' confident word."""
     if interval is None or interval.scope == UNPAIRED:
         return "unpaired"
     if not interval.computable:
@@ -187,9 +194,9 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE) -> str:
     low, high = interval.tie_bounds
     if low >= 1 / (1 + margin) and high <= 1 + margin:
         return "tie"
-    if interval.low > 1:
+    if interval.low > 1 and not (material and low <= 1 + margin):
         return "slower"
-    if interval.high < 1:
+    if interval.high < 1 and not (material and high >= 1 / (1 + margin)):
         return "faster"
     return "inconclusive"
 
@@ -206,8 +213,9 @@ def resolve_hint(interval: Interval | None) -> str:
     if interval is not None and interval.scope == UNPAIRED:
         return "time both formats in one contest (one sweep, same model, precision and batch)"
     return (
-        f"time more fresh processes per contest: raise `repeats` under [protocol] in the sweep "
-        f"(this interval has {k} process{'es' if k != 1 else ''})"
+        f"time more fresh processes per contest: raise `repeats` under [protocol] in the sweep, or "
+        f"`max_repeats` and `extra_seconds` to add them only where an answer is open (this interval "
+        f"has {k} process{'es' if k != 1 else ''})"
     )
 
 

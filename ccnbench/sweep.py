@@ -228,7 +228,8 @@ def _run_contests(
     """Run a chain of contests in fresh workers, one after another, merging each case's blocks:
     ``repeats`` workers of the whole chain (process k of each contest), then, up to
     ``max_repeats``, one worker at a time for the contests whose answer ``recommend`` still calls
-    inconclusive. Near-ties get the processes that settle them; clear answers do not pay for them.
+    inconclusive, as many of them as fit in what is left of ``extra_seconds``. Near-ties get the
+    processes that settle them; clear answers do not pay for them.
 
     Returns the members to run alone: those the first process never reported because it died.
     Each contest gets ``timeout`` per member, as a worker per group would.
@@ -245,15 +246,18 @@ def _run_contests(
     merged = {c.key: c for c in writer.run.cases if c.key in keys and recorded[c.key]}
     process = 1 + max((p for k in keys for p in recorded.get(k, ())), default=-1)
     base = repeats - min((len(recorded.get(k, ())) for k in keys), default=0)
+    budget = _ExtraBudget(protocol.extra_seconds if protocol else 0.0)
     for n in range(max(0, base) + extra):
-        todo = chain if n < base else _unsettled(chain, writer)
+        todo = chain if n < base else budget.fit(_unsettled(chain, writer), writer.events.on_note)
         if not todo or (deadline and time.monotonic() > deadline):
             break
         payload = {"contests": [match.to_dict() for match in todo], "process": process,
                    "checked": [match.id for match in todo if _checked(match, merged)]}  # fmt: skip
         log_path = logs / f"{_safe(todo[0].id)}-p{process}.log"
         firsts = [match.groups[0] for match in todo]
+        started = time.monotonic()
         outcome, code, _, seen = _spawn(payload, firsts, per_contest, log_path, writer, deadline, merged)
+        budget.took(time.monotonic() - started, len(todo), extra=n >= base)
         process += 1
         if outcome == "exited" and code == 0:
             continue
@@ -273,16 +277,45 @@ def _checked(match: contest.Contest, merged: dict[CaseKey, CaseResult]) -> bool:
     return all(k in merged for g in match.groups for k in g.case_keys())
 
 
-def _unsettled(chain: list[contest.Contest], writer: _RunWriter) -> list[contest.Contest]:
-    """The contests of ``chain`` with an answer still inconclusive, each announced with its count."""
+def _unsettled(chain: list[contest.Contest], writer: _RunWriter) -> list[tuple[contest.Contest, int]]:
+    """The contests of ``chain`` with an answer still inconclusive, each with how many."""
     open_ = []
     for match in chain:
         keys = {k for g in match.groups for k in g.case_keys()}
         answers = recommend.unsettled([c for c in writer.run.cases if c.key in keys])
         if answers:
-            open_.append(match)
-            writer.events.on_note(f"{match.label}: {len(answers)} answer(s) inconclusive: one more process")
+            open_.append((match, len(answers)))
     return open_
+
+
+class _ExtraBudget:
+    """What is left of a chain's ``extra_seconds`` for processes beyond ``repeats``, and which of
+    the open contests an extra process can take within it: as many as fit at the seconds per
+    contest the chain's last process took (the first process, which also grades agreement and
+    takes memory, only until a timing-only one has run). ``seconds`` 0: no limit."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.spent, self.per_contest = seconds, 0.0, 0.0
+
+    def took(self, seconds: float, contests: int, extra: bool) -> None:
+        self.per_contest = seconds / max(1, contests)
+        self.spent += seconds if extra else 0.0
+
+    def fit(
+        self, open_: list[tuple[contest.Contest, int]], note: Callable[[str], None]
+    ) -> list[contest.Contest]:
+        """The open contests one more process takes (in chain order), each announced."""
+        take = len(open_)
+        if self.seconds > 0 and self.per_contest > 0:
+            take = min(take, int((self.seconds - self.spent) / self.per_contest))
+        for match, answers in open_[:take]:
+            note(f"{match.label}: {answers} answer(s) inconclusive: one more process")
+        if take < len(open_):
+            left = ", ".join(match.label for match, _ in open_[take:])
+            note(
+                f"still inconclusive, no time left for another process (extra_seconds = {self.seconds:g}): {left}"
+            )
+        return [match for match, _ in open_[:take]]
 
 
 def _spawn(

@@ -56,6 +56,10 @@ class Protocol:
     # without --shippable) is still inconclusive after ``repeats``, one more at a time, for that
     # contest only. 0: exactly ``repeats``.
     max_repeats: int = 0
+    # And at most this many seconds of such extra processes per worker chain: one starts only for
+    # as many of the open contests as fit, at the seconds per contest the last process took, so
+    # the sweep's wall time stays bounded. 0: bounded by ``max_repeats`` alone.
+    extra_seconds: float = 0.0
     # A contest's memory pass (contest.py): each member prepared once more against its own
     # baseline after every member has run, so no figure depends on the order. Off only where a
     # second preparation is too dear (compilations on a time-boxed GPU); memory is then read at

@@ -79,6 +79,29 @@ def test_a_wide_interval_is_inconclusive_ships_the_faster_point_estimate_and_say
     assert rec.to_dict()["verdict"] == "inconclusive" and "repeats" in rec.to_dict()["resolve"]
 
 
+def test_a_simpler_runner_up_near_the_margin_s_edge_is_inconclusive_not_slower():
+    from helpers import contest_cases
+
+    # OpenVINO merged 9 % slower than ORT merged (the faster); in a tie OpenVINO (first by target
+    # name) would ship, so "slower" must mean beyond ±10 %, which 9 % with this noise is not.
+    levels = {("ort:cpu", "merged"): 2.0, ("openvino:cpu", "merged"): 2.18}
+    (rec,) = recommend(
+        contest_cases(levels, processes=4, rounds=6, process_spread=0.03, seed=1), shippable=True
+    )
+    ratio = rec.runner_up_ratio
+    assert rec.best.label == "ort:cpu merged fp32" and rec.decides_tie
+    assert ratio.low > 1 and ratio.tie_low < 1.10 < ratio.tie_high  # slower, across the edge
+    assert rec.verdict == "inconclusive" and rec.inconclusive
+    assert "INCONCLUSIVE against openvino:cpu merged fp32" in rec.line()
+    assert "crosses the ±10% margin" in rec.line() and "repeats" in rec.line()
+    # The same gap with the simpler format the faster one: the tie would ship it anyway.
+    levels = {("ort:cpu", "kept"): 2.0, ("ort:cpu", "merged"): 2.18}
+    (rec,) = recommend(
+        contest_cases(levels, processes=4, rounds=6, process_spread=0.03, seed=1), shippable=True
+    )
+    assert rec.best.label == "ort:cpu kept fp32" and not rec.decides_tie and rec.verdict == "slower"
+
+
 def test_formats_from_different_contests_or_runs_never_pair():
     from dataclasses import replace
 

@@ -77,6 +77,27 @@ def test_verdict_against_the_equivalence_margin():
     assert stats.verdict(None) == "unpaired"
 
 
+def test_a_material_verdict_needs_the_gap_shown_beyond_the_margin():
+    """Where a ratio decides between a simpler format (in a tie) and a faster one, "slower" must
+    mean beyond the margin: an interval across its edge is neither a tie nor a reason to ship."""
+
+    def v(value, low, high, tie_low, tie_high, material):
+        return stats.verdict(
+            stats.Interval(value, low, high, tie_low=tie_low, tie_high=tie_high), material=material
+        )
+
+    edge = (1.09, 1.02, 1.16, 1.04, 1.14)  # slower than parity, 90 % interval across 1.10
+    assert v(*edge, material=False) == "slower" and v(*edge, material=True) == "inconclusive"
+    beyond = (1.30, 1.15, 1.47, 1.18, 1.43)
+    assert v(*beyond, material=True) == "slower"
+    inside = (1.04, 1.01, 1.07, 1.02, 1.06)  # a tie either way: shown inside the margin
+    assert v(*inside, material=True) == "tie" == v(*inside, material=False)
+    faster_edge = tuple(1 / x for x in (1.09, 1.16, 1.02, 1.14, 1.04))
+    assert v(*faster_edge, material=False) == "faster" and v(*faster_edge, material=True) == "inconclusive"
+    wide = (1.0, 0.8, 1.25, 0.85, 1.18)
+    assert v(*wide, material=True) == "inconclusive" == v(*wide, material=False)
+
+
 def test_a_thirty_percent_difference_is_resolved():
     a, b = _pair(1.3)
     ratio = stats.paired_ratio(a, b)
