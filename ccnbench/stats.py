@@ -41,7 +41,9 @@ A ratio's verdict (:func:`verdict`): a *tie* when it is shown to lie inside the 
 margin (±``EQUIVALENCE``, 10 %): two one-sided tests at 5 % each, i.e. its 90 % interval (``tie_low``,
 ``tie_high``) lies inside; *faster* or *slower* when its 95 % interval excludes parity, and
 *inconclusive* when it contains parity but is too wide to call a tie (then more processes
-resolve it: :func:`resolve_hint`). Every view takes its verdict from here.
+resolve it: :func:`resolve_hint`). Where a ratio decides between shipping a simpler format and a
+faster one (``material``), the margin is the question: *slower*/*faster* then need the 90 %
+interval beyond it, and one across its edge is inconclusive. Every view takes its verdict from here.
 """
 
 from __future__ import annotations
