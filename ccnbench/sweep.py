@@ -60,7 +60,8 @@ def begin(
 
 
 def closing_notes(run: RunResult, run_dir: Path) -> list[str]:
-    """What to tell the user after a run: a shard is only a part, a spent budget leaves it open."""
+    """What to tell the user after a run: a shard is only a part, a spent budget leaves it open,
+    and which answers its processes left inconclusive."""
     notes = []
     if run.config.get("shard"):
         notes.append(
@@ -69,6 +70,12 @@ def closing_notes(run: RunResult, run_dir: Path) -> list[str]:
         )
     if not run.complete:
         notes.append(f"budget spent: the run is incomplete; finish it with --resume {run_dir}")
+    open_ = sorted({f"{r.model} b{r.batch} {r.device}" for r in recommend.unsettled(run.cases)})
+    if open_:
+        notes.append(
+            f"still inconclusive: {', '.join(open_)} (`ccnbench recommend {run_dir}` says what each rests "
+            "on; more processes settle them: `repeats`, or `max_repeats` and `extra_seconds`, under [protocol])"
+        )
     return notes
 
 

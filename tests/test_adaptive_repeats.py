@@ -88,6 +88,9 @@ def test_only_the_inconclusive_contest_gets_more_processes(tmp_path, artifacts_d
     assert answers["early"].verdict == "slower" and answers["early"].best.case.key.layout == "kept"
     assert answers["model"].inconclusive  # still open at the cap: said so, not called a tie
     assert run.complete
+    # ... and the run's closing words name it, and only it.
+    [note] = [n for n in sweep.closing_notes(run, tmp_path / "run") if n.startswith("still inconclusive")]
+    assert "model-n3@tiny b1 cpu" in note and "early" not in note and "max_repeats" in note
 
 
 def test_without_max_repeats_exactly_repeats_processes_run(tmp_path, artifacts_dir, monkeypatch):
