@@ -323,7 +323,7 @@ def bench(
 
 
 def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
-    from ccnbench import sweep, tables
+    from ccnbench import tables
     from ccnbench.check import exit_code
 
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
@@ -335,11 +335,18 @@ def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
 
         console.print(f"report: {write_report([run_dir], run_dir)}", highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)
-    for line in sweep.closing_notes(run, run_dir):
-        err_console.print(line, highlight=False)
+    _print_closing_notes(run, run_dir)
     code = exit_code(run.cases)
     if code:
         raise typer.Exit(code)
+
+
+def _print_closing_notes(run: Any, run_dir: Path) -> None:
+    """``sweep.closing_notes`` on stderr, as text: they name sweep keys like ``[protocol]``."""
+    from ccnbench import sweep
+
+    for line in sweep.closing_notes(run, run_dir):
+        err_console.print(line, highlight=False, markup=False)
 
 
 # fmt: off

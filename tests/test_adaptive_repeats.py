@@ -3,7 +3,7 @@ get more processes, one at a time, up to ``max_repeats``. The worker is faked: n
 
 from types import SimpleNamespace
 
-from ccnbench import contest, results, sweep
+from ccnbench import cli, contest, results, sweep
 from ccnbench.agreement import Agreement
 from ccnbench.config import SweepConfig
 from ccnbench.recommend import recommend
@@ -71,7 +71,7 @@ def _run(
     return spawned, sweep.execute(sweep.start(config, run_dir), config, run_dir, events)
 
 
-def test_only_the_inconclusive_contest_gets_more_processes(tmp_path, artifacts_dir, monkeypatch):
+def test_only_the_inconclusive_contest_gets_more_processes(tmp_path, artifacts_dir, monkeypatch, capsys):
     checked = []
     spawned, run = _run(tmp_path, artifacts_dir, monkeypatch, checked, repeats=2, max_repeats=5)
     # The first process grades agreement and memory; every later one is told to time only.
@@ -91,6 +91,9 @@ def test_only_the_inconclusive_contest_gets_more_processes(tmp_path, artifacts_d
     # ... and the run's closing words name it, and only it.
     [note] = [n for n in sweep.closing_notes(run, tmp_path / "run") if n.startswith("still inconclusive")]
     assert "model-n3@tiny b1 cpu" in note and "early" not in note and "max_repeats" in note
+    # As `bench` prints it: "[protocol]" is text, not console markup.
+    cli._print_closing_notes(run, tmp_path / "run")
+    assert "extra_seconds`, under [protocol])" in " ".join(capsys.readouterr().err.split())
 
 
 def test_without_max_repeats_exactly_repeats_processes_run(tmp_path, artifacts_dir, monkeypatch):
