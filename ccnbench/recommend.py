@@ -12,8 +12,8 @@ contest the comparison is the paired fastest-call ratio with its 95 % interval o
 - *tie*: the 90 % interval lies inside the equivalence margin (two one-sided tests at 5 %),
   ±10 % of parity by default (``stats.EQUIVALENCE``, which says why; ``equivalence`` takes
   another). Among formats tied with the fastest the simpler one is shipped (eager before compiled
-  or exported, kept before merged, then by target name so that two runs pick the same one), and
-  the line says so.
+  or exported, kept before merged, a vendor-neutral runtime before a hardware vendor's own, then
+  by target name so that two runs pick the same one), and the line says so.
 - *slower*: the fastest is shipped. When the runner-up is the simpler format (a tie would ship
   it), slower must mean beyond the margin: its 90 % interval above it (``stats.verdict``'s
   ``material``).
@@ -268,15 +268,19 @@ def deliverable(ships: str | None) -> str:
     return ships or "needs the model's Python code at run time"
 
 
-def simplicity(case: CaseResult) -> tuple[int, int, int, str]:
+def simplicity(case: CaseResult) -> tuple[int, int, int, int, str]:
     """Lower is simpler to ship: eager PyTorch before anything compiled or exported, kept before
-    merged, weights as PyTorch makes them before a converted memory format; then the target's name,
-    so that equally simple formats are always picked in one order."""
+    merged, weights as PyTorch makes them before a converted memory format, a vendor-neutral runtime
+    before a hardware vendor's own (``Backend.vendor_runtime``: ONNX Runtime before OpenVINO runs
+    the same ONNX file on more hardware, and an ONNX file before a TensorRT engine bound to one GPU);
+    then the target's name, so that equally simple formats are always picked in one order."""
     backend = Target.parse(case.key.target).backend
+    known = BACKENDS.get(backend)
     return (
         0 if backend == "torch" else 1,
         0 if case.key.layout == "kept" else 1,
         0 if case.key.memory_format == "contiguous" else 1,
+        1 if known is not None and known.vendor_runtime else 0,
         case.key.target,
     )
 
@@ -300,11 +304,12 @@ def break_ties(
     ratio = pair(pick, fastest)
     assert ratio is not None
     f = fastest.key
-    why = (
-        "shipping the simpler format"
-        if simplicity(pick)[:3] < simplicity(fastest)[:3]
-        else "shipping the first of equally simple formats by target name"
-    )
+    if simplicity(pick)[:3] < simplicity(fastest)[:3]:
+        why = "shipping the simpler format"
+    elif simplicity(pick)[:4] < simplicity(fastest)[:4]:
+        why = "shipping the vendor-neutral runtime"
+    else:
+        why = "shipping the first of equally simple formats by target name"
     note = (
         f"a tie ({tie_evidence(ratio, equivalence)}) with the fastest, {f.target_label} {f.layout} "
         f"{f.precision} (this one takes {ratio.format()} its time): {why}"

@@ -158,6 +158,9 @@ class Backend(abc.ABC):
     artifact_format: str | None = None
     # What a user deploys when it is not the artifact itself (TensorRT: the engine built from it).
     ships_as: str | None = None
+    # A hardware vendor's own runtime (OpenVINO: Intel; TensorRT: NVIDIA, whose engine is also bound
+    # to one GPU and TensorRT version). In a tie ``recommend`` ships a vendor-neutral runtime first.
+    vendor_runtime: bool = False
     # Whether its runner may be timed in one process beside other formats of the same model (a
     # contest, see ccnbench/contest.py). False for a crash-prone backend: it then gets its own worker.
     shares_process: bool = True

@@ -120,6 +120,7 @@ class OpenVinoBackend(Backend):
     devices = ("cpu",)
     needs_onnx = True
     ships_as = "ONNX file (OpenVINO)"
+    vendor_runtime = True
     description = "OpenVINO runtime from the ONNX artifact, precision pinned and read back"
 
     def precisions(self, device: str) -> tuple[str, ...]:

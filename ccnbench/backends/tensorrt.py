@@ -201,6 +201,7 @@ class TensorRTBackend(Backend):
     devices = ("cuda",)
     needs_onnx = True
     ships_as = "TensorRT engine"
+    vendor_runtime = True
     description = "TensorRT engine built from the ONNX artifact (strongly typed), run with execute_async_v3"
 
     def precisions(self, device: str) -> tuple[str, ...]:
