@@ -236,6 +236,12 @@ def unsettled(cases: Sequence[CaseResult]) -> list[Recommendation]:
     return [r for shippable in (False, True) for r in recommend(cases, shippable=shippable) if r.inconclusive]
 
 
+def unsettled_questions(cases: Sequence[CaseResult]) -> list[str]:
+    """The questions (``model bN device``) whose answer, with or without ``shippable``, these cases
+    leave inconclusive, each once."""
+    return sorted({f"{r.model} b{r.batch} {r.device}" for r in unsettled(cases)})
+
+
 def shipped_as(target: str) -> str | None:
     """What ships for ``target`` (``"ONNX file"``, ``".pt2 package"``, ...), or None when it needs
     the model's Python code at run time, or is a backend this version does not know."""

@@ -70,7 +70,7 @@ def closing_notes(run: RunResult, run_dir: Path) -> list[str]:
         )
     if not run.complete:
         notes.append(f"budget spent: the run is incomplete; finish it with --resume {run_dir}")
-    open_ = sorted({f"{r.model} b{r.batch} {r.device}" for r in recommend.unsettled(run.cases)})
+    open_ = recommend.unsettled_questions(run.cases)
     if open_:
         notes.append(
             f"still inconclusive: {', '.join(open_)} (`ccnbench recommend {run_dir}` says what each rests "
@@ -285,13 +285,13 @@ def _checked(match: contest.Contest, merged: dict[CaseKey, CaseResult]) -> bool:
 
 
 def _unsettled(chain: list[contest.Contest], writer: _RunWriter) -> list[tuple[contest.Contest, int]]:
-    """The contests of ``chain`` with an answer still inconclusive, each with how many."""
+    """The contests of ``chain`` with a question still inconclusive, each with how many."""
     open_ = []
     for match in chain:
         keys = {k for g in match.groups for k in g.case_keys()}
-        answers = recommend.unsettled([c for c in writer.run.cases if c.key in keys])
-        if answers:
-            open_.append((match, len(answers)))
+        questions = recommend.unsettled_questions([c for c in writer.run.cases if c.key in keys])
+        if questions:
+            open_.append((match, len(questions)))
     return open_
 
 
@@ -315,8 +315,8 @@ class _ExtraBudget:
         take = len(open_)
         if self.seconds > 0 and self.per_contest > 0:
             take = min(take, int((self.seconds - self.spent) / self.per_contest))
-        for match, answers in open_[:take]:
-            note(f"{match.label}: {answers} answer(s) inconclusive: one more process")
+        for match, questions in open_[:take]:
+            note(f"{match.label}: {questions} question(s) inconclusive: one more process")
         if take < len(open_):
             left = ", ".join(match.label for match, _ in open_[take:])
             note(
