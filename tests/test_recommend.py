@@ -168,7 +168,8 @@ def test_the_margin_decides_what_a_tie_is(tmp_path):
     (strict,) = recommend(cases, shippable=True, equivalence=0.05)
     assert strict.verdict == "slower" and "(slower)" in strict.line()
     assert tie.verdict == "tie" and re.search(
-        r"a tie \(90% interval \[[0-9.]+, [0-9.]+\] inside ±10%\) with the fastest, openvino:cpu kept", tie.line()
+        r"a tie \(90% interval \[[0-9.]+, [0-9.]+\] inside ±10%\) with the fastest, openvino:cpu kept",
+        tie.line(),
     )
     path = tmp_path / "r"
     results.save(run(*cases), path)
