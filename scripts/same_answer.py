@@ -5,7 +5,8 @@ Usage: python scripts/same_answer.py RUN_A RUN_B [--all]
 Runs `recommend --shippable` (or every format with --all) on both runs and compares, per
 (model, batch, device), the format each ships. Passes (exit 0) when at most one answer in ten
 differs, each run has at most one inconclusive answer, and every answer that differs was called
-inconclusive by at least one of the runs.
+inconclusive by at least one of the runs. It also prints how busy the machine was during each run
+(``analysis.machine_load``): the bar is for a quiet machine.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from ccnbench.recommend import Recommendation, recommend
 def answers(path: str, shippable: bool) -> dict[tuple[str, int, str], Recommendation]:
     cases = analysis.all_cases(shard.load_runs([path]))
     return {(r.model, r.batch, r.device): r for r in recommend(cases, shippable=shippable)}
+
+
+def load(path: str) -> str:
+    """How busy the machine was during the run (``analysis.machine_load``), as printed."""
+    value = analysis.machine_load(analysis.all_cases(shard.load_runs([path])))
+    if value is None:
+        return "unknown"
+    return f"{value:.2f}x" + (" (busy)" if value > analysis.BUSY_LOAD else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     allowed = math.floor(len(keys) / 10)
     print(f"same answer: {same}/{len(keys)}; inconclusive: {inconclusive[0]} and {inconclusive[1]}; "
           f"flips without an inconclusive: {len(bad_flips)}")  # fmt: skip
+    # The bar is for a quiet machine: on a busy one fewer processes stay calm and more answers stay open.
+    print(f"machine load (medians over fastest calls; busy above {analysis.BUSY_LOAD:.2f}x): "
+          f"{load(args.first)} and {load(args.second)}")  # fmt: skip
     ok = keys and len(keys) - same <= allowed and max(inconclusive) <= 1 and not bad_flips
     return 0 if ok else 1
 

@@ -1,5 +1,6 @@
 """Derived numbers every view shares: pairing only inside one contest of one run, A-A calibration."""
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def test_same_answer_script_counts_flips_and_inconclusives(capsys):
     assert _script("same_answer").main(pair) == 1
     out = capsys.readouterr().out
     assert "same answer: 8/10; inconclusive: 5 and 3; flips without an inconclusive: 0" in out
+    assert re.search(
+        r"machine load \(medians over fastest calls; busy above 1.15x\): 1\.\d\dx( \(busy\))? and 1\.\d\dx",
+        out,
+    )
 
 
 def test_a_cases_reference_is_eager_pytorch_on_the_same_kind_of_device():
