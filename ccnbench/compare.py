@@ -273,17 +273,10 @@ def _speed_change(
     if judged is None:
         intervals = (b.ratio, n.ratio) if paired else (None, None)
         judged = _judge(slowdown, threshold, (bv, nv), *intervals)
-    elif judged[0] in ("regression", "improvement"):
-        judged = _corroborated(judged, threshold, _median_ratio(b, runs[0]), _median_ratio(n, runs[1]))
+    if paired:  # the paired ratio is of fastest calls: the median calls must agree
+        medians = _metric_ratio(b, runs[0], "p50"), _metric_ratio(n, runs[1], "p50")
+        judged = _corroborated(judged, threshold, *medians)
     return Change(key, judged[0], n.target, bv, nv, slowdown, judged[1])
-
-
-def _median_ratio(row: Row, rows: Mapping[str, Row]) -> float | None:
-    """The row's median call over its reference's median call in the same run."""
-    ref = rows.get(row.reference_key or "")
-    own = row.metrics.get("p50")
-    base = ref.metrics.get("p50") if ref is not None and ref.status == "ok" else None
-    return own / base if own and base else None
 
 
 def _corroborated(
@@ -294,7 +287,7 @@ def _corroborated(
     how often a process met a quiet moment on the host (an unchanged tree's gate once failed on
     ONNX Runtime fastest calls of 1.2-1.4 ms in every base process and none under 1.7 ms in the
     head's, while both sides' medians were 2.0-2.1 ms)."""
-    if base is None or new is None:
+    if judged[0] not in ("regression", "improvement") or base is None or new is None:
         return judged
     typical = new / base - 1
     if _kind(typical, threshold / 2) == judged[0]:
@@ -362,14 +355,19 @@ def _status_change(b: Row, n: Row) -> Change | None:
 
 
 def _value(row: Row, rows: Mapping[str, Row], metric: str, relative: bool) -> float | None:
-    own = row.metrics.get(metric)
-    if own is None or not relative:
-        return own
+    if row.metrics.get(metric) is None or not relative:
+        return row.metrics.get(metric)
     if metric == "p50" and row.ratio is not None:
         return row.ratio.value
+    return _metric_ratio(row, rows, metric)
+
+
+def _metric_ratio(row: Row, rows: Mapping[str, Row], metric: str) -> float | None:
+    """The row's ``metric`` over its reference's in the same run (unpaired: each side's own figure)."""
     ref = rows.get(row.reference_key or "")
-    base = ref.metrics.get(metric) if ref and ref.status == "ok" else None
-    return own / base if base else None
+    own = row.metrics.get(metric)
+    base = ref.metrics.get(metric) if ref is not None and ref.status == "ok" else None
+    return own / base if own and base else None
 
 
 def _judge(

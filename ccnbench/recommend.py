@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ccnbench.backends import BACKENDS, Target
+from ccnbench.backends import BACKENDS, Backend, Target
 from ccnbench.results import CaseResult
 from ccnbench.stats import EQUIVALENCE, TIE_CONFIDENCE, Interval, pair, resolve_hint, tie_evidence, verdict
 
@@ -245,8 +245,13 @@ def unsettled_questions(cases: Sequence[CaseResult]) -> list[str]:
 def shipped_as(target: str) -> str | None:
     """What ships for ``target`` (``"ONNX file"``, ``".pt2 package"``, ...), or None when it needs
     the model's Python code at run time, or is a backend this version does not know."""
-    backend = BACKENDS.get(Target.parse(target).backend)
+    backend = _known_backend(target)
     return backend.shipped if backend is not None else None
+
+
+def _known_backend(target: str) -> Backend | None:
+    """The target's backend, or None for one this version does not know (a newer run's)."""
+    return BACKENDS.get(Target.parse(target).backend)
 
 
 def considered(case: CaseResult, precisions: Sequence[str] | None, shippable: bool) -> bool:
@@ -280,13 +285,12 @@ def simplicity(case: CaseResult) -> tuple[int, int, int, int, str]:
     before a hardware vendor's own (``Backend.vendor_runtime``: ONNX Runtime before OpenVINO runs
     the same ONNX file on more hardware, and an ONNX file before a TensorRT engine bound to one GPU);
     then the target's name, so that equally simple formats are always picked in one order."""
-    backend = Target.parse(case.key.target).backend
-    known = BACKENDS.get(backend)
+    backend = _known_backend(case.key.target)
     return (
-        0 if backend == "torch" else 1,
+        0 if Target.parse(case.key.target).backend == "torch" else 1,
         0 if case.key.layout == "kept" else 1,
         0 if case.key.memory_format == "contiguous" else 1,
-        1 if known is not None and known.vendor_runtime else 0,
+        1 if backend is not None and backend.vendor_runtime else 0,
         case.key.target,
     )
 
@@ -310,9 +314,10 @@ def break_ties(
     ratio = pair(pick, fastest)
     assert ratio is not None
     f = fastest.key
-    if simplicity(pick)[:3] < simplicity(fastest)[:3]:
+    picked, first = simplicity(pick), simplicity(fastest)
+    if picked[:3] < first[:3]:
         why = "shipping the simpler format"
-    elif simplicity(pick)[:4] < simplicity(fastest)[:4]:
+    elif picked[:4] < first[:4]:
         why = "shipping the vendor-neutral runtime"
     else:
         why = "shipping the first of equally simple formats by target name"

@@ -17,16 +17,16 @@ import sys
 
 from ccnbench import analysis, shard
 from ccnbench.recommend import Recommendation, recommend
+from ccnbench.results import CaseResult
 
 
-def answers(path: str, shippable: bool) -> dict[tuple[str, int, str], Recommendation]:
-    cases = analysis.all_cases(shard.load_runs([path]))
+def answers(cases: list[CaseResult], shippable: bool) -> dict[tuple[str, int, str], Recommendation]:
     return {(r.model, r.batch, r.device): r for r in recommend(cases, shippable=shippable)}
 
 
-def load(path: str) -> str:
+def load(cases: list[CaseResult]) -> str:
     """How busy the machine was during the run (``analysis.machine_load``), as printed."""
-    value = analysis.machine_load(analysis.all_cases(shard.load_runs([path])))
+    value = analysis.machine_load(cases)
     if value is None:
         return "unknown"
     return f"{value:.2f}x" + (" (busy)" if value > analysis.BUSY_LOAD else "")
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("second")
     parser.add_argument("--all", action="store_true", help="every format, not only --shippable ones")
     args = parser.parse_args(argv)
-    a, b = answers(args.first, not args.all), answers(args.second, not args.all)
+    runs = [analysis.all_cases(shard.load_runs([path])) for path in (args.first, args.second)]
+    a, b = (answers(cases, not args.all) for cases in runs)
     keys = sorted(set(a) & set(b))
     same, bad_flips = 0, []
     for key in keys:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
           f"flips without an inconclusive: {len(bad_flips)}")  # fmt: skip
     # The bar is for a quiet machine: on a busy one fewer processes stay calm and more answers stay open.
     print(f"machine load (medians over fastest calls; busy above {analysis.BUSY_LOAD:.2f}x): "
-          f"{load(args.first)} and {load(args.second)}")  # fmt: skip
+          f"{load(runs[0])} and {load(runs[1])}")  # fmt: skip
     ok = keys and len(keys) - same <= allowed and max(inconclusive) <= 1 and not bad_flips
     return 0 if ok else 1
 
