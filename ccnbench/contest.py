@@ -286,6 +286,7 @@ def interleave(
     batch: int,
     process: int,
     around: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
+    known_ms: Sequence[float | None] | None = None,
 ) -> list[list[Block]]:
     """Time warmed-up ``calls`` side by side: the blocks of each, one per round.
 
@@ -297,8 +298,11 @@ def interleave(
     repeats the order. ``around(i)`` is entered for each block of member ``i`` (its own
     process-wide settings, in a contest). Garbage collection is off inside the rounds (a
     collection inside a block is the harness's pause, not the model's) and runs between them.
+    ``known_ms[i]``: how long one call of member ``i`` is already known to take (its warm-up's),
+    read by its first block as a later block reads the one before (``time_block``'s ``previous_ms``).
     """
     order = list(range(len(calls)))
+    known = list(known_ms) if known_ms is not None else [None] * len(calls)
     rng = random.Random(process * 100_003 + batch)
     blocks: list[list[Block]] = [[] for _ in calls]
     medians: list[list[float]] = [[] for _ in calls]
@@ -313,7 +317,7 @@ def interleave(
             for i in order:
                 settle(protocol.settle_seconds)
                 with around(i) if around is not None else contextlib.nullcontext():
-                    previous = medians[i][-1] if medians[i] else None
+                    previous = medians[i][-1] if medians[i] else known[i]
                     block = time_block(
                         calls[i], runners[i], protocol.block_seconds, process, round_, previous
                     )

@@ -203,8 +203,6 @@ def bound_call(runner: Runner, staged: list[Tensor]) -> Callable[[], object]:
 def warm_up(call: Callable[[], object], runner: Runner, protocol: Protocol) -> int:
     """Run ``call`` for the protocol's warm-up (iterations *and* seconds, capped by
     ``max_seconds``), then synchronise a CUDA runner; returns the iterations run."""
-    # --- loops ----------------------------------------------------------------------------------------
-
     start = time.perf_counter()
     count = 0
     while count < protocol.warmup_iterations or time.perf_counter() - start < protocol.warmup_seconds:

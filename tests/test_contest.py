@@ -217,6 +217,26 @@ def test_interleave_goes_past_min_rounds_until_contest_seconds_are_spent(monkeyp
     assert [len(b) for b in blocks] == [9, 9]
 
 
+def test_a_call_known_to_fill_its_block_skips_the_first_rounds_discarded_call(monkeypatch):
+    _converged_after(3, monkeypatch)
+    made = [0, 0]
+
+    def slow(i):
+        def call():
+            made[i] += 1
+            time.sleep(0.03)
+
+        return call
+
+    protocol = replace(CHEAP, block_seconds=0.02, min_rounds=3)
+    runners = [SimpleNamespace(is_cuda=False)] * 2
+    # member 0's warm-up took 31 ms (it fills a 20 ms block); nothing is known of member 1
+    blocks = contest.interleave([slow(0), slow(1)], runners, [(1, 0)], protocol, 8, 0, known_ms=[31.0, None])
+    assert [len(b.samples_ms) for b in blocks[0]] == [1, 1, 1] and made[0] == 3
+    # member 1 pays its first round's discarded call, then knows from its own blocks
+    assert [len(b.samples_ms) for b in blocks[1]] == [1, 1, 1] and made[1] == 4
+
+
 def test_interleave_times_every_member_once_per_round_in_a_seeded_order_that_changes(monkeypatch):
     rounds, members, batch, process = 8, 4, 8, 3
     _converged_after(rounds, monkeypatch)

@@ -43,8 +43,8 @@ TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
 DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
 # Shorter than an inference contest's (timing.DEFAULT): every (variant, target) pair is a contest
 # of its own, in every process, and the default run must stay within minutes. One warm-up step
-# allocates the gradients and the optimizer's state (and compiles, on compile targets); the first
-# round's discarded call is the second. Three rounds: at batch 32 a step takes ~0.45 s on 2 cores, so
+# allocates the gradients and the optimizer's state (and compiles, on compile targets), and its time
+# spares the first round a discarded call (``run_contest``). Three rounds: at batch 32 a step takes ~0.45 s on 2 cores, so
 # each round of the 12 members costs ~5 s per target and process, and the interval's width comes from
 # the processes (between-process t-interval), not from more rounds inside one.
 PROTOCOL = Protocol(
@@ -145,13 +145,16 @@ def _build_member(
     module = module.to(target.device_kind).train()
     # A small learning rate: hundreds of steps on one batch must not diverge into NaN arithmetic.
     opt = make_optimizer(config.optimizer, module.parameters(), lr=1e-3)
-    model = torch.compile(module) if target.backend == "compile" else module
+    # One static graph per batch size, as a training loop at one batch size compiles it. A batch
+    # marked dynamic would not give one graph for all sizes either (choosing the convolution's
+    # backend asks whether the batch is >= 16, so a batch-8 graph is guarded to 2-15), and its
+    # kernels are slower: kept steps, fastest of 8 interleaved in one process, dynamic over static
+    # 1.12 (feature, batch 8), 1.05 (feature, 32), 1.09 (model, 8), 1.11 (model, 32), on a 2-core
+    # AMD EPYC. Compiling costs about the same: 252 s dynamic, 270 s static for every form, cold.
+    model = torch.compile(module, dynamic=False) if target.backend == "compile" else module
     runners = {}
     for size in config.batches:
         batch = make_batch(spec, size, config.seed, device=target.device_kind)
-        if target.backend == "compile" and len(config.batches) > 1:
-            for x in batch.inputs:  # one graph for every batch size: compiled once, not per size
-                torch._dynamo.mark_dynamic(x, 0)
         runners[size] = _StepRunner(
             target, ("loss",), call=partial(step, model, batch, opt, member.loss_mode)
         )
@@ -167,11 +170,14 @@ def run_contest(
         return {batch: {"unavailable": reason} for batch in config.batches}
     members = members_of(spec.variant)
     runners, build_s = [], {}
+    warm_ms: dict[tuple[str, int], float] = {}
     for member in members:
         start = time.perf_counter()
         by_batch = _build_member(member, spec, target, config)
-        for runner in by_batch.values():
-            warm_up(runner.call, runner, config.protocol)  # the first calls compile (compile targets)
+        for batch, runner in by_batch.items():
+            began = time.perf_counter()
+            calls = warm_up(runner.call, runner, config.protocol)  # the first calls compile (compile targets)
+            warm_ms[member.name, batch] = (time.perf_counter() - began) * 1e3 / calls
         build_s[member.name] = round(time.perf_counter() - start, 3)
         runners.append(by_batch)
     index = {m.name: i for i, m in enumerate(members)}
@@ -179,7 +185,14 @@ def run_contest(
     records = {}
     for batch in config.batches:
         steps = [r[batch] for r in runners]
-        blocks = interleave([r.call for r in steps], steps, pairs, config.protocol, batch, process)
+        # The warm-up step's time stands in for a first block's discarded call: a step that fills
+        # the block (all of them at the small preset: >= 100 ms) is timed once per block from the
+        # first round, as in later rounds, which saves one step per member and batch, ~13 s of a
+        # process. A compiling warm-up always seems to fill it; a shorter compiled step's block still
+        # lasts block_seconds, and its first call (after another member's) is not its fastest.
+        known = [warm_ms[m.name, batch] for m in members]
+        blocks = interleave([r.call for r in steps], steps, pairs, config.protocol, batch, process,
+                            known_ms=known)  # fmt: skip
         records[batch] = {
             "build_seconds": build_s,
             "blocks": {m.name: [asdict(b) for b in bs] for m, bs in zip(members, blocks)},

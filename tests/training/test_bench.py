@@ -41,6 +41,20 @@ def test_one_contest_times_every_member_in_interleaved_rounds():
     assert all(sum(b["samples_ms"]) >= 5.0 for blocks in record["blocks"].values() for b in blocks)
 
 
+def test_a_contest_tells_its_rounds_how_long_each_members_warm_up_step_took(monkeypatch):
+    seen, real = [], bench.interleave
+
+    def spy(*args, known_ms, **kwargs):
+        seen.append(list(known_ms))
+        return real(*args, known_ms=known_ms, **kwargs)
+
+    monkeypatch.setattr(bench, "interleave", spy)
+    run_contest(spec_from_preset("tiny", "model", branches=2), Target.parse("torch:cpu"), TINY, process=0)
+    # one interleave per batch size, told a step time for each member (kept, merged): the first
+    # round then needs no discarded call where a step fills its block
+    assert len(seen) == 1 and len(seen[0]) == 2 and all(ms > 0 for ms in seen[0])
+
+
 def _record(process, kept_ms, merged_ms):
     def blocks(ms):
         return [asdict(Block(process, r, (ms * (1 + 0.01 * r), ms * (1 - 0.01 * r)))) for r in range(4)]
