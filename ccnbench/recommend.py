@@ -136,6 +136,13 @@ class Recommendation:
             return text
         runner = self.runner_up.label
         if self.verdict == "inconclusive":
+            if verdict(ratio, self.equivalence) == "slower" and ratio.one_calm_of_several:
+                return (
+                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: "
+                    f"slower in the one process calm for both ({ratio.timed} timed them; the others "
+                    f"ran disturbed), and in a tie it would ship instead; shipped as the faster; to "
+                    f"settle it, {resolve_hint(ratio)}"
+                )
             if verdict(ratio, self.equivalence) == "slower":  # slower, but maybe within the margin
                 low, high = ratio.tie_bounds
                 return (

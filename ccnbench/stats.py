@@ -117,6 +117,7 @@ class Interval:
     scope: str = BETWEEN
     tie_low: float = math.nan
     tie_high: float = math.nan
+    timed: int = 0  # paired ratios: the processes that timed both, calm or not
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -142,6 +143,12 @@ class Interval:
         return verdict(self) == "tie"
 
     @property
+    def one_calm_of_several(self) -> bool:
+        """A within-process interval where other processes timed both formats but ran disturbed:
+        it rests on one of several processes, not on a protocol of one process per contest."""
+        return self.scope == WITHIN and self.timed > 1
+
+    @property
     def relative_half_width(self) -> float:
         if not self.computable or not self.value:
             return math.inf
@@ -158,6 +165,7 @@ class Interval:
             self.scope,
             1 / self.tie_high,
             1 / self.tie_low,
+            self.timed,
         )
 
     def format(self, digits: int = 2, suffix: str = "×") -> str:
@@ -188,7 +196,12 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE, material: bo
     beyond the margin (the one-sided test at 5 % that the gap exceeds it, as the tie's two are),
     and an interval across the margin's edge is ``inconclusive``. Without this a ratio near the
     edge (1.08x, say) is a tie in one run and "slower" in the next, and what ships flips on both
-    runs' confident word."""
+    runs' confident word. Nor does one calm process of several decide it (``one_calm_of_several``):
+    on a busy host all the processes of a run can share one bias, so the disturbed ones agreeing
+    does not vouch for the calm one. Measured (2-core AMD EPYC, 2026-12-02, two consecutive
+    `make bench` runs): early fusion at batch 8, ONNX Runtime kept 1.33x OpenVINO kept in the
+    one calm process and 1.04-1.25x in the five disturbed ones, then 0.98-1.00x in the three
+    processes calm for both in the next run."""
     if interval is None or interval.scope == UNPAIRED:
         return "unpaired"
     if not interval.computable:
@@ -196,9 +209,10 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE, material: bo
     low, high = interval.tie_bounds
     if low >= 1 / (1 + margin) and high <= 1 + margin:
         return "tie"
-    if interval.low > 1 and not (material and low <= 1 + margin):
+    settled = not (material and interval.one_calm_of_several)
+    if interval.low > 1 and settled and not (material and low <= 1 + margin):
         return "slower"
-    if interval.high < 1 and not (material and high >= 1 / (1 + margin)):
+    if interval.high < 1 and settled and not (material and high >= 1 / (1 + margin)):
         return "faster"
     return "inconclusive"
 
@@ -281,7 +295,7 @@ def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval
             tie_low, tie_high = np.minimum(tie_low, point - tie_half), np.maximum(tie_high, point + tie_half)
         p, scope = None, WITHIN
     value, low_, high_, tie_low_, tie_high_ = (math.exp(b[0]) for b in (point, low, high, tie_low, tie_high))
-    return Interval(value, low_, high_, n, p, len(fastest), scope, tie_low_, tie_high_)
+    return Interval(value, low_, high_, n, p, len(fastest), scope, tie_low_, tie_high_, len(shared))
 
 
 def _between(units: dict[int, float], n: int) -> tuple[np.ndarray, ...]:

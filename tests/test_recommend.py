@@ -110,6 +110,42 @@ def test_a_simpler_runner_up_near_the_margin_s_edge_is_inconclusive_not_slower()
     assert rec.best.label == "ort:cpu merged fp32" and not rec.decides_tie and rec.verdict == "slower"
 
 
+def test_one_calm_process_of_several_does_not_decide_against_the_simpler_format():
+    from dataclasses import replace
+
+    from ccnbench.timing import Block
+
+    from helpers import contest_cases
+
+    def slowed(cases, processes, factor):
+        """``cases`` with every block of ``processes`` ``factor`` slower: those processes ran
+        disturbed throughout, every format in them alike (the run's shared bias)."""
+        out = []
+        for c in cases:
+            blocks = [Block(b.process, b.round, tuple(x * factor for x in b.samples_ms))
+                      if b.process in processes else b for b in c.latency.blocks]  # fmt: skip
+            latency = type(c.latency).from_blocks(blocks, c.latency.batch, c.latency.clock)
+            out.append(replace(c, latency=latency))
+        return out
+
+    # ORT kept (the simpler) 30 % slower than ORT merged, in three processes
+    levels = {("ort:cpu", "merged"): 2.0, ("ort:cpu", "kept"): 2.6}
+    cases = contest_cases(levels, processes=3, rounds=6, process_spread=0.01, seed=2)
+    (rec,) = recommend(cases, shippable=True)
+    assert rec.decides_tie and rec.verdict == "slower"  # all three calm: settled
+    # processes 1 and 2 ran 30 % slow throughout: one calm process of three is left
+    (rec,) = recommend(slowed(cases, {1, 2}, 1.3), shippable=True)
+    ratio = rec.runner_up_ratio
+    assert ratio.scope == "within-process" and ratio.timed == 3 and ratio.one_calm_of_several
+    assert ratio.low > 1.1  # slower beyond the margin, by that one process's rounds
+    assert rec.best.label == "ort:cpu merged fp32" and rec.verdict == "inconclusive"
+    assert "slower in the one process calm for both (3 timed them" in rec.line()
+    # a protocol of one process per contest (the GPU check's) is labelled within-process and decides
+    (rec,) = recommend(contest_cases(levels, processes=1, rounds=6, seed=2), shippable=True)
+    assert rec.runner_up_ratio.scope == "within-process" and rec.runner_up_ratio.timed == 1
+    assert rec.verdict == "slower"
+
+
 def test_formats_from_different_contests_or_runs_never_pair():
     from dataclasses import replace
 
