@@ -43,10 +43,11 @@ TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
 DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
 # Shorter than an inference contest's (timing.DEFAULT): every (variant, target) pair is a contest
 # of its own, in every process, and the default run must stay within minutes. One warm-up step
-# allocates the gradients and the optimizer's state (and compiles, on compile targets), and its time
-# spares the first round a discarded call (``run_contest``). Three rounds: at batch 32 a step takes ~0.45 s on 2 cores, so
-# each round of the 12 members costs ~5 s per target and process, and the interval's width comes from
-# the processes (between-process t-interval), not from more rounds inside one.
+# allocates the gradients and the optimizer's state (and compiles, on compile targets), and its
+# time spares the first round a discarded call (``run_contest``). Three rounds: at batch 32 a step
+# takes ~0.45 s on 2 cores, so each round of the 12 members costs ~5 s per target and process, and
+# the interval's width comes from the processes (between-process t-interval), not from more
+# rounds inside one.
 PROTOCOL = Protocol(
     warmup_iterations=1,
     warmup_seconds=0.0,
