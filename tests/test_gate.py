@@ -215,3 +215,24 @@ def test_a_target_wide_slowdown_stands_though_no_pair_resolves_a_case_alone():
     assert not gate.confirmed(comparison("regression", 2), [two, two]).failed  # not target-wide
     faster = comparison("unchanged", 3, slowdown=0.05)
     assert not gate.confirmed(comparison("regression", 3), [slower, faster]).failed  # one pair disagrees
+
+
+def test_a_target_wide_slowdown_within_the_noise_calls_for_a_second_pair():
+    from ccnbench.compare import Change, Comparison
+
+    gate = _gate_module()
+
+    def first(*changes):
+        return Comparison("p50", 0.15, True, "case", tuple(changes))
+
+    def change(i, kind="unchanged", target="ort:cpu", slowdown=0.3):
+        return Change(f"case{i}", kind, target, slowdown=slowdown)
+
+    assert gate.needs_second_pair(first(change(0, "regression")))  # a regression, as before
+    # three cases of one target 30 % slower, none resolved: a busy host's first pair
+    assert gate.needs_second_pair(first(*(change(i) for i in range(3))))
+    # two are not target-wide, nor are three spread over targets or within the threshold
+    assert not gate.needs_second_pair(first(change(0), change(1)))
+    mixed = (change(0), change(1, target="openvino:cpu"), change(2, target="torch:cpu"))
+    assert not gate.needs_second_pair(first(*mixed))
+    assert not gate.needs_second_pair(first(*(change(i, slowdown=0.1) for i in range(3))))
