@@ -355,8 +355,9 @@ def _status_change(b: Row, n: Row) -> Change | None:
 
 
 def _value(row: Row, rows: Mapping[str, Row], metric: str, relative: bool) -> float | None:
-    if row.metrics.get(metric) is None or not relative:
-        return row.metrics.get(metric)
+    own = row.metrics.get(metric)
+    if own is None or not relative:
+        return own
     if metric == "p50" and row.ratio is not None:
         return row.ratio.value
     return _metric_ratio(row, rows, metric)

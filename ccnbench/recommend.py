@@ -136,20 +136,18 @@ class Recommendation:
             return text
         runner = self.runner_up.label
         if self.verdict == "inconclusive":
-            if verdict(ratio, self.equivalence) == "slower" and ratio.one_calm_of_several:
+            if verdict(ratio, self.equivalence) == "slower":  # slower, but not settled for this question
+                if ratio.one_calm_of_several:
+                    why = (f"slower in the one process calm for both ({ratio.timed} timed them; the others "
+                           "ran disturbed)")  # fmt: skip
+                else:
+                    low, high = ratio.tie_bounds
+                    why = (f"slower, but its {TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] crosses "
+                           f"the ±{self.equivalence:.0%} margin")  # fmt: skip
                 return (
-                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: "
-                    f"slower in the one process calm for both ({ratio.timed} timed them; the others "
-                    f"ran disturbed), and in a tie it would ship instead; shipped as the faster; to "
-                    f"settle it, {resolve_hint(ratio)}"
-                )
-            if verdict(ratio, self.equivalence) == "slower":  # slower, but maybe within the margin
-                low, high = ratio.tie_bounds
-                return (
-                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: "
-                    f"slower, but its {TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] crosses the "
-                    f"±{self.equivalence:.0%} margin, and in a tie it would ship instead; shipped as the "
-                    f"faster; to settle it, {resolve_hint(ratio)}"
+                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: {why}, "
+                    f"and in a tie it would ship instead; shipped as the faster; to settle it, "
+                    f"{resolve_hint(ratio)}"
                 )
             return (
                 f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: shipped "

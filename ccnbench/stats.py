@@ -209,10 +209,11 @@ def verdict(interval: Interval | None, margin: float = EQUIVALENCE, material: bo
     low, high = interval.tie_bounds
     if low >= 1 / (1 + margin) and high <= 1 + margin:
         return "tie"
-    settled = not (material and interval.one_calm_of_several)
-    if interval.low > 1 and settled and not (material and low <= 1 + margin):
+    if material and interval.one_calm_of_several:
+        return "inconclusive"
+    if interval.low > 1 and not (material and low <= 1 + margin):
         return "slower"
-    if interval.high < 1 and settled and not (material and high >= 1 / (1 + margin)):
+    if interval.high < 1 and not (material and high >= 1 / (1 + margin)):
         return "faster"
     return "inconclusive"
 

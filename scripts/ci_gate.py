@@ -142,8 +142,12 @@ def needs_second_pair(first: comparing.Comparison, target_cases: int = TARGET_CA
     16 of 20 ONNX Runtime cases 18-61 % slower, none resolved, and the gate passed on one pair)."""
     if any(c.kind == "regression" for c in first.changes):
         return True
-    beyond = Counter(c.target for c in first.changes if (c.slowdown or 0) > first.threshold)
-    return any(n >= target_cases for n in beyond.values())
+    return any(n >= target_cases for n in Counter(c.target for c in slower_beyond(first)).values())
+
+
+def slower_beyond(comparison: comparing.Comparison) -> list[comparing.Change]:
+    """The cases slower than the comparison's threshold, resolved or not."""
+    return [c for c in comparison.changes if (c.slowdown or 0) > comparison.threshold]
 
 
 def confirmed(
@@ -154,7 +158,7 @@ def confirmed(
     (a target-wide slow-down). Load from other jobs moves one run's ratios, or one case's in every
     run; a real slow-down of a target moves many of its cases in every head run."""
     found = [{c.key for c in pair.changes if c.kind == "regression"} for pair in pairs]
-    beyond = [{c.key for c in p.changes if (c.slowdown or 0) > pooled.threshold} for p in pairs]
+    beyond = [{c.key for c in slower_beyond(p)} for p in pairs]
     wide = [c for c in pooled.changes if c.kind == "regression" and all(c.key in b for b in beyond)]
     per_target = Counter(c.target for c in wide)
     changes = []
