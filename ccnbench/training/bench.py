@@ -37,7 +37,7 @@ from ccnbench.models import build_kept, merge
 from ccnbench.models.spec import ModelSpec, spec_from_preset
 from ccnbench.timing import Block, LatencyStats, Protocol, warm_up
 from ccnbench.training.equivalent import training_form
-from ccnbench.training.step import OPTIMIZERS, make_batch, make_optimizer, step
+from ccnbench.training.step import OPTIMIZERS, MemberLogits, make_batch, make_optimizer, step
 
 TARGETS = ("torch:cpu", "compile:cpu", "torch:cuda", "compile:cuda")
 DEFAULT_VARIANTS = ("feature", "model", "decision", "multitask")  # early fusion has no branches to merge
@@ -143,6 +143,8 @@ def _build_member(
     batch per batch size: a runner per batch size, all stepping the same module."""
     kept = build_kept(spec).train()
     module = {"kept": lambda m: m, "deployment": merge, "training": training_form}[member.form](kept)
+    if member.loss_mode == "members":
+        module = MemberLogits(module)  # so that a compiled step compiles the members' logits too
     module = module.to(target.device_kind).train()
     # A small learning rate: hundreds of steps on one batch must not diverge into NaN arithmetic.
     opt = make_optimizer(config.optimizer, module.parameters(), lr=1e-3)

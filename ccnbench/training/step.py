@@ -61,9 +61,26 @@ def loss(model: nn.Module, batch: Batch, mode: str = "fused") -> Tensor:
     return F.cross_entropy(out, batch.labels)
 
 
+class MemberLogits(nn.Module):
+    """A kept or unfolded decision fusion whose forward returns each member's logits (B, N,
+    classes): the module a loss per member trains. ``torch.compile`` compiles a module's forward
+    only, so a per-member loss must reach the members through a forward, not through a method of
+    the compiled module's inner one (which runs eager)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return member_logits(self.model, inputs)
+
+
 def member_logits(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
-    """(B, N, classes) for a kept decision fusion or its unfolded form; a usage error otherwise."""
+    """(B, N, classes) for a kept decision fusion or its unfolded form (either of them, or either
+    wrapped in ``MemberLogits``, compiled or not); a usage error otherwise."""
     target = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    if isinstance(target, MemberLogits):
+        return model(*inputs)  # through the compiled forward where there is one
     if isinstance(target, UnfoldedDecision):
         return model.member_logits(*inputs) if model is target else target.member_logits(*inputs)
     if isinstance(target, DecisionFusion):

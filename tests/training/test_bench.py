@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -53,6 +54,33 @@ def test_a_contest_tells_its_rounds_how_long_each_members_warm_up_step_took(monk
     # one interleave per batch size, told a step time for each member (kept, merged): the first
     # round then needs no discarded call where a step fills its block
     assert len(seen) == 1 and len(seen[0]) == 2 and all(ms > 0 for ms in seen[0])
+
+
+def test_a_compiled_member_trained_with_a_loss_per_member_runs_its_compiled_graph(monkeypatch):
+    """A per-member loss reaches the members' logits through the compiled module's forward: a
+    compiled kept-members or unfolded-members step must not run eager."""
+    real_compile, outputs = torch.compile, []
+
+    def recording_backend(graph, example_inputs):
+        def run(*args):
+            result = graph.forward(*args)  # the traced graph as it is: no Inductor build in a unit test
+            outputs.append([tuple(t.shape) for t in result])
+            return result
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=recording_backend, **kw))
+    spec = spec_from_preset("tiny", "decision", branches=2)
+    for member in members_of("decision"):
+        outputs.clear()
+        runner = bench._build_member(
+            member, spec, Target.parse("compile:cpu"), replace(TINY, targets=("compile:cpu",))
+        )[2]
+        runner.call()
+        # the step ran a compiled graph, and it gave what the member's loss reads: each member's
+        # logits (batch, members, classes) for a loss per member, the fused ones otherwise
+        expected = (2, 2, spec.classes) if member.loss_mode == "members" else (2, spec.classes)
+        assert [expected] in outputs, (member.name, outputs)
 
 
 def _record(process, kept_ms, merged_ms):
