@@ -500,12 +500,9 @@ def _run_jobs(title: str, jobs: Any) -> list[Any]:
 
 
 def _progress() -> Any:
-    from rich import progress as bar
+    from ccnbench.progress import bar
 
-    # stderr, and gone when done: stdout stays clean for --json and pipes.
-    columns = (bar.TextColumn("{task.description}"), bar.BarColumn(), bar.MofNCompleteColumn(),
-               bar.TimeElapsedColumn(), bar.TextColumn("eta"), bar.TimeRemainingColumn())  # fmt: skip
-    return bar.Progress(*columns, console=err_console, transient=True)
+    return bar(err_console)
 
 
 def _print_json(data: Any) -> None:

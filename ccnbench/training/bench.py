@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -203,8 +205,11 @@ def run_contest(
     return records
 
 
-def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
-    """Every contest of ``config`` in this process: one record per (variant, target, batch)."""
+def run_process(
+    config: BenchConfig, process: int, on_contest: Callable[[str, bool], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every contest of ``config`` in this process: one record per (variant, target, batch).
+    ``on_contest(what, done)`` as each contest starts and ends ("feature-n3@small on compile:cpu")."""
     if config.threads:
         torch.set_num_threads(config.threads)
     records = []
@@ -214,6 +219,9 @@ def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
                 b: {"label": spec.label, "variant": spec.variant, "target": text, "batch": b}
                 for b in config.batches
             }
+            what = f"{spec.label} on {text}"
+            if on_contest:
+                on_contest(what, False)
             try:
                 contest = run_contest(spec, Target.parse(text), config, process)
                 records.extend({**keys[b], **contest[b]} for b in config.batches)
@@ -221,6 +229,8 @@ def run_process(config: BenchConfig, process: int) -> list[dict[str, Any]]:
                 records.extend({**keys[b], "failed": one_line(exc)} for b in config.batches)
             if text.startswith("compile"):
                 torch._dynamo.reset()  # one contest's compiled graphs must not pile up in the next
+            if on_contest:
+                on_contest(what, True)
     return records
 
 
@@ -281,29 +291,71 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[MemberResult]:
     return results
 
 
-def run(config: BenchConfig, on_process: Callable[[int], None] | None = None,
+def run(config: BenchConfig, on_contest: Callable[[int, str, bool], None] | None = None,
         timeout_s: float = 1800.0) -> list[MemberResult]:  # fmt: skip
-    """The benchmark: ``config.processes`` fresh processes, each running every contest once."""
+    """The benchmark: ``config.processes`` fresh processes, each running every contest once.
+    ``on_contest(process, what, done)`` as a process starts and ends each contest: the first
+    process of a cold run spends minutes compiling, and a user should see where."""
     records: list[dict[str, Any]] = []
     for process in range(config.processes):
-        if on_process:
-            on_process(process)
-        command = [sys.executable, "-m", "ccnbench.training.bench", config.to_json(), str(process)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise CcnbenchError(f"training benchmark process {process} ran past {timeout_s:.0f} s") from exc
-        if done.returncode != 0:
-            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise CcnbenchError(f"training benchmark process {process} failed: {one_line(tail[0])}")
-        records.extend(json.loads(done.stdout.strip().splitlines()[-1]))
+        report = partial(on_contest, process) if on_contest else None
+        records.extend(_run_worker(config, process, report, timeout_s))
     return summarize(records)
 
 
+def _run_worker(
+    config: BenchConfig, process: int, on_contest: Callable[[str, bool], None] | None, timeout_s: float
+) -> list[dict[str, Any]]:
+    """One fresh worker process: its progress lines as they come, then its records (its last line)."""
+    command = [sys.executable, "-m", "ccnbench.training.bench", config.to_json(), str(process)]
+    records: list[dict[str, Any]] | None = None
+    expired = threading.Event()
+    # stderr to a file, not a pipe: nobody reads it until the end, and a full pipe would stall the worker
+    with tempfile.TemporaryFile("w+") as errors:
+        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        timer = threading.Timer(timeout_s, lambda: (expired.set(), worker.kill()))
+        timer.start()
+        try:
+            for line in worker.stdout or ():
+                message = _message(line)
+                if isinstance(message, list):
+                    records = message
+                elif isinstance(message, dict) and "contest" in message and on_contest:
+                    on_contest(str(message["contest"]), bool(message["done"]))
+            code = worker.wait()
+        finally:
+            timer.cancel()
+            if worker.poll() is None:  # interrupted while reading: leave no worker behind
+                worker.kill()
+        if expired.is_set():
+            raise CcnbenchError(f"training benchmark process {process} ran past {timeout_s:.0f} s")
+        errors.seek(0)
+        tail = errors.read().strip().splitlines()[-1:] or ["no output"]
+    if code != 0:
+        raise CcnbenchError(f"training benchmark process {process} failed: {one_line(tail[0])}")
+    if records is None:
+        raise CcnbenchError(f"training benchmark process {process} printed no results: {one_line(tail[0])}")
+    return records
+
+
+def _message(line: str) -> object:
+    """A worker's stdout line: a progress message (dict), its records (list), or anything else a
+    library printed (None)."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 def _main(argv: Sequence[str]) -> int:
-    """Worker entry point: ``python -m ccnbench.training.bench CONFIG_JSON PROCESS`` prints one JSON line."""
+    """Worker entry point: ``python -m ccnbench.training.bench CONFIG_JSON PROCESS`` prints a JSON
+    line as each contest starts and ends ({"contest": ..., "done": ...}), then its records (a list)."""
     config, process = BenchConfig.from_json(argv[0]), int(argv[1])
-    print(json.dumps(run_process(config, process)))
+
+    def report(what: str, done: bool) -> None:
+        print(json.dumps({"contest": what, "done": done}), flush=True)
+
+    print(json.dumps(run_process(config, process, report)), flush=True)
     return 0
 
 

@@ -20,6 +20,7 @@ from ccnbench import selection
 from ccnbench.errors import UsageError
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="Size preset: tiny, small, medium.")]
 Branches = Annotated[
@@ -184,7 +185,7 @@ def train_bench(
     json_output: JsonFlag = False,
 ) -> None:
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
-    from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig, run
+    from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig
 
     given = {"min_rounds": rounds, "contest_seconds": contest_seconds}
     protocol = replace(PROTOCOL, **{k: v for k, v in given.items() if v is not None})
@@ -193,17 +194,40 @@ def train_bench(
         targets=tuple(t.strip() for t in target.split(",")), processes=processes, protocol=protocol,
         optimizer=optimizer, branches=branches, threads=threads,
     )  # fmt: skip
-    start = time.perf_counter()
-
-    def progress(p: int) -> None:
-        print(f"process {p + 1}/{processes} ({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
-
-    results = run(config, on_process=progress)
-    print(f"training benchmark: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    results = _run_with_progress(config)
     if json_output:
         _print_json([r.to_dict() for r in results])
     else:
         _print_bench(results, f"training step, preset {preset!r}, {processes} processes")
+
+
+def _run_with_progress(config: Any) -> Any:
+    """``bench.run`` under a progress bar over its contests (processes × variants × targets), with a
+    line per process for logs, where the bar does not show."""
+    from ccnbench.progress import bar
+    from ccnbench.training.bench import run
+
+    start = time.perf_counter()
+    begun: set[int] = set()
+    with bar(err_console) as shown:
+        task = shown.add_task("starting", total=config.processes * len(config.variants) * len(config.targets))
+
+        def on_contest(process: int, what: str, done: bool) -> None:
+            if done:
+                shown.advance(task)
+                return
+            if process not in begun:
+                begun.add(process)
+                shown.console.print(
+                    f"process {process + 1}/{config.processes} ({time.perf_counter() - start:.0f} s so far)"
+                )
+            # The first process of a run compiles every graph unless Inductor's cache has them.
+            building = " (compiling: minutes when cold)" if process == 0 and "compile" in what else ""
+            shown.update(task, description=f"process {process + 1}/{config.processes}: {what}{building}")
+
+        results = run(config, on_contest=on_contest)
+    err_console.print(f"training benchmark: {time.perf_counter() - start:.0f} s")
+    return results
 
 
 def _print_bench(results: Any, title: str) -> None:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ccnbench.backends.base import Target
 from ccnbench.cli import _OneLineErrors
-from ccnbench.errors import UsageError
+from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.models import spec_from_preset
 from ccnbench.timing import Block, Protocol
 from ccnbench.training import bench
@@ -83,6 +83,23 @@ def test_a_compiled_member_trained_with_a_loss_per_member_runs_its_compiled_grap
         assert [expected] in outputs, (member.name, outputs)
 
 
+def test_a_worker_reports_each_contest_as_it_starts_and_ends_then_prints_its_records(capsys):
+    config = replace(TINY, variants=("model", "decision"))
+    assert bench._main([config.to_json(), "0"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = [(m["contest"], m["done"]) for m in lines[:-1]]
+    assert events == [("model-n3@tiny on torch:cpu", False), ("model-n3@tiny on torch:cpu", True),
+                      ("decision-n3@tiny on torch:cpu", False), ("decision-n3@tiny on torch:cpu", True)]  # fmt: skip
+    records = lines[-1]
+    assert [(r["variant"], r["batch"]) for r in records] == [("model", 2), ("decision", 2)]
+    assert all("blocks" in r for r in records)
+
+
+def test_a_worker_past_its_time_is_stopped_and_said_in_one_line():
+    with pytest.raises(CcnbenchError, match="process 0 ran past 0 s"):
+        bench._run_worker(TINY, 0, None, timeout_s=0.2)  # torch alone takes longer to import
+
+
 def _record(process, kept_ms, merged_ms):
     def blocks(ms):
         return [asdict(Block(process, r, (ms * (1 + 0.01 * r), ms * (1 - 0.01 * r)))) for r in range(4)]
@@ -128,7 +145,7 @@ def test_a_config_keeps_its_protocol_through_json():
 
 def test_cli_rounds_and_contest_seconds_fill_the_protocol(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench, "run", lambda config, on_process=None: seen.append(config) or [])
+    monkeypatch.setattr(bench, "run", lambda config, on_contest=None: seen.append(config) or [])
     app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_enable=False)
     register(app)
     args = ["train-bench", "-v", "model", "-p", "tiny", "-b", "2", "-t", "torch:cpu", "--processes", "2",
@@ -152,6 +169,7 @@ def test_cli_runs_fresh_processes_and_reports_ratios():
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)  # progress lines go to stderr
+    assert "process 2/2" in result.stderr and "training benchmark:" in result.stderr
     merged = [r for r in rows if r["member"] == "merged"]
     assert {r["target"] for r in merged} == {"torch:cpu", "compile:cpu"}
     # both processes, or the one calm for both members (a process over 15 % slow is left out)
