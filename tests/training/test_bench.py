@@ -170,6 +170,7 @@ def test_cli_runs_fresh_processes_and_reports_ratios():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)  # progress lines go to stderr
     assert "process 2/2" in result.stderr and "training benchmark:" in result.stderr
+    assert "of it building and warming compiled forms in process 1" in result.stderr  # Inductor's share
     merged = [r for r in rows if r["member"] == "merged"]
     assert {r["target"] for r in merged} == {"torch:cpu", "compile:cpu"}
     # both processes, or the one calm for both members (a process over 15 % slow is left out)
