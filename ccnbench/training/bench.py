@@ -26,12 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ccnbench import stats
+from ccnbench import fileio, stats
 from ccnbench.backends.base import Runner, Target
 from ccnbench.contest import interleave
 from ccnbench.errors import CcnbenchError, UsageError, one_line
@@ -345,6 +347,28 @@ def _message(line: str) -> object:
         return json.loads(line)
     except ValueError:
         return None
+
+
+# A results file of its own, not ``ccnbench.results``: a training step is no inference case, and
+# ``compare`` and ``report`` do not read it.
+SCHEMA = "ccnbench.train-bench"
+SCHEMA_VERSION = 1
+
+
+def write_results(path: Path, config: BenchConfig, results: Sequence[MemberResult]) -> None:
+    """``path`` (atomically): what was asked (``config``), the machine it ran on and every member's
+    result, as ``--json`` prints them."""
+    from ccnbench.environment import collect
+
+    document = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "environment": collect(threads=config.threads).to_dict(),
+        "results": [r.to_dict() for r in results],
+    }
+    fileio.write_text(path, json.dumps(document, indent=1) + "\n")
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -183,9 +183,18 @@ def train_bench(
         int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")
     ] = None,
     json_output: JsonFlag = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Also write the results, the config and the machine to this JSON file."
+        ),
+    ] = None,
 ) -> None:
     """Time one optimisation step (forward, loss, backward, optimizer step) of each form, kept vs merged."""
-    from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig
+    from ccnbench.training.bench import DEFAULT_VARIANTS, PROTOCOL, BenchConfig, write_results
+
+    if out is not None and out.is_dir():  # said now, not after minutes of measuring
+        raise UsageError(f"--out {out} is a directory: name the JSON file to write")
 
     given = {"min_rounds": rounds, "contest_seconds": contest_seconds}
     protocol = replace(PROTOCOL, **{k: v for k, v in given.items() if v is not None})
@@ -199,6 +208,9 @@ def train_bench(
         _print_json([r.to_dict() for r in results])
     else:
         _print_bench(results, f"training step, preset {preset!r}, {processes} processes")
+    if out is not None:  # after printing: a file that cannot be written loses no figures
+        write_results(out, config, results)
+        err_console.print(f"results: {out}")
 
 
 def _run_with_progress(config: Any) -> Any:

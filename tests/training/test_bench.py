@@ -160,6 +160,26 @@ def test_cli_rounds_and_contest_seconds_fill_the_protocol(monkeypatch):
     assert seen[-1].protocol == PROTOCOL
 
 
+def test_cli_out_writes_the_results_with_their_config_and_machine(monkeypatch, tmp_path):
+    records = json.loads(json.dumps([_record(0, 10.0, 5.0), _record(1, 11.0, 5.6)]))
+    monkeypatch.setattr(bench, "run", lambda config, on_contest=None: summarize(records))
+    app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_enable=False)
+    register(app)
+    out = tmp_path / "runs" / "train.json"  # its folder is made
+    args = ["train-bench", "-v", "model", "-p", "tiny", "-b", "8", "-t", "torch:cpu", "--processes", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["schema"] == "ccnbench.train-bench" and document["config"]["processes"] == 2
+    assert document["environment"]["machine_id"] and document["environment"]["torch"] == torch.__version__
+    merged = next(r for r in document["results"] if r["member"] == "merged")
+    assert merged["ratio"]["processes"] == 2 and 0.5 < merged["ratio"]["value"] < 0.53
+    # a folder is refused before anything is measured, in one line
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured although --out was a folder"))
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert refused.exit_code == 2 and "is a directory" in refused.output
+
+
 @pytest.mark.slow
 def test_cli_runs_fresh_processes_and_reports_ratios():
     app = typer.Typer(cls=_OneLineErrors, pretty_exceptions_enable=False)
