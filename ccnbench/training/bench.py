@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ccnbench import fileio, stats
+from ccnbench import fileio, stats, worker
 from ccnbench.backends.base import Runner, Target
 from ccnbench.contest import interleave
 from ccnbench.errors import CcnbenchError, UsageError, one_line
@@ -195,8 +195,9 @@ def run_contest(
         # The warm-up step's time stands in for a first block's discarded call: a step that fills
         # the block (all of them at the small preset: >= 100 ms) is timed once per block from the
         # first round, as in later rounds, which saves one step per member and batch (the default
-        # run, warm, back to back: 317 s before, 274 s after, 2-core AMD EPYC). A compiling warm-up always seems to fill it; a shorter compiled step's block still
-        # lasts block_seconds, and its first call (after another member's) is not its fastest.
+        # run, warm, back to back: 317 s before, 274 s after, 2-core AMD EPYC). A compiling warm-up
+        # always seems to fill it; a shorter compiled step's block still lasts block_seconds, and its
+        # first call (after another member's) is not its fastest.
         known = [warm_ms[m.name, batch] for m in members]
         blocks = interleave([r.call for r in steps], steps, pairs, config.protocol, batch, process,
                             known_ms=known)  # fmt: skip
@@ -314,21 +315,23 @@ def _run_worker(
     expired = threading.Event()
     # stderr to a file, not a pipe: nobody reads it until the end, and a full pipe would stall the worker
     with tempfile.TemporaryFile("w+") as errors:
-        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
-        timer = threading.Timer(timeout_s, lambda: (expired.set(), worker.kill()))
+        # Its own process group, killed whole (``worker.kill``, as a sweep's workers are): Inductor
+        # compiles in child processes that must not outlive a worker past its time.
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
+        timer = threading.Timer(timeout_s, lambda: (expired.set(), worker.kill(proc)))
         timer.start()
         try:
-            for line in worker.stdout or ():
+            for line in proc.stdout or ():
                 message = _message(line)
                 if isinstance(message, list):
                     records = message
                 elif isinstance(message, dict) and "contest" in message and on_contest:
                     on_contest(str(message["contest"]), bool(message["done"]))
-            code = worker.wait()
+            code = proc.wait()
         finally:
             timer.cancel()
-            if worker.poll() is None:  # interrupted while reading: leave no worker behind
-                worker.kill()
+            if proc.poll() is None:  # interrupted while reading: leave no worker behind
+                worker.kill(proc)
         if expired.is_set():
             raise CcnbenchError(f"training benchmark process {process} ran past {timeout_s:.0f} s")
         errors.seek(0)
@@ -340,12 +343,12 @@ def _run_worker(
     return records
 
 
-def _message(line: str) -> object:
+def _message(line: bytes) -> object:
     """A worker's stdout line: a progress message (dict), its records (list), or anything else a
     library printed (None)."""
     try:
         return json.loads(line)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -76,18 +76,20 @@ class MemberLogits(nn.Module):
 
 
 def member_logits(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
-    """(B, N, classes) for a kept decision fusion or its unfolded form (either of them, or either
-    wrapped in ``MemberLogits``, compiled or not); a usage error otherwise."""
-    target = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
-    if isinstance(target, MemberLogits):
+    """(B, N, classes) for a kept decision fusion or its unfolded form, or for either wrapped in
+    ``MemberLogits``; a usage error otherwise. A compiled module is only ever called through its
+    forward: a compiled decision fusion must be a ``MemberLogits`` before ``torch.compile``
+    (reaching into ``_orig_mod`` for the members would run them eager)."""
+    if isinstance(getattr(model, "_orig_mod", model), MemberLogits):
         return model(*inputs)  # through the compiled forward where there is one
-    if isinstance(target, UnfoldedDecision):
-        return model.member_logits(*inputs) if model is target else target.member_logits(*inputs)
-    if isinstance(target, DecisionFusion):
-        per_branch = inputs * target.spec.branches if target.spec.input_mode == "shared" else inputs
-        return torch.stack([m(x) for m, x in zip(target.members, per_branch)], dim=1)
+    if isinstance(model, UnfoldedDecision):
+        return model.member_logits(*inputs)
+    if isinstance(model, DecisionFusion):
+        per_branch = inputs * model.spec.branches if model.spec.input_mode == "shared" else inputs
+        return torch.stack([m(x) for m, x in zip(model.members, per_branch)], dim=1)
     raise UsageError(
-        "a loss per member needs decision fusion's kept or unfolded form (the folded head has none)"
+        "a loss per member needs decision fusion's kept or unfolded form (the folded head has none;"
+        " compiled, wrapped in MemberLogits first)"
     )
 
 

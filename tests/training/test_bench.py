@@ -83,6 +83,17 @@ def test_a_compiled_member_trained_with_a_loss_per_member_runs_its_compiled_grap
         assert [expected] in outputs, (member.name, outputs)
 
 
+def test_a_compiled_decision_fusion_is_never_reached_into_for_its_members():
+    """Without ``MemberLogits`` a compiled model's members could only be called eager: refused."""
+    from ccnbench.models import build_kept
+    from ccnbench.training.step import member_logits
+
+    spec = spec_from_preset("tiny", "decision", branches=2)
+    compiled = torch.compile(build_kept(spec), backend="eager")
+    with pytest.raises(UsageError, match="wrapped in MemberLogits"):
+        member_logits(compiled, bench.make_batch(spec, 2).inputs)
+
+
 def test_a_worker_reports_each_contest_as_it_starts_and_ends_then_prints_its_records(capsys):
     config = replace(TINY, variants=("model", "decision"))
     assert bench._main([config.to_json(), "0"]) == 0
