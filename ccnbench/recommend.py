@@ -14,13 +14,14 @@ contest the comparison is the paired fastest-call ratio with its 95 % interval o
   another). Among formats tied with the fastest the simpler one is shipped (eager before compiled
   or exported, kept before merged, a vendor-neutral runtime before a hardware vendor's own, then
   by target name so that two runs pick the same one), and the line says so.
-- *slower*: the fastest is shipped. When the runner-up is the simpler format (a tie would ship
-  it), slower must mean beyond the margin: its 90 % interval above it (``stats.verdict``'s
-  ``material``).
-- *inconclusive*: the interval contains parity but is too wide to call a tie, or (a simpler
-  runner-up) it crosses the margin's edge. The fastest point estimate is shipped, and the line
-  says that the answer is inconclusive and what to run to settle it (more processes per
-  contest). It is never called a tie.
+- *slower*: the fastest is shipped.
+- *inconclusive*: the runner-up's interval contains parity but is too wide to call a tie; or a
+  format simpler than the one shipped (a tie would ship it instead), whichever its rank, has an
+  undecided tie with the fastest (``undecided_tie``): its interval crosses the margin's edge
+  (``stats.verdict``'s ``material``), or only one calm process of several says it is slower.
+  The fastest point estimate (or the simplest of those tied with it) is shipped, and the line
+  says that the answer is inconclusive, against which format, and what to run to settle it
+  (more processes per contest). It is never called a tie.
 - *unpaired*: the two never ran in one contest; a ratio of fastest calls, said as such.
 
 A merged layout whose graph is the kept one (early fusion has no parallel branches; a user's
@@ -85,6 +86,8 @@ class Recommendation:
     not_measured: tuple[str, ...] = field(default_factory=tuple)
     tie_note: str = ""  # why a format that was not the fastest is shipped
     equivalence: float = EQUIVALENCE  # the margin inside which a ratio is a tie
+    fastest: Choice | None = None  # the fastest passing format (``best`` unless a tie shipped another)
+    undecided: Choice | None = None  # a simpler format whose tie with ``fastest`` is open (``undecided_tie``)
 
     @property
     def runner_up_ratio(self) -> Interval | None:
@@ -94,22 +97,29 @@ class Recommendation:
         return pair(self.runner_up.case, self.best.case)
 
     @property
-    def verdict(self) -> str:
-        """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up),
-        judged against the margin (``material``) when the runner-up is the simpler of the two:
-        it would ship in a tie, so "slower" must mean beyond the margin."""
-        if self.best is None or self.runner_up is None:
-            return ""
-        return verdict(self.runner_up_ratio, self.equivalence, material=self.decides_tie)
+    def undecided_ratio(self) -> Interval | None:
+        """The undecided format's latency over the fastest's."""
+        if self.undecided is None or self.fastest is None:
+            return None
+        return pair(self.undecided.case, self.fastest.case)
 
     @property
-    def decides_tie(self) -> bool:
-        """Whether the runner-up is simpler than what is shipped, so a tie would ship it instead."""
-        return (
-            self.best is not None
-            and self.runner_up is not None
-            and simplicity(self.runner_up.case) < simplicity(self.best.case)
-        )
+    def open_ratio(self) -> Interval | None:
+        """The ratio that leaves the answer open, or that settles it: the undecided tie's, else the
+        runner-up's."""
+        return self.undecided_ratio if self.undecided is not None else self.runner_up_ratio
+
+    @property
+    def verdict(self) -> str:
+        """ "inconclusive" while a simpler format's tie with the fastest is undecided; otherwise
+        ``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up)."""
+        if self.best is None:
+            return ""
+        if self.undecided is not None:
+            return "inconclusive"
+        if self.runner_up is None:
+            return ""
+        return verdict(self.runner_up_ratio, self.equivalence)
 
     @property
     def inconclusive(self) -> bool:
@@ -131,24 +141,14 @@ class Recommendation:
         )
         ratio = self.runner_up_ratio
         if self.tie_note:
-            return f"{text}; {self.tie_note}"
+            text = f"{text}; {self.tie_note}"
+            return f"{text}; {self._undecided_line()}" if self.undecided is not None else text
         if self.runner_up is None or ratio is None:
             return text
+        if self.undecided is not None:
+            return f"{text}; {self._undecided_line()}"
         runner = self.runner_up.label
         if self.verdict == "inconclusive":
-            if verdict(ratio, self.equivalence) == "slower":  # slower, but not settled for this question
-                if ratio.one_calm_of_several:
-                    why = (f"slower in the one process calm for both ({ratio.timed} timed them; the others "
-                           "ran disturbed)")  # fmt: skip
-                else:
-                    low, high = ratio.tie_bounds
-                    why = (f"slower, but its {TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] crosses "
-                           f"the ±{self.equivalence:.0%} margin")  # fmt: skip
-                return (
-                    f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: {why}, "
-                    f"and in a tie it would ship instead; shipped as the faster; to settle it, "
-                    f"{resolve_hint(ratio)}"
-                )
             return (
                 f"{text}; INCONCLUSIVE against {runner}, which takes {ratio.format()} its time: shipped "
                 f"as the faster point estimate, not a tie; to settle it, {resolve_hint(ratio)}"
@@ -160,6 +160,25 @@ class Recommendation:
             )
         said = {"tie": f"a tie: {tie_evidence(ratio, self.equivalence)}"}.get(self.verdict, self.verdict)
         return f"{text}; runner-up {runner} takes {ratio.format()} its time ({said})"
+
+    def _undecided_line(self) -> str:
+        """Why the undecided tie leaves the answer open, and what settles it."""
+        assert self.undecided is not None and self.fastest is not None and self.best is not None
+        ratio = self.undecided_ratio
+        assert ratio is not None
+        of = "its time" if self.fastest is self.best else f"the time of the fastest, {self.fastest.label}"
+        if verdict(ratio, self.equivalence) != "slower":
+            why = f"not a tie: its {TIE_CONFIDENCE:.0%} interval is too wide to tell"
+        elif ratio.one_calm_of_several:
+            why = f"slower in the one process calm for both ({ratio.timed} timed them; the others ran disturbed)"
+        else:
+            low, high = ratio.tie_bounds
+            why = (f"slower, but its {TIE_CONFIDENCE:.0%} interval [{low:.2f}, {high:.2f}] crosses the "
+                   f"±{self.equivalence:.0%} margin")  # fmt: skip
+        return (
+            f"INCONCLUSIVE against {self.undecided.label}, which takes {ratio.format()} {of}: {why}, and in "
+            f"a tie it would ship instead; to settle it, {resolve_hint(ratio)}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def choice(c: Choice | None) -> dict[str, Any] | None:
@@ -182,8 +201,10 @@ class Recommendation:
             "not_measured": list(self.not_measured),
             "runner_up_ratio": self.runner_up_ratio.to_dict() if self.runner_up_ratio else None,
             "tie_note": self.tie_note,
+            "undecided": choice(self.undecided),
+            "undecided_ratio": self.undecided_ratio.to_dict() if self.undecided_ratio else None,
             "verdict": self.verdict,
-            "resolve": resolve_hint(self.runner_up_ratio) if self.inconclusive else None,
+            "resolve": resolve_hint(self.open_ratio) if self.inconclusive else None,
             "summary": self.line(),
         }
 
@@ -211,9 +232,12 @@ def recommend(
         timed = sorted(
             (c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.fastest
         )
-        passing, note = break_ties([c for c in timed if c.passed], equivalence)
+        ranked = [c for c in timed if c.passed]
+        passing, note = break_ties(ranked, equivalence)
         best = Choice(passing[0]) if passing else None
         runner_up = Choice(passing[1]) if len(passing) > 1 else None
+        fastest = (best if ranked[0] is passing[0] else Choice(ranked[0])) if ranked else None
+        undecided = undecided_tie(ranked, passing[0], equivalence) if ranked else None
         rejected = []
         for c in timed:
             if best is not None and c.latency.fastest >= best.fastest:
@@ -229,7 +253,17 @@ def recommend(
         )
         out.append(
             Recommendation(
-                model, batch, device, best, runner_up, tuple(rejected), tuple(not_measured), note, equivalence
+                model,
+                batch,
+                device,
+                best,
+                runner_up,
+                tuple(rejected),
+                tuple(not_measured),
+                note,
+                equivalence,
+                fastest,
+                Choice(undecided) if undecided is not None else None,
             )
         )
     return out
@@ -331,6 +365,30 @@ def break_ties(
         f"{f.precision} (this one takes {ratio.format()} its time): {why}"
     )
     return [pick, *(c for c in passing if c is not pick)], note
+
+
+def undecided_tie(
+    ranked: Sequence[CaseResult], shipped: CaseResult, equivalence: float = EQUIVALENCE
+) -> CaseResult | None:
+    """Formats sorted fastest first, and the one shipped -> the simplest format simpler than it
+    whose tie with the fastest this run could not decide, or None.
+
+    A tie would ship such a format instead, so "slower" has to mean beyond the margin (``material``
+    ``stats.verdict``), whichever its rank: an interval across the margin's edge, one too wide to
+    call, or one calm process of several leaves the answer open. Judging only the runner-up let a
+    third format decide by a hair: run 20261202-120608 (2-core AMD EPYC, quiet) shipped OpenVINO
+    for feature fusion at batch 1 because ONNX Runtime kept took 1.10x [1.08, 1.11] the fastest's
+    time (90 % interval up to 1.109, just past ±10 %), the next run shipped ONNX Runtime kept on
+    1.08x [1.06, 1.10], a tie, and both runs called their answer settled."""
+    if len(ranked) < 2:
+        return None
+    fastest, bar = ranked[0], simplicity(shipped)
+    open_ = [
+        c
+        for c in ranked[1:]
+        if simplicity(c) < bar and verdict(pair(c, fastest), equivalence, material=True) == "inconclusive"
+    ]
+    return min(open_, key=simplicity, default=None)
 
 
 def _why_rejected(case: CaseResult, best: Choice | None) -> str:

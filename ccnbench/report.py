@@ -138,7 +138,9 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             continue
         ratio = r.runner_up_ratio
         runner = "-"
-        if r.runner_up and ratio is not None:
+        if r.undecided is not None and r.undecided_ratio is not None:
+            runner = f"{r.undecided.label} ({r.undecided_ratio.format()} of the fastest, INCONCLUSIVE: a tie would ship it)"
+        elif r.runner_up and ratio is not None:
             said = {"tie": "tie: simpler shipped" if r.tie_note else "tie", "inconclusive": "INCONCLUSIVE"}
             runner = f"{r.runner_up.label} ({ratio.format()}, {said.get(r.verdict, r.verdict)})"
         rows.append(
@@ -162,7 +164,7 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         "faster but rejected",
     )
     unsettled = tuple(
-        f"{r.model} batch {r.batch} on {r.device}: inconclusive; {resolve_hint(r.runner_up_ratio)}"
+        f"{r.model} batch {r.batch} on {r.device}: inconclusive; {resolve_hint(r.open_ratio)}"
         for r in recs
         if r.inconclusive
     )
@@ -173,7 +175,9 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             "call. The runner-up's time over the shipped one's (fastest calls, paired by process): a tie when "
             f"its {TIE_CONFIDENCE:.0%} interval lies inside "
             f"±{EQUIVALENCE:.0%} (two one-sided tests), inconclusive when the 95 % interval holds parity and the ratio is "
-            "not shown inside the margin (the faster point estimate is shipped)."
+            "not shown inside the margin (the faster point estimate is shipped), or when a format simpler than the one "
+            "shipped, which a tie would ship, is neither shown inside the margin of the fastest nor beyond it (that "
+            "format is named in the runner-up column)."
         ),
         TableBlock(headers, tuple(rows), frozenset({1, 4})),
     ] + ([Bullets(unsettled)] if unsettled else [])
