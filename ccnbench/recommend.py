@@ -111,8 +111,8 @@ class Recommendation:
 
     @property
     def verdict(self) -> str:
-        """ "inconclusive" while a simpler format's tie with the fastest is undecided; otherwise
-        ``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up)."""
+        """``stats.verdict`` of the runner-up against what is shipped ("" without a runner-up), or
+        "inconclusive" while a simpler format's tie with the fastest is undecided (``undecided``)."""
         if self.best is None:
             return ""
         if self.undecided is not None:
