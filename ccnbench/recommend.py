@@ -86,8 +86,14 @@ class Recommendation:
     not_measured: tuple[str, ...] = field(default_factory=tuple)
     tie_note: str = ""  # why a format that was not the fastest is shipped
     equivalence: float = EQUIVALENCE  # the margin inside which a ratio is a tie
-    fastest: Choice | None = None  # the fastest passing format (``best`` unless a tie shipped another)
     undecided: Choice | None = None  # a simpler format whose tie with ``fastest`` is open (``undecided_tie``)
+    undecided_ratio: Interval | None = None  # its latency over the fastest's
+
+    @property
+    def fastest(self) -> Choice | None:
+        """The fastest passing format: ``best``, unless a tie shipped a simpler one, which puts the
+        fastest second (``break_ties``)."""
+        return self.runner_up if self.tie_note else self.best
 
     @property
     def runner_up_ratio(self) -> Interval | None:
@@ -95,13 +101,6 @@ class Recommendation:
         if self.best is None or self.runner_up is None:
             return None
         return pair(self.runner_up.case, self.best.case)
-
-    @property
-    def undecided_ratio(self) -> Interval | None:
-        """The undecided format's latency over the fastest's."""
-        if self.undecided is None or self.fastest is None:
-            return None
-        return pair(self.undecided.case, self.fastest.case)
 
     @property
     def open_ratio(self) -> Interval | None:
@@ -139,14 +138,13 @@ class Recommendation:
             f"({deliverable(self.best.ships)}, fastest call {self.best.fastest:.3f} ms, "
             f"median {self.best.median:.3f} ms)"
         )
-        ratio = self.runner_up_ratio
         if self.tie_note:
             text = f"{text}; {self.tie_note}"
-            return f"{text}; {self._undecided_line()}" if self.undecided is not None else text
-        if self.runner_up is None or ratio is None:
-            return text
         if self.undecided is not None:
             return f"{text}; {self._undecided_line()}"
+        ratio = self.runner_up_ratio
+        if self.tie_note or self.runner_up is None or ratio is None:
+            return text
         runner = self.runner_up.label
         if self.verdict == "inconclusive":
             return (
@@ -233,11 +231,13 @@ def recommend(
             (c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.fastest
         )
         ranked = [c for c in timed if c.passed]
-        passing, note = break_ties(ranked, equivalence)
+        ratios = against_fastest(ranked)
+        passing, note = break_ties(ranked, ratios, equivalence)
         best = Choice(passing[0]) if passing else None
         runner_up = Choice(passing[1]) if len(passing) > 1 else None
-        fastest = (best if ranked[0] is passing[0] else Choice(ranked[0])) if ranked else None
-        undecided = undecided_tie(ranked, passing[0], equivalence) if ranked else None
+        undecided, undecided_ratio = (
+            undecided_tie(ranked, ratios, passing[0], equivalence) if ranked else (None, None)
+        )
         rejected = []
         for c in timed:
             if best is not None and c.latency.fastest >= best.fastest:
@@ -262,8 +262,8 @@ def recommend(
                 tuple(not_measured),
                 note,
                 equivalence,
-                fastest,
                 Choice(undecided) if undecided is not None else None,
+                undecided_ratio,
             )
         )
     return out
@@ -334,11 +334,18 @@ def simplicity(case: CaseResult) -> tuple[int, int, int, int, str]:
     )
 
 
+def against_fastest(ranked: Sequence[CaseResult]) -> list[Interval | None]:
+    """Formats sorted fastest first -> each one's latency over the fastest's (``stats.pair``; None
+    for the fastest itself), computed once for both ``break_ties`` and ``undecided_tie``."""
+    return [pair(c, ranked[0]) for c in ranked]
+
+
 def break_ties(
-    passing: Sequence[CaseResult], equivalence: float = EQUIVALENCE
+    passing: Sequence[CaseResult], ratios: Sequence[Interval | None], equivalence: float = EQUIVALENCE
 ) -> tuple[list[CaseResult], str]:
-    """Formats sorted fastest first -> the same list with the simplest of those tied with the fastest
-    moved to the front, and a note saying so ("" when the fastest stays first).
+    """Formats sorted fastest first, with their ratios to the fastest (``against_fastest``) -> the
+    same list with the simplest of those tied with the fastest moved to the front, and a note saying
+    so ("" when the fastest stays first).
 
     Tied means ``stats.verdict`` of the paired ratio against the fastest is "tie": its interval lies
     inside the equivalence margin. An inconclusive or unpaired ratio never ties.
@@ -346,12 +353,13 @@ def break_ties(
     if len(passing) < 2:
         return list(passing), ""
     fastest = passing[0]
-    tied = [fastest, *(c for c in passing[1:] if verdict(pair(c, fastest), equivalence) == "tie")]
-    pick = min(tied, key=simplicity)
-    if pick is fastest:
+    tied = [
+        (fastest, None),
+        *((c, r) for c, r in zip(passing[1:], ratios[1:]) if verdict(r, equivalence) == "tie"),
+    ]
+    pick, ratio = min(tied, key=lambda tie: simplicity(tie[0]))
+    if ratio is None:  # the fastest is the simplest of its ties
         return list(passing), ""
-    ratio = pair(pick, fastest)
-    assert ratio is not None
     f = fastest.key
     picked, first = simplicity(pick), simplicity(fastest)
     if picked[:3] < first[:3]:
@@ -368,10 +376,14 @@ def break_ties(
 
 
 def undecided_tie(
-    ranked: Sequence[CaseResult], shipped: CaseResult, equivalence: float = EQUIVALENCE
-) -> CaseResult | None:
-    """Formats sorted fastest first, and the one shipped -> the simplest format simpler than it
-    whose tie with the fastest this run could not decide, or None.
+    ranked: Sequence[CaseResult],
+    ratios: Sequence[Interval | None],
+    shipped: CaseResult,
+    equivalence: float = EQUIVALENCE,
+) -> tuple[CaseResult | None, Interval | None]:
+    """Formats sorted fastest first with their ratios to the fastest (``against_fastest``), and the
+    one shipped -> the simplest format simpler than it whose tie with the fastest this run could not
+    decide, with that ratio; (None, None) when there is none.
 
     A tie would ship such a format instead, so "slower" has to mean beyond the margin (``material``
     ``stats.verdict``), whichever its rank: an interval across the margin's edge, one too wide to
@@ -380,15 +392,13 @@ def undecided_tie(
     for feature fusion at batch 1 because ONNX Runtime kept took 1.10x [1.08, 1.11] the fastest's
     time (90 % interval up to 1.109, just past ±10 %), the next run shipped ONNX Runtime kept on
     1.08x [1.06, 1.10], a tie, and both runs called their answer settled."""
-    if len(ranked) < 2:
-        return None
-    fastest, bar = ranked[0], simplicity(shipped)
+    bar = simplicity(shipped)
     open_ = [
-        c
-        for c in ranked[1:]
-        if simplicity(c) < bar and verdict(pair(c, fastest), equivalence, material=True) == "inconclusive"
+        (c, r)
+        for c, r in zip(ranked[1:], ratios[1:])
+        if simplicity(c) < bar and verdict(r, equivalence, material=True) == "inconclusive"
     ]
-    return min(open_, key=simplicity, default=None)
+    return min(open_, key=lambda found: simplicity(found[0]), default=(None, None))
 
 
 def _why_rejected(case: CaseResult, best: Choice | None) -> str:
