@@ -18,8 +18,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from ccnbench import __version__
-from ccnbench.config import DEFAULTS, FLAGS, MODEL_DEFAULTS
 from ccnbench.errors import CcnbenchError
+from ccnbench.run.config import DEFAULTS, FLAGS, MODEL_DEFAULTS
 from ccnbench.training import commands as training_commands
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
@@ -105,7 +105,7 @@ def _root(version: Version = None) -> None:
 
 
 def _flag(name: str, kind: Any = str | None) -> Any:
-    """A sweep option (``bench``, ``check``, ``export``) as Typer reads it, from ccnbench.config.FLAGS."""
+    """A sweep option (``bench``, ``check``, ``export``) as Typer reads it, from ccnbench.run.config.FLAGS."""
     flag = FLAGS[name]
     return Annotated[kind, typer.Option(name, *([flag.short] if flag.short else []), help=flag.help)]
 
@@ -140,7 +140,7 @@ WriteReport = Annotated[bool, typer.Option("--report/--no-report", help="Write r
 
 
 def _sweep_flags(params: dict[str, Any]) -> dict[str, Any]:
-    """A command's parameters as the flags ccnbench.config reads (flag -> value); others left out."""
+    """A command's parameters as the flags ccnbench.run.config reads (flag -> value); others left out."""
     flags = {"--" + name.replace("_", "-"): value for name, value in params.items()}
     return {flag: value for flag, value in flags.items() if flag in FLAGS}
 
@@ -207,9 +207,9 @@ def export_cmd(
     """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32 or
     fp16) or to .pt2 packages."""
     options = {k: v for k, v in locals().items() if k != "json_output"}
-    from ccnbench import exporting
+    from ccnbench.run import export_files
 
-    made = exporting.make(exporting.Request(**options), _run_jobs)
+    made = export_files.make(export_files.Request(**options), _run_jobs)
     if json_output:
         _print_json(made.json)
     for item, style in [] if json_output else made.shown:
@@ -247,8 +247,8 @@ def check(
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
     flags = _sweep_flags(locals())
-    from ccnbench import check as checking
-    from ccnbench import tables
+    from ccnbench.answers import tables
+    from ccnbench.run import check as checking
 
     groups = checking.planned(flags)
     with _progress() as progress:
@@ -302,7 +302,7 @@ def bench(
 ) -> None:
     """Benchmark targets: one timing protocol, agreement for every case, isolated workers, resumable."""
     flags = _sweep_flags(locals())
-    from ccnbench import sweep
+    from ccnbench.run import sweep
 
     run, sweep_config, run_dir = sweep.begin(flags, config, resume, out)
     err_console.print(f"run directory: {run_dir}", markup=False, highlight=False)
@@ -323,15 +323,15 @@ def bench(
 
 
 def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
-    from ccnbench import tables
-    from ccnbench.check import exit_code
+    from ccnbench.answers import tables
+    from ccnbench.run.check import exit_code
 
     console.print(tables.bench_table(list(run.cases), title=f"{run.run_id}: {run.environment.summary()}"))
     _print_problems(run.cases)
     _print_unchecked(run.cases)
     _print_load(run.cases)
     if report:
-        from ccnbench.report import write_report
+        from ccnbench.answers.report import write_report
 
         console.print(f"report: {write_report([run_dir], run_dir)}", highlight=False)
     console.print(f"results: {run_dir / 'results.json'}", highlight=False)
@@ -343,7 +343,7 @@ def _bench_finish(run: Any, run_dir: Path, report: bool) -> None:
 
 def _print_closing_notes(run: Any, run_dir: Path) -> None:
     """``sweep.closing_notes`` on stderr, as text: they name sweep keys like ``[protocol]``."""
-    from ccnbench import sweep
+    from ccnbench.run import sweep
 
     for line in sweep.closing_notes(run, run_dir):
         err_console.print(line, highlight=False, markup=False)
@@ -379,7 +379,7 @@ Shippable = Annotated[bool, typer.Option("--shippable", help="Only formats that 
 @app.command()
 def report(runs: RunDirs, out: ReportOut = None) -> None:
     """Write report.md, a self-contained report.html and plots for one or more runs."""
-    from ccnbench.report import write_report
+    from ccnbench.answers.report import write_report
 
     written = write_report(runs, out)
     console.print(
@@ -401,10 +401,10 @@ def compare(
 ) -> None:
     """Regression gate: exit 1 on a new agreement failure, a new crash, or a slow-down beyond the threshold
     (speed only between runs from the same machine and software)."""
-    from ccnbench import comparable
-    from ccnbench import compare as comparing
+    from ccnbench.answers import compare as comparing
+    from ccnbench.answers import compare_sides
 
-    base_side, new_side = comparable.load_side(base), comparable.load_side(new)
+    base_side, new_side = compare_sides.load_side(base), compare_sides.load_side(new)
     if base_side.kind != new_side.kind:
         raise UsageError(f"cannot compare a {base_side.kind} file with a {new_side.kind} file")
     result = comparing.compare(
@@ -415,7 +415,7 @@ def compare(
         relative=not absolute,
         by=by,
         fail_on_missing=fail_on_missing,
-        unlike=comparable.machine_differences(base_side, new_side),
+        unlike=compare_sides.machine_differences(base_side, new_side),
         force_speed=force_speed,
     )
     if json_output:
@@ -436,9 +436,9 @@ def recommend(
 ) -> None:
     """Which format to ship: the fastest target, layout and precision that agrees with the oracle."""
     from ccnbench import shard
-    from ccnbench.analysis import all_cases
-    from ccnbench.compare import parse_threshold
-    from ccnbench.recommend import recommend as recommending
+    from ccnbench.answers.compare import parse_threshold
+    from ccnbench.answers.derived import all_cases
+    from ccnbench.answers.recommend import recommend as recommending
 
     precisions = [p.strip() for p in precision.split(",")] if precision else None
     equivalence = parse_threshold(margin, "--margin")
@@ -457,15 +457,15 @@ def recommend(
 
 
 def _print_problems(cases: Any) -> None:
-    from ccnbench.check import problem_lines
+    from ccnbench.run.check import problem_lines
 
     for line, style in problem_lines(cases):
         _note(line, style)
 
 
 def _print_load(cases: Any) -> None:
-    """A warning when the machine was busy while the cases were timed (``analysis.load_note``)."""
-    from ccnbench.analysis import load_note
+    """A warning when the machine was busy while the cases were timed (``derived.load_note``)."""
+    from ccnbench.answers.derived import load_note
 
     note = load_note(cases)
     if note:
@@ -474,7 +474,7 @@ def _print_load(cases: Any) -> None:
 
 def _print_unchecked(cases: Any) -> None:
     """A warning when some cases were only compared with themselves."""
-    from ccnbench.check import unchecked_note
+    from ccnbench.run.check import unchecked_note
 
     note = unchecked_note(cases)
     if note:
@@ -486,7 +486,7 @@ def _note(line: str, style: str | None = None) -> None:
 
 
 def _run_jobs(title: str, jobs: Any) -> list[Any]:
-    """Run ``exporting.Job``s one after another under a progress bar; their results in order."""
+    """Run ``export_files.Job``s one after another under a progress bar; their results in order."""
     if not jobs:
         return []
     made = []

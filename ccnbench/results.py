@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ccnbench import fileio
-from ccnbench.agreement import Agreement
 from ccnbench.environment import Environment
 from ccnbench.errors import ResultsError
-from ccnbench.memory import MemoryStats
-from ccnbench.timing import LatencyStats
+from ccnbench.measure.agreement import Agreement
+from ccnbench.measure.memory import MemoryStats
+from ccnbench.measure.timing import LatencyStats
 
 SCHEMA = "ccnbench.results"
 SCHEMA_VERSION = 2
@@ -85,7 +85,7 @@ class CaseResult:
     spec: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     contest: str | None = None  # the contest it was timed in: its latency pairs with its members'
-    # Which run it came from when views read several (analysis.all_cases); not saved. Contest ids
+    # Which run it came from when views read several (derived.all_cases); not saved. Contest ids
     # of files written before they were unique per run clash across runs: pairing checks both.
     run: str | None = field(default=None, compare=False)
 

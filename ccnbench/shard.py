@@ -1,6 +1,6 @@
 """The parts of a sharded sweep (``bench --shard K/N``) put back together, and runs loaded with them.
 
-Which groups go to which part is planning (``ccnbench.plan.select``). Each part records its
+Which groups go to which part is planning (``ccnbench.run.plan.select``). Each part records its
 shard in the run's configuration; ``load_runs`` (what ``report``, ``compare`` and ``recommend``
 read) hands the runs to ``combine``, which turns the N run directories back into one run,
 refusing parts that are missing, repeated, or from another configuration or commit.

@@ -17,8 +17,9 @@ for run in a b; do
 done
 "$py" - "$out/a" "$out/b" <<'PY'
 import sys
-from ccnbench import analysis, results
-figures = analysis.reproducibility(results.load(sys.argv[1]), results.load(sys.argv[2]))
+from ccnbench import results
+from ccnbench.answers import derived
+figures = derived.reproducibility(results.load(sys.argv[1]), results.load(sys.argv[2]))
 print(f"ratio to reference within +-10 %: {figures['reference_within_10']:.0%} of {figures['reference_cases']} cases"
       f" (worst {figures['reference_worst']:.3f}x)")
 print(f"merged/kept within +-5 %:         {figures['merged_within_5']:.0%} of {figures['merged_cases']} cases"

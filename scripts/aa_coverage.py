@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ccnbench import analysis, shard
+from ccnbench import shard
+from ccnbench.answers import derived
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     for a_path, b_path in zip(args.runs[::2], args.runs[1::2]):
         (a,), (b,) = shard.load_runs([a_path]), shard.load_runs([b_path])
         for first, second, name in ((a, b, f"{b_path} in {a_path}"), (b, a, f"{a_path} in {b_path}")):
-            i, n, misses = analysis.cross_coverage(first, second)
+            i, n, misses = derived.cross_coverage(first, second)
             inside, compared = inside + i, compared + n
             print(f"{name}: {i}/{n} inside ({i / n:.1%})" if n else f"{name}: nothing to compare")
             if args.misses:

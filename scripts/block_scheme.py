@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from ccnbench import plan, selection
 from ccnbench.backends import backend_of, parse_targets
-from ccnbench.timing import Protocol, bound_call, measure, stage, time_block
+from ccnbench.measure.timing import Protocol, bound_call, measure, stage, time_block
+from ccnbench.run import plan, selection
 
 target = sys.argv[1] if len(sys.argv) > 1 else "torch:cpu"
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1

@@ -45,10 +45,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ccnbench import comparable, contest, results  # noqa: E402
-from ccnbench import compare as comparing  # noqa: E402
+from ccnbench import results  # noqa: E402
+from ccnbench.answers import compare as comparing  # noqa: E402
+from ccnbench.answers import compare_sides  # noqa: E402
+from ccnbench.measure.timing import Block, LatencyStats  # noqa: E402
 from ccnbench.results import RunResult  # noqa: E402
-from ccnbench.timing import Block, LatencyStats  # noqa: E402
+from ccnbench.run import contest  # noqa: E402
 
 SWEEP = "ci-quick"
 TARGET_CASES = 3  # cases of one target slower in every pair that make a target-wide slow-down
@@ -122,14 +124,14 @@ def pool(runs: list[RunResult]) -> RunResult:
 
 
 def judge(base: RunResult, head: RunResult, threshold: float, force_speed: bool) -> comparing.Comparison:
-    base_side = comparable.Side("ccnbench", comparable.rows_from_run(base), base.environment)
-    head_side = comparable.Side("ccnbench", comparable.rows_from_run(head), head.environment)
+    base_side = compare_sides.Side("ccnbench", compare_sides.rows_from_run(base), base.environment)
+    head_side = compare_sides.Side("ccnbench", compare_sides.rows_from_run(head), head.environment)
     return comparing.compare(
         base_side.rows,
         head_side.rows,
         threshold=threshold,
         fail_on_missing=True,
-        unlike=comparable.machine_differences(base_side, head_side),
+        unlike=compare_sides.machine_differences(base_side, head_side),
         force_speed=force_speed,
     )
 
@@ -182,9 +184,9 @@ def committed_baseline(head: RunResult) -> tuple[RunResult | None, str]:
             found.append((path.parent, results.load(path)))
         except Exception as exc:
             log(f"{path}: unreadable baseline ({exc})")
-    side = comparable.Side("ccnbench", {}, head.environment)
+    side = compare_sides.Side("ccnbench", {}, head.environment)
     for folder, run in found:
-        if not comparable.machine_differences(comparable.Side("ccnbench", {}, run.environment), side):
+        if not compare_sides.machine_differences(compare_sides.Side("ccnbench", {}, run.environment), side):
             return run, f"committed baseline {folder.relative_to(ROOT)} (this machine and software)"
     if found:
         folder, run = found[0]

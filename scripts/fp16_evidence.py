@@ -35,22 +35,23 @@ from typing import Any
 
 import torch
 
-from ccnbench import environment, plan
-from ccnbench.agreement import (
+from ccnbench import environment
+from ccnbench.backends import Target, backend_of
+from ccnbench.errors import CcnbenchError
+from ccnbench.measure.agreement import (
     DEFAULT_TOLERANCES,
     TolerancePolicy,
     compare,
     equal_tolerance,
     tolerance_from_evidence,
 )
-from ccnbench.backends import Target, backend_of
-from ccnbench.errors import CcnbenchError
+from ccnbench.measure.timing import stage
 from ccnbench.models import build_kept, variant_specs
 from ccnbench.models.cast import CastIO
 from ccnbench.models.faults import fault_names, inject
-from ccnbench.plan import unavailable_reason
+from ccnbench.run import plan
+from ccnbench.run.plan import unavailable_reason
 from ccnbench.source import ModelSource
-from ccnbench.timing import stage
 
 PRECISIONS = ("fp32", "fp16")
 # What runs each precision on the CPU: ONNX Runtime and OpenVINO only for fp16, the question here.

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ccnbench import config as configuration  # noqa: E402
-from ccnbench import contest, plan, sweep  # noqa: E402
 from ccnbench.backends import backend_of  # noqa: E402
+from ccnbench.run import config as configuration  # noqa: E402
+from ccnbench.run import contest, plan, sweep  # noqa: E402
 
 # Measured on the H200 (console.log of the 2026-11-30 run): a fresh worker's Python, torch and CUDA
 # start; the float64 oracle on the CPU per medium model by branch count; eager preparation; one

@@ -92,7 +92,7 @@ def variants(args: argparse.Namespace) -> None:
 def library(args: argparse.Namespace) -> None:
     import onnxruntime as ort
 
-    from ccnbench.export import export_module
+    from ccnbench.formats.onnx_export import export_module
 
     path = Path(__file__).parents[1] / "tests" / "fixtures" / "library_models.py"
     spec = importlib.util.spec_from_file_location("library_models", path)

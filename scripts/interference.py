@@ -5,7 +5,7 @@
     PYTHONPATH=. python scripts/interference.py --processes 2 --rounds 6 --preset tiny   # a smoke run
 
 A contest times torch, torch.compile, ONNX Runtime and OpenVINO in one process, block after
-block (``ccnbench.contest``). A runtime's idle threads may keep spinning after its block (ONNX
+block (``ccnbench.run.contest``). A runtime's idle threads may keep spinning after its block (ONNX
 Runtime's intra-op pool, OpenMP and TBB workers) and slow the member timed next. This script
 measures that with the contest code itself, at the thread count of the ``cpu-default`` sweep
 (``--threads`` for another):
@@ -76,8 +76,8 @@ def main() -> int:
 
 def _sweep_threads() -> int:
     """The thread count ``make bench`` times with: the cpu-default sweep's, else every physical core."""
-    from ccnbench.config import load_config
     from ccnbench.environment import default_threads
+    from ccnbench.run.config import load_config
 
     return load_config("cpu-default").threads or default_threads()
 
@@ -86,9 +86,9 @@ def _sweep_threads() -> int:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from ccnbench import contest, plan, selection
     from ccnbench.backends import parse_targets
-    from ccnbench.timing import DEFAULT
+    from ccnbench.measure.timing import DEFAULT
+    from ccnbench.run import contest, plan, selection
 
     protocol = _protocol(DEFAULT, args)
     targets = parse_targets(args.targets if args.worker == "all" else args.worker)
@@ -120,14 +120,14 @@ def _worker(args: argparse.Namespace) -> None:
         return waited[0]
 
     contest.time_block, contest.settle = labelled, timed_settle  # the contest's own loop, observed
-    prepare = contest.execute.prepare
+    prepare = contest.case_group.prepare
 
     def named(group: Any) -> Any:
         prepared = prepare(group)
         names[id(prepared.runner)] = str(group.target)
         return prepared
 
-    contest.execute.prepare = named
+    contest.case_group.prepare = named
     cases = list(contest.run_contest(contest.Contest("interference", tuple(groups)), process=args.process))
     failed = [f"{c.key}: {c.message}" for c in cases if c.status != "ok"]
     print(json.dumps({"blocks": blocks, "failed": failed}))
@@ -144,7 +144,7 @@ def _protocol(base: Any, args: argparse.Namespace) -> Any:
 
 
 def _parent(args: argparse.Namespace) -> int:
-    from ccnbench import selection
+    from ccnbench.run import selection
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     start = time.perf_counter()
@@ -191,7 +191,7 @@ def _passed(args: argparse.Namespace) -> list[str]:
 
 
 def _default_settle() -> float:
-    from ccnbench.timing import DEFAULT
+    from ccnbench.measure.timing import DEFAULT
 
     return DEFAULT.settle_seconds
 

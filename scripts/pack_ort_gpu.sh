@@ -72,7 +72,7 @@ import numpy as np
 import torch  # first: its CUDA and cuDNN libraries are the ones the wheel is told to load
 
 import onnxruntime as ort
-from ccnbench.export import tiny_conv_onnx
+from ccnbench.formats.onnx_export import tiny_conv_onnx
 
 if hasattr(ort, "preload_dlls"):
     ort.preload_dlls()

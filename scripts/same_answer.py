@@ -6,7 +6,7 @@ Runs `recommend --shippable` (or every format with --all) on both runs and compa
 (model, batch, device), the format each ships. Passes (exit 0) when at most one answer in ten
 differs, each run has at most one inconclusive answer, and every answer that differs was called
 inconclusive by at least one of the runs. It also prints how busy the machine was during each run
-(``analysis.machine_load``): the bar is for a quiet machine.
+(``derived.machine_load``): the bar is for a quiet machine.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import argparse
 import math
 import sys
 
-from ccnbench import analysis, shard
-from ccnbench.recommend import Recommendation, recommend
+from ccnbench import shard
+from ccnbench.answers import derived
+from ccnbench.answers.recommend import Recommendation, recommend
 from ccnbench.results import CaseResult
 
 
@@ -25,11 +26,11 @@ def answers(cases: list[CaseResult], shippable: bool) -> dict[tuple[str, int, st
 
 
 def load(cases: list[CaseResult]) -> str:
-    """How busy the machine was during the run (``analysis.machine_load``), as printed."""
-    value = analysis.machine_load(cases)
+    """How busy the machine was during the run (``derived.machine_load``), as printed."""
+    value = derived.machine_load(cases)
     if value is None:
         return "unknown"
-    return f"{value:.2f}x" + (" (busy)" if value > analysis.BUSY_LOAD else "")
+    return f"{value:.2f}x" + (" (busy)" if value > derived.BUSY_LOAD else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("second")
     parser.add_argument("--all", action="store_true", help="every format, not only --shippable ones")
     args = parser.parse_args(argv)
-    runs = [analysis.all_cases(shard.load_runs([path])) for path in (args.first, args.second)]
+    runs = [derived.all_cases(shard.load_runs([path])) for path in (args.first, args.second)]
     a, b = (answers(cases, not args.all) for cases in runs)
     keys = sorted(set(a) & set(b))
     same, bad_flips = 0, []
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same answer: {same}/{len(keys)}; inconclusive: {inconclusive[0]} and {inconclusive[1]}; "
           f"flips without an inconclusive: {len(bad_flips)}")  # fmt: skip
     # The bar is for a quiet machine: on a busy one fewer processes stay calm and more answers stay open.
-    print(f"machine load (medians over fastest calls; busy above {analysis.BUSY_LOAD:.2f}x): "
+    print(f"machine load (medians over fastest calls; busy above {derived.BUSY_LOAD:.2f}x): "
           f"{load(runs[0])} and {load(runs[1])}")  # fmt: skip
     ok = keys and len(keys) - same <= allowed and max(inconclusive) <= 1 and not bad_flips
     return 0 if ok else 1

@@ -51,7 +51,7 @@ def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quick_is_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--quick`` (and ``quick = true``) as ``helpers.PLUMBING``: one contest process of five short
     rounds. For tests of what a sweep does with its cases, not of how it times them."""
-    from ccnbench import config
+    from ccnbench.run import config
 
     from helpers import PLUMBING
 

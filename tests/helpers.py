@@ -1,18 +1,23 @@
 """Hand-made results for the compare, recommend and report tests, and a protocol for sweep tests."""
 
 from dataclasses import replace
+from pathlib import Path
 
-from ccnbench.agreement import Agreement, OutputAgreement
 from ccnbench.environment import collect
+from ccnbench.measure.agreement import Agreement, OutputAgreement
+from ccnbench.measure.timing import QUICK, LatencyStats
 from ccnbench.results import CaseKey, CaseResult, RunResult, new_run
-from ccnbench.timing import QUICK, LatencyStats
+
+#: The repository and the tests' fixtures, wherever a test lies in the tree (tests mirror the package).
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 
 _ENV = collect(threads=2)
 
 # The quick protocol for tests of plumbing (workers, journals, resume, shards, reports): one
 # contest process of five rounds (a block times at least 2 iterations: 10 per case, as QUICK's
 # min_iterations). Each process is a worker that imports torch, and the quick protocol's three
-# per contest were most of a sweep test's time. tests/test_sweep.py's kill-and-resume test runs
+# per contest were most of a sweep test's time. tests/run/test_sweep.py's kill-and-resume test runs
 # two processes per contest: the multi-process path, end to end.
 PLUMBING = replace(
     QUICK, repeats=1, min_rounds=5, contest_seconds=0.0, warmup_seconds=0.01, settle_seconds=0.01
@@ -61,7 +66,7 @@ def contest_cases(levels: dict[tuple[str, str], float], *, noise: float = 0.02, 
     left out as disturbed). Noise only adds time: drift and block noise are never negative."""
     import numpy as np
 
-    from ccnbench.timing import Block
+    from ccnbench.measure.timing import Block
 
     rng = np.random.default_rng(seed)
     blocks: dict[tuple[str, str], list[Block]] = {k: [] for k in levels}

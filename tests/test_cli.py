@@ -6,9 +6,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
-from ccnbench import __version__, exporting
+from ccnbench import __version__
 from ccnbench.cli import app, main
 from ccnbench.models import build_kept, spec_from_preset
+from ccnbench.run import export_files
 
 runner = CliRunner()
 
@@ -83,9 +84,9 @@ def test_export_engine_jobs_build_one_engine_per_file_with_the_engine_batches(mo
         SimpleNamespace(path=Path(f"/x/{name}.onnx"), precision="fp16", io="fp32")
         for name in ("kept", "merged")
     ]
-    jobs = exporting.engine_jobs(files, (1, 8), Path("/x"))
+    jobs = export_files.engine_jobs(files, (1, 8), Path("/x"))
     assert [job.run(lambda note: None) for job in jobs] == [(f.path, {"engine": f.path.stem}) for f in files]
     assert [(path.name, o.batch_sizes, o.precision, o.artifacts_dir) for path, o in built] == [
         (f"{name}.onnx", (1, 8), "fp16", Path("/x")) for name in ("kept", "merged")
     ]
-    assert exporting.engine_jobs(files, None, Path("/x")) == []
+    assert export_files.engine_jobs(files, None, Path("/x")) == []

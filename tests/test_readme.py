@@ -3,14 +3,14 @@
 import re
 import shlex
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ccnbench.cli import app
 
-ROOT = Path(__file__).parent.parent
+from helpers import ROOT
+
 # Commands the unit tests do not run, and why. Everything else in the README runs here.
 NOT_RUN = {
     "--config cpu-default": "the full default sweep takes minutes; CI's gate runs ci-quick",
@@ -22,11 +22,12 @@ NOT_RUN = {
     "new-benchmarks.json": "a placeholder",
     "tensorrt:cuda": "needs CUDA to mean anything",
     "library_models.py:two_resnet10_trunks": "two ResNet-10 trunks through torch.compile take minutes; "
-    "tests/models/test_graph_merge.py covers the pass, tests/test_check.py the --layout merged route",
+    "tests/models/test_graph_merge.py covers the pass, tests/run/test_check.py the --layout merged route",
     "my_ckpt.pt": "a placeholder for the reader's checkpoint: tests/training/test_checkpoint.py runs the route",
     "my_merged.pt": "a placeholder for the reader's merged weights: tests/training/test_checkpoint.py runs it",
     "train-bench --preset small": "minutes of cold torch.compile: tests/training/test_bench.py runs it at tiny",
-    "--variant all --layout all --targets": "every variant, small preset, compile included: tests/test_check.py runs it at tiny",
+    "--variant all --layout all --targets": "every variant, small preset, compile included: "
+    "tests/run/test_check.py runs it at tiny",
 }
 
 

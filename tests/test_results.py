@@ -3,12 +3,12 @@ import json
 import pytest
 
 from ccnbench import results
-from ccnbench.agreement import Agreement, OutputAgreement
 from ccnbench.environment import collect
 from ccnbench.errors import ResultsError
-from ccnbench.memory import MemoryStats
+from ccnbench.measure.agreement import Agreement, OutputAgreement
+from ccnbench.measure.memory import MemoryStats
+from ccnbench.measure.timing import LatencyStats
 from ccnbench.results import CaseKey, CaseResult
-from ccnbench.timing import LatencyStats
 
 
 def _case(batch=1, status="ok", target="ort:cpu"):
@@ -77,8 +77,8 @@ def test_bad_status_is_rejected():
 
 
 def test_schema_1_files_load_without_intervals_and_contest_cases_round_trip(tmp_path):
-    from ccnbench import stats
-    from ccnbench.timing import Block
+    from ccnbench.answers import stats
+    from ccnbench.measure.timing import Block
 
     run = results.new_run("r1", collect(threads=2), {"name": "t"}).with_case(_case(1))
     data = run.to_dict()

@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from ccnbench import config, plan, results, shard, sweep
+from ccnbench import results, shard
 from ccnbench.cli import app
 from ccnbench.errors import ResultsError
+from ccnbench.run import config, plan, sweep
 
 from helpers import case, run
 

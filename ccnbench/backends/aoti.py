@@ -1,6 +1,6 @@
 """AOTInductor: a ``.pt2`` package compiled ahead of time, run without the model's Python code.
 
-The package is built (or reused) by ``ccnbench.pt2``; the runner only loads it with
+The package is built (or reused) by ``ccnbench.backends.aoti_build``; the runner only loads it with
 ``torch._inductor.aoti_load_package`` and calls it, so what is timed is what a user ships:
 no Python model, no JIT compile in the process that runs it.
 """
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ccnbench import pt2
+import ccnbench.backends.aoti_build as aoti_build
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Target
 from ccnbench.backends.compiled import compiler_unavailable_reason
 from ccnbench.backends.torch_eager import (
@@ -19,7 +19,7 @@ from ccnbench.backends.torch_eager import (
     prepared_with_first_calls,
     warm_torch,
 )
-from ccnbench.torch_numerics import configure_cuda_numerics
+from ccnbench.models.torch_numerics import configure_cuda_numerics
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource
@@ -34,7 +34,7 @@ class AotiBackend(Backend):
     )
 
     def precisions(self, device: str) -> tuple[str, ...]:
-        return pt2.PRECISIONS[device]
+        return aoti_build.PRECISIONS[device]
 
     def availability(self, device: str) -> str | None:
         # Building needs what torch.compile needs (a C++ compiler; triton on CUDA).
@@ -45,8 +45,8 @@ class AotiBackend(Backend):
         warm_torch(Target(self.name, device).device_kind, options.threads)
         import torch._inductor.package  # noqa: F401 - the loader's import, paid once
 
-    def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> pt2.Package:
-        return pt2.package(source, target.device, options.precision, options.artifacts_dir)
+    def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> aoti_build.Package:
+        return aoti_build.package(source, target.device, options.precision, options.artifacts_dir)
 
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
         torch.set_num_threads(options.threads)  # the package's OpenMP loops use torch's thread count

@@ -3,7 +3,7 @@
 Building is separate from running. ``Backend.prepare`` does everything expensive (export,
 session creation, compilation, engine build) once and records it as build cost; the runner's
 ``infer`` is then a plain call on tensors already on the target's device, leaving the outputs
-there. Timing never lives here: ``ccnbench.timing`` times every runner the same way, choosing
+there. Timing never lives here: ``ccnbench.measure.timing`` times every runner the same way, choosing
 CUDA events or a host clock from ``Runner.is_cuda`` alone.
 """
 
@@ -162,7 +162,7 @@ class Backend(abc.ABC):
     # to one GPU and TensorRT version). In a tie ``recommend`` ships a vendor-neutral runtime first.
     vendor_runtime: bool = False
     # Whether its runner may be timed in one process beside other formats of the same model (a
-    # contest, see ccnbench/contest.py). False for a crash-prone backend: it then gets its own worker.
+    # contest, see ccnbench/run/contest.py). False for a crash-prone backend: it then gets its own worker.
     shares_process: bool = True
     # The memory formats its runner can hold the weights in (MEMORY_FORMATS); only PyTorch's
     # own targets have a choice, every file format fixes its own layout.

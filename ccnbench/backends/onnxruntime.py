@@ -22,7 +22,7 @@ from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Tar
 from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
-from ccnbench.export import tiny_conv_onnx
+from ccnbench.formats.onnx_export import tiny_conv_onnx
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource

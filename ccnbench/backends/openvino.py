@@ -30,7 +30,7 @@ from torch import Tensor
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
-from ccnbench.export import tiny_conv_onnx
+from ccnbench.formats.onnx_export import tiny_conv_onnx
 
 if TYPE_CHECKING:
     from ccnbench.source import ModelSource

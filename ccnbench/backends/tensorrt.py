@@ -42,7 +42,7 @@ from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.errors import CcnbenchError, UsageError
 
 if TYPE_CHECKING:
-    from ccnbench.onnx_artifact import Artifact
+    from ccnbench.formats.onnx_artifact import Artifact
     from ccnbench.source import ModelSource
 
 

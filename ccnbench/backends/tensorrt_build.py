@@ -26,7 +26,7 @@ from ccnbench.backends.tensorrt_compat import TensorRTError, network_creation_fl
 from ccnbench.errors import UsageError
 
 if TYPE_CHECKING:
-    from ccnbench.onnx_artifact import Artifact
+    from ccnbench.formats.onnx_artifact import Artifact
 
 _CACHE_DIR = "tensorrt"
 # Bumped when anything ccnbench sets on the builder changes, so old cached engines are not reused.

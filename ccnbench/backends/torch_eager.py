@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ccnbench.backends.base import MEMORY_FORMATS, Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.errors import CcnbenchError
 from ccnbench.models.cast import CastIO
-from ccnbench.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
+from ccnbench.models.torch_numerics import TORCH_DTYPES, configure_cuda_numerics
 
 TORCH_MEMORY_FORMATS = dict(
     zip(MEMORY_FORMATS, (torch.contiguous_format, torch.channels_last_3d), strict=True)

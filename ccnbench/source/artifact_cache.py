@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from ccnbench.export import DEFAULT_ARTIFACTS
-from ccnbench.onnx_artifact import Artifact
+from ccnbench.formats.onnx_artifact import Artifact
+from ccnbench.formats.onnx_export import DEFAULT_ARTIFACTS
 
 _artifacts: dict[tuple[Hashable, ...], Artifact] = {}
 

@@ -19,7 +19,7 @@ from ccnbench.errors import UsageError
 from ccnbench.models import LAYOUTS, ModelSpec
 
 if TYPE_CHECKING:
-    from ccnbench.onnx_artifact import Artifact
+    from ccnbench.formats.onnx_artifact import Artifact
 
 KINDS = ("spec", "factory", "onnx")
 

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ccnbench.errors import UsageError
-from ccnbench.export import DEFAULT_ARTIFACTS, export_module
+from ccnbench.formats.file_names import file_name, precision_tag, weights_digest
+from ccnbench.formats.onnx_artifact import Artifact
+from ccnbench.formats.onnx_export import DEFAULT_ARTIFACTS, export_module
 from ccnbench.models import FusionNet, merge
-from ccnbench.naming import file_name, precision_tag, weights_digest
-from ccnbench.onnx_artifact import Artifact
 from ccnbench.source.artifact_cache import artifacts_key, cached_export
 from ccnbench.source.base import ModelSource
 from ccnbench.source.factory_loading import code_digest, is_file, load_factory

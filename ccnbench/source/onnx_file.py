@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.formats.onnx_artifact import Artifact, load_artifact
 from ccnbench.models import LAYOUTS
-from ccnbench.onnx_artifact import Artifact, load_artifact
 from ccnbench.source.artifact_cache import cached_description, remember
 from ccnbench.source.base import ModelSource
 from ccnbench.source.factory import FactorySource
 from ccnbench.source.factory_loading import code_digest
 
 if TYPE_CHECKING:
-    from ccnbench.reference import SavedReference
+    from ccnbench.formats.saved_reference import SavedReference
 
 # With neither a module nor saved outputs, this target's outputs are the reference.
 SELF_REFERENCE_TARGET = "ort:cpu"
@@ -119,7 +119,7 @@ class OnnxFileSource(ModelSource):
         return FactorySource(self.model, self.input_shape, self.num_inputs, "kept", code_digest(self.model))
 
     def saved_reference(self) -> SavedReference:
-        from ccnbench.reference import load_saved
+        from ccnbench.formats.saved_reference import load_saved
 
         assert self.saved is not None
         return load_saved(self.saved[0], self.saved[1], self.input_names, self.output_names)
@@ -159,7 +159,7 @@ class OnnxFileSource(ModelSource):
         if self.saved is not None:
             return self.saved_reference().outputs
         # Sources sit below the backends, so the file run by its self-reference target is the
-        # oracle's job (ccnbench.oracle), not this class's.
+        # oracle's job (ccnbench.measure.oracle), not this class's.
         raise CcnbenchError(f"{self.label} has no reference: its oracle is {SELF_REFERENCE_TARGET} itself")
 
     def flops_per_sample(self) -> int | None:

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ccnbench.export import DEFAULT_ARTIFACTS, export
+from ccnbench.formats.onnx_artifact import Artifact
+from ccnbench.formats.onnx_export import DEFAULT_ARTIFACTS, export
 from ccnbench.models import ModelSpec, build, flops_per_sample
-from ccnbench.onnx_artifact import Artifact
 from ccnbench.source.artifact_cache import artifacts_key, cached_export
 from ccnbench.source.base import ModelSource
 

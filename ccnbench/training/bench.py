@@ -1,13 +1,13 @@
 """The training-step benchmark: one optimisation step of each form of a variant, kept vs merged.
 
-It runs the contest protocol (``ccnbench.contest``), not a copy of it, so a training ratio and
+It runs the contest protocol (``ccnbench.run.contest``), not a copy of it, so a training ratio and
 an inference ratio are measured the same way: in one process, every form of a variant on one
 target is built and warmed, then timed by ``contest.interleave`` (one block each per round, a
 seeded order that changes every round, ``contest.settle`` before each block, no garbage
 collection inside blocks) until every ratio to its kept partner has a within-process interval
 inside the target width or the time is spent; the whole thing runs in several fresh processes
 (``python -m ccnbench.training.bench``), and the blocks are turned into paired ratios with
-between-process intervals by ``ccnbench.stats``.
+between-process intervals by ``ccnbench.answers.stats``.
 
 A member is one form with one loss: ``kept``, ``merged`` (the deployment merge, trained as it
 is), ``merged-train`` (the training-equivalent form where it differs from the deployment merge)
@@ -33,13 +33,15 @@ from typing import Any
 
 import torch
 
-from ccnbench import fileio, stats, worker
+from ccnbench import fileio
+from ccnbench.answers import stats
 from ccnbench.backends.base import Runner, Target
-from ccnbench.contest import interleave
 from ccnbench.errors import CcnbenchError, UsageError, one_line
+from ccnbench.measure.timing import Block, LatencyStats, Protocol, warm_up
 from ccnbench.models import build_kept, merge
 from ccnbench.models.spec import ModelSpec, spec_from_preset
-from ccnbench.timing import Block, LatencyStats, Protocol, warm_up
+from ccnbench.run import worker
+from ccnbench.run.contest import interleave
 from ccnbench.training.equivalent import training_form
 from ccnbench.training.step import OPTIMIZERS, MemberLogits, make_batch, make_optimizer, step
 

@@ -3,7 +3,7 @@
 The checkpoint is what ``torch.save(model.state_dict(), path)`` writes for a kept ccnbench
 variant (or a dict holding it under ``state_dict``); the variant flags that built the model say
 which module it belongs to. Every file written is graded against the float64 kept module with
-the checkpoint's weights, at the precision's default tolerance (``ccnbench.agreement``). Where
+the checkpoint's weights, at the precision's default tolerance (``ccnbench.measure.agreement``). Where
 the merge is invertible, the merged weights are converted back to a kept state_dict and that
 module's outputs are compared with the original's too.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ccnbench.agreement import Agreement, TolerancePolicy, compare
 from ccnbench.errors import CcnbenchError, UsageError, one_line
+from ccnbench.measure.agreement import Agreement, TolerancePolicy, compare
 from ccnbench.models import build_kept, merge
 from ccnbench.models.fusion import FusionNet
 from ccnbench.models.spec import ModelSpec
@@ -152,7 +152,7 @@ def _export_and_check(fmt: str, merged: nn.Module, spec: ModelSpec, out: Path, s
     """Write the merged module as ONNX (run by ONNX Runtime) or .pt2 (AOTInductor) and grade it."""
     float_inputs = tuple(x.float() for x in inputs)
     if fmt == "onnx":
-        from ccnbench.export import export_module
+        from ccnbench.formats.onnx_export import export_module
 
         path = out / f"{stem}-{spec.label.replace('@', '-')}-merged.onnx"
         export_module(merged, spec.input_names, spec.input_shape, path, spec.output_names, layout="merged",
@@ -179,7 +179,7 @@ def _run_onnx(path: Path, spec: ModelSpec, inputs: tuple[Tensor, ...]) -> tuple[
 def _package_and_run(merged: nn.Module, path: Path, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """An AOTInductor package of ``merged`` with a dynamic batch, loaded back and run.
 
-    ccnbench.pt2 builds packages from a ModelSource (a spec or a factory, not given weights);
+    ccnbench.backends.aoti_build builds packages from a ModelSource (a spec or a factory, not given weights);
     until it takes a module, this is the same torch.export + aoti_compile_and_package path."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:

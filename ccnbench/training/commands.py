@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ccnbench import selection
 from ccnbench.errors import UsageError
+from ccnbench.run import selection
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -85,7 +85,7 @@ def shapes(
 
 
 def _trace_user_model(model: str, input_shape: str | None, branches: int | None) -> Any:
-    from ccnbench.selection import input_shape as parse_shape
+    from ccnbench.run.selection import input_shape as parse_shape
     from ccnbench.source import FactorySource
     from ccnbench.source.factory_loading import load_factory
     from ccnbench.training.shapes import trace_module
@@ -248,7 +248,7 @@ def _run_with_progress(config: Any) -> Any:
 
 
 def _print_bench(results: Any, title: str) -> None:
-    from ccnbench import stats
+    from ccnbench.answers import stats
 
     table = Table(title=title)
     for col in ("variant", "target", "batch", "form", "median ms [95 %]", "vs kept [95 %]", "verdict"):

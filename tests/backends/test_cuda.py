@@ -2,9 +2,9 @@
 
 import pytest
 
-from ccnbench import check, plan
 from ccnbench.backends import backend_of, parse_targets
 from ccnbench.models import VARIANTS, spec_from_preset
+from ccnbench.run import check, plan
 from ccnbench.source import ModelSource
 
 pytestmark = pytest.mark.gpu

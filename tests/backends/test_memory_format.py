@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from ccnbench import check, contest, plan, selection
+from ccnbench.answers.recommend import recommend
 from ccnbench.backends import parse_targets
 from ccnbench.backends.torch_eager import conv_backends
-from ccnbench.config import SweepConfig
 from ccnbench.errors import UsageError
 from ccnbench.models import build, spec_from_preset
-from ccnbench.recommend import recommend
 from ccnbench.results import CaseKey, CaseResult
+from ccnbench.run import check, contest, plan, selection
+from ccnbench.run.config import SweepConfig
 from ccnbench.source import ModelSource
 
 CL3D = "channels_last_3d"
@@ -143,7 +143,7 @@ def test_cuda_routes_the_merged_depthwise_conv_by_memory_format(precision):
 
 
 def test_the_bench_flag_sets_the_formats_and_a_sweep_file_decides():
-    from ccnbench.config import from_command_line
+    from ccnbench.run.config import from_command_line
 
     config = from_command_line({"--memory-format": "contiguous,channels_last_3d"}, None)
     assert config.memory_formats == ("contiguous", CL3D)

@@ -98,7 +98,7 @@ def test_gpu_sessions_forbid_silent_cpu_fallback():
 
 @pytest.fixture
 def conv_file(tmp_path):
-    from ccnbench.export import tiny_conv_onnx
+    from ccnbench.formats.onnx_export import tiny_conv_onnx
 
     path = tmp_path / "conv.onnx"
     path.write_bytes(tiny_conv_onnx())

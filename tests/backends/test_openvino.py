@@ -7,9 +7,9 @@ import torch
 
 from ccnbench.backends import BuildOptions, Target, backend_of
 from ccnbench.backends.openvino import OpenVinoBackend, compile_config
-from ccnbench.execute import run_group
 from ccnbench.models import spec_from_preset
-from ccnbench.plan import CaseGroup
+from ccnbench.run.case_group import run_group
+from ccnbench.run.plan import CaseGroup
 from ccnbench.source import ModelSource
 
 pytest.importorskip("openvino")

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import torch
 
-from ccnbench.agreement import TolerancePolicy, compare
 from ccnbench.backends import BuildOptions, Target, tensorrt_compat
 from ccnbench.backends.tensorrt import TensorRTBackend, export_engine
 from ccnbench.backends.tensorrt_build import batch_profiles, engine_key, format_parser_errors, profile_index
@@ -34,6 +33,7 @@ from ccnbench.backends.tensorrt_compat import (
     trt_version_tuple,
 )
 from ccnbench.errors import CcnbenchError, MissingDependency, UsageError
+from ccnbench.measure.agreement import TolerancePolicy, compare
 from ccnbench.models import spec_from_preset
 from ccnbench.source import ModelSource
 

@@ -7,9 +7,9 @@ Inputs are staged once and every call is the runner's plain `infer`, as in `ccnb
 import pytest
 
 from ccnbench.backends import BACKENDS, BuildOptions, Target
+from ccnbench.measure.timing import stage
 from ccnbench.models import VARIANTS, spec_from_preset
 from ccnbench.source import ModelSource
-from ccnbench.timing import stage
 
 TARGETS = [Target("torch", "cpu"), Target("ort", "cpu")]
 

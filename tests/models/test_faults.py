@@ -4,12 +4,12 @@ in results/fp16-evidence/)."""
 import pytest
 import torch
 
-from ccnbench import check, plan
-from ccnbench.agreement import DEFAULT_TOLERANCES, TolerancePolicy, compare, equal_tolerance
 from ccnbench.backends import parse_targets
+from ccnbench.measure.agreement import DEFAULT_TOLERANCES, TolerancePolicy, compare, equal_tolerance
 from ccnbench.models import build_kept, variant_specs
 from ccnbench.models.cast import CastIO
 from ccnbench.models.faults import fault_names, inject
+from ccnbench.run import check, plan
 from ccnbench.source import ModelSource
 
 BATCH = 4

@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ccnbench.export import export_module
+from ccnbench.formats.onnx_export import export_module
 from ccnbench.models import build_kept, merge, spec_from_preset
 from ccnbench.models.graph_merge import MergeOutcome, merge_branches
 from ccnbench.models.spec import SHARED_INPUT_VARIANTS, VARIANTS
 
+from helpers import FIXTURES
+
 pytest.importorskip("monai")
 
-_FIXTURE = Path(__file__).parents[1] / "fixtures" / "library_models.py"
+_FIXTURE = FIXTURES / "library_models.py"
 _spec = importlib.util.spec_from_file_location("library_models", _FIXTURE)
 library_models = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(library_models)

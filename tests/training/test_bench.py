@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from ccnbench.backends.base import Target
 from ccnbench.cli import _OneLineErrors
 from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.measure.timing import Block, Protocol
 from ccnbench.models import spec_from_preset
-from ccnbench.timing import Block, Protocol
 from ccnbench.training import bench
 from ccnbench.training.bench import PROTOCOL, BenchConfig, members_of, run_contest, summarize
 from ccnbench.training.commands import register

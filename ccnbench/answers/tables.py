@@ -1,0 +1,169 @@
+"""Rich tables for the terminal. Presentation only: every number comes from the results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from ccnbench.answers.derived import index, is_reference, merged_interval, speedup_interval
+from ccnbench.answers.stats import describe
+from ccnbench.results import CaseKey, CaseResult
+
+_VERDICT_STYLE = {
+    "pass": "green",
+    "reference": "yellow",
+    "FAIL": "bold red",
+    "failed": "bold red",
+    "timeout": "red",
+    "unavailable": "dim",
+}
+
+
+def verdict_text(result: CaseResult) -> str:
+    verdict = result.verdict
+    return f"[{_VERDICT_STYLE.get(verdict, 'default')}]{verdict}[/]"
+
+
+def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:
+    """A case's numbers formatted once, for the terminal table and the report alike."""
+    lat, agr, mem = case.latency, case.agreement, case.memory
+    memory = mem.headline_bytes if mem else None
+    speed_i, merged_i = speedup_interval(by_key, case), merged_interval(by_key, case)
+    noise = lat.noise if lat else None
+    return {
+        "fastest ms": f"{lat.fastest:.3f}" if lat else "-",
+        "p50 ms": f"{lat.median:.3f}" if lat else "-",
+        "p99 ms": f"{lat.p99:.3f}" if lat else "-",
+        "samples/s": f"{lat.throughput:,.0f}" if lat else "-",
+        "GFLOP/s": f"{lat.gflops:,.1f}" if lat and lat.gflops else "-",
+        "memory MiB": f"{memory / 2**20:.1f}" if memory is not None else "-",
+        "build s": f"{case.build_seconds:.2f}" if case.build_seconds is not None else "-",
+        "max abs err": f"{agr.max_abs:.1e}" if agr else "-",
+        "tolerance": f"{agr.worst.atol:.0e}/{agr.worst.rtol:.0e}" if agr else "-",
+        "verdict": case.verdict,
+        "vs eager": "ref" if is_reference(case.key) else (describe(speed_i) if speed_i else "-"),
+        "merged vs kept": describe(merged_i) if merged_i else "-",
+        "noise": f"{noise:.1%}" if noise is not None else "-",
+    }
+
+
+def check_table(results: Sequence[CaseResult]) -> Table:
+    """One row per case that ran, one section per target."""
+    table = Table(title="Agreement with the float64 oracle")
+    for col, justify in (
+        ("model", "left"),
+        ("layout", "left"),
+        ("target", "left"),
+        ("prec", "left"),
+        ("batch", "right"),
+        ("max abs", "right"),
+        ("needs atol", "right"),
+        ("atol / rtol", "right"),
+        ("top-1", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=col not in ("model",))
+    ran = sorted((r for r in results if r.status != "unavailable"), key=lambda r: (r.key.target, str(r.key)))
+    for i, r in enumerate(ran):
+        last_of_target = i + 1 == len(ran) or ran[i + 1].key.target != r.key.target
+        a = r.agreement
+        if a is None:
+            cells = ["-", "-", "-", "-"]
+        else:
+            worst = a.worst
+            top1 = [o.top1 for o in a.outputs if o.top1 is not None]
+            cells = [
+                f"{a.max_abs:.1e}",
+                f"{worst.required_atol:.1e}",
+                f"{worst.atol:.0e} / {worst.rtol:.0e}",
+                f"{min(top1):.0%}" if top1 else "-",
+            ]
+        table.add_row(
+            r.key.model,
+            r.key.layout,
+            r.key.target_label,
+            r.key.precision,
+            str(r.key.batch),
+            *cells,
+            verdict_text(r),
+            end_section=last_of_target,
+        )
+    return table
+
+
+def unavailable_lines(results: Sequence[CaseResult]) -> list[str]:
+    """One line per unavailable target with its reason (deduplicated)."""
+    seen: dict[tuple[str, str], str] = {}
+    for r in results:
+        if r.status == "unavailable":
+            seen.setdefault((r.key.target, r.message), r.key.precision)
+    return [f"{target}: unavailable: {reason}" for (target, reason) in seen]
+
+
+def failure_lines(results: Sequence[CaseResult]) -> list[str]:
+    """One line per failed case; non-finite outputs one line per model, layout, target and precision
+    (every batch size), naming the outputs that held NaN or Inf."""
+    lines: list[str | tuple[str, ...]] = []
+    nonfinite: dict[tuple[str, ...], tuple[list[int], dict[str, int]]] = {}
+    for r in results:
+        if r.status in ("failed", "timeout"):
+            lines.append(f"{r.key}: {r.status}: {r.message}")
+        elif r.status == "ok" and r.agreement is not None and r.agreement.nonfinite:
+            batches, counts = nonfinite.setdefault(r.key.group, ([], {}))
+            if not batches:
+                lines.append(r.key.group)  # placeholder, replaced below, keeps the order of the cases
+            batches.append(r.key.batch)
+            for o in r.agreement.nonfinite:
+                counts[o.name] = counts.get(o.name, 0) + o.nonfinite
+        elif r.status == "ok" and r.agreement is not None and not r.agreement.passed:
+            w = r.agreement.worst
+            why = f"max abs {w.max_abs:.2e} needs atol {w.required_atol:.2e} > {w.atol:.0e}"
+            lines.append(f"{r.key}: output {w.name}: {why}")
+    return [line if isinstance(line, str) else _nonfinite_line(line, *nonfinite[line]) for line in lines]
+
+
+def _nonfinite_line(group: tuple[str, ...], batches: list[int], counts: dict[str, int]) -> str:
+    model, _, layout, target, precision, memory_format = group
+    if memory_format != "contiguous":
+        target = f"{target} {memory_format}"  # as CaseKey.target_label shows it
+    outputs = ", ".join(f"{name} ({n} NaN/Inf values)" for name, n in counts.items())
+    where = f"batch {batches[0]}" if len(batches) == 1 else f"batches {', '.join(map(str, batches))}"
+    return f"{model}/{layout}/{target}/{precision} ({where}): non-finite outputs: {outputs}"
+
+
+# samples/s (batch / p50) is in the report; the terminal keeps the fastest call, which the ratios compare.
+BENCH_COLUMNS = (
+    "fastest ms",
+    "p50 ms",
+    "p99 ms",
+    "memory MiB",
+    "max abs err",
+    "verdict",
+    "vs eager",
+    "merged vs kept",
+)
+
+
+def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
+    """Per case: latency, throughput, memory, agreement and speed-up over eager PyTorch."""
+    by_key = index(cases)
+    table = Table(title=title)
+    for col in ("model", "layout", "target", "prec", "batch", *BENCH_COLUMNS):
+        table.add_column(
+            col, justify="left" if col in ("model", "layout", "target", "prec", "verdict") else "right"
+        )
+    shown = [c for c in cases if c.status != "unavailable"]  # listed below the table with their reasons
+    ordered = sorted(
+        shown, key=lambda c: (c.key.model, c.key.precision, c.key.batch, c.key.target, c.key.layout)
+    )
+    for i, c in enumerate(ordered):
+        nxt = ordered[i + 1] if i + 1 < len(ordered) else None
+        cells = case_cells(c, by_key)
+        cells["verdict"] = verdict_text(c)
+        k = c.key
+        table.add_row(
+            k.model, k.layout, k.target_label, k.precision, str(k.batch), *(cells[col] for col in BENCH_COLUMNS),
+            end_section=nxt is None or (nxt.key.model, nxt.key.precision, nxt.key.batch) != (k.model, k.precision, k.batch),
+        )  # fmt: skip
+    return table
