@@ -63,6 +63,8 @@ MEASURED = {
 }  # fmt: skip
 #: Table columns that print a measurement.
 MEASURED_COLUMNS = {"seconds", "fastest ms", "p50 ms", "p99 ms", "memory MiB", "vs eager", "merged vs kept"}
+#: Notes printed only when a measurement says so (a busy machine), wrapped over several lines.
+MEASURED_NOTES = re.compile(r"^note: the machine was busy[^\n]*(?:\n(?!note:|error:)[^\n]+)*\n?", re.M)
 #: A contest's id ends in a random part (unique per contest).
 CONTEST_ID = re.compile(r"(/[0-9a-f]{8})$")
 
@@ -191,6 +193,7 @@ def capture(code: Path, out: Path, scratch: Path) -> None:
                 stdout = json.dumps(_masked(json.loads(stdout)), indent=1, sort_keys=True) + "\n"
             except json.JSONDecodeError:
                 stdout = _mask_table(stdout)
+            stderr = MEASURED_NOTES.sub("", stderr)
         (folder / "exit").write_text(f"{rc}\n")
         (folder / "stdout").write_text(stdout)
         (folder / "stderr").write_text(stderr)

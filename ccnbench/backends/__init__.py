@@ -1,4 +1,5 @@
-"""The one registry of backends. Adding a backend is one module and one line in ``_BACKENDS``."""
+"""The runtimes, one module each behind ``Backend.prepare`` -> ``Runner.infer``, and their one
+registry: adding a backend is one module and one line in ``_BACKENDS``."""
 
 from __future__ import annotations
 

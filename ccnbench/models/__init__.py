@@ -1,4 +1,5 @@
-"""The fusion variants: specs, kept modules, their merged form and their cost."""
+"""The networks: the fusion variants (specs, kept modules, their merged form and their cost), the
+graph pass that merges a user's own module, and what a precision means to PyTorch."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Training the fusion designs: shape trace, training-equivalent merged forms, the training-step benchmark, trained checkpoints."""
+"""Training the fusion designs: shape trace, training-equivalent merged forms, the training-step
+benchmark, trained checkpoints, and their commands."""
