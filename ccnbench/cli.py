@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from ccnbench import __version__
 from ccnbench.errors import CcnbenchError
-from ccnbench.run.config import DEFAULTS, FLAGS, MODEL_DEFAULTS
+from ccnbench.run.config import BUNDLED_SWEEPS, DEFAULTS, FLAGS, MODEL_DEFAULTS
 from ccnbench.training import commands as training_commands
 
 try:  # typer >= 0.24 vendors click; older releases (the GPU machine's) depend on it
@@ -131,7 +131,7 @@ EngineFlag = Annotated[bool, typer.Option("--engine", help="Also build a TensorR
 EngineBatch = Annotated[str, typer.Option("--engine-batch", help="With --engine: batch sizes the engine's profile covers.")]
 FileFormat = Annotated[str, typer.Option("--format", help="onnx (validated ONNX files) or pt2 (AOTInductor packages: no model code needed to run them).")]
 Pt2Device = Annotated[str, typer.Option("--device", help="With --format pt2: cpu or cuda (the package is compiled for it).")]
-SweepFile = Annotated[str | None, typer.Option("--config", "-c", help="Sweep file (TOML), or a bundled sweep's name: cpu-default, ci-quick, gpu-h100.")]
+SweepFile = Annotated[str | None, typer.Option("--config", "-c", help=f"Sweep file (TOML), or a bundled sweep's name: {', '.join(BUNDLED_SWEEPS)}.")]
 RunOut = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default results/<time>-<name>).")]
 Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")]
 Budget = Annotated[float | None, typer.Option("--budget-minutes", help="Start no new group after this long; resume later.")]
@@ -362,8 +362,10 @@ Metric = Annotated[
     str,
     typer.Option(
         "--metric",
-        help="p50, p99 or throughput. Relative p50 of contest runs is the paired ratio that every view "
-        "shows (fastest calls, per process) with its interval.",
+        help="fastest: the fastest call, a format's own speed (relative: the paired ratio to eager PyTorch "
+        "that every view shows, with its interval, where both ran in one contest). p50 (the median), p99 "
+        "and throughput (samples/s at the median) depend on the host's load (relative: unpaired ratios "
+        "to eager PyTorch's in the same run).",
     ),
 ]
 Absolute = Annotated[bool, typer.Option("--absolute", help="Compare raw times instead of ratios to eager PyTorch in the same run.")]
@@ -392,7 +394,7 @@ def compare(
     base: Base,
     new: New,
     threshold: Threshold = "10%",
-    metric: Metric = "p50",
+    metric: Metric = "fastest",
     absolute: Absolute = False,
     by: By = "case",
     fail_on_missing: FailOnMissing = False,

@@ -62,7 +62,8 @@ MEASURED = {
     "timer_overhead_cuda_ns", "export_seconds", "sha256", "size_bytes", "artifact_bytes",
 }  # fmt: skip
 #: Table columns that print a measurement.
-MEASURED_COLUMNS = {"seconds", "fastest ms", "p50 ms", "p99 ms", "memory MiB", "vs eager", "merged vs kept"}
+MEASURED_COLUMNS = {"seconds", "fastest ms", "p50 ms", "p99 ms", "fastest ms [95 %]", "p50 / p99 ms (procs)",
+                    "memory MiB", "vs eager", "merged vs kept"}  # fmt: skip
 #: Notes printed only when a measurement says so (a busy machine), wrapped over several lines.
 MEASURED_NOTES = re.compile(r"^note: the machine was busy[^\n]*(?:\n(?!note:|error:)[^\n]+)*\n?", re.M)
 #: A contest's id ends in a random part (unique per contest).
@@ -243,12 +244,14 @@ def _mask_table(text: str) -> str:
         bar = "┃" if "┃" in line else "│" if "│" in line else None
         if bar is None:
             flush()
+            if line.strip().startswith("┏"):  # a table's top: its header follows
+                header = []
             if line.strip() and not set(line.strip()) <= set("┏┓┗┛┡┩└┘┌┐├┤┼┬┴━─╇╈╋┳┻"):
                 lines.append(line.strip())
             continue
         cells = [" ".join(c.split()) for c in line.strip().strip(bar).split(bar)]
-        if bar == "┃":  # a header, perhaps wrapped over several lines
-            header = [f"{a} {c}".strip() for a, c in zip(header, cells)] if header and not cells[0] else cells
+        if bar == "┃":  # a header, perhaps over several lines (a column's name sits on the last)
+            header = [f"{a} {c}".strip() for a, c in zip(header, cells)] if header else cells
             continue
         if cells[0] or not row:
             flush()

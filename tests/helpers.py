@@ -12,6 +12,12 @@ from ccnbench.results import CaseKey, CaseResult, RunResult, new_run
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 
+#: Two back-to-back `bench --config ci-quick` runs of one tree on a 2-core AMD EPYC: their
+#: fastest calls agreed, their medians moved with the host's load (the fixture's README.md).
+PAIR = FIXTURES / "ci-quick-amd-epyc-2026-12-06"
+#: The pair's case whose median moved most (0.219 -> 0.350 ms) while its fastest call did not.
+PAIR_CASE = "multitask-n3@tiny/kept/ort:cpu/fp32/b1"
+
 _ENV = collect(threads=2)
 
 # The quick protocol for tests of plumbing (workers, journals, resume, shards, reports): one
@@ -86,3 +92,26 @@ def contest_cases(levels: dict[tuple[str, str], float], *, noise: float = 0.02, 
         latency = LatencyStats.from_blocks(bs, batch, "perf_counter")
         out.append(CaseResult(key, "ok", agreement=plain.agreement, latency=latency, contest="c1"))
     return out
+
+
+def by_process(latency: LatencyStats, q: float) -> dict[int, float]:
+    """Per contest process, the ``q``-th percentile of its samples, computed here from the blocks
+    (not by ccnbench): what the views' ranges over processes are checked against."""
+    import numpy as np
+
+    samples: dict[int, list[float]] = {}
+    for block in latency.blocks:
+        samples.setdefault(block.process, []).extend(block.samples_ms)
+    return {p: float(np.percentile(s, q)) for p, s in samples.items()}
+
+
+def fastest_by_hand(latency: LatencyStats) -> float:
+    """The fastest call computed here from the blocks: the geometric mean over the processes whose
+    fastest call lies within 15 % of the fastest process's."""
+    import math
+
+    lows: dict[int, float] = {}
+    for block in latency.blocks:
+        lows[block.process] = min(lows.get(block.process, math.inf), *block.samples_ms)
+    calm = [v for v in lows.values() if v <= 1.15 * min(lows.values())]
+    return math.exp(sum(math.log(v) for v in calm) / len(calm))

@@ -90,3 +90,16 @@ def test_export_engine_jobs_build_one_engine_per_file_with_the_engine_batches(mo
         (f"{name}.onnx", (1, 8), "fp16", Path("/x")) for name in ("kept", "merged")
     ]
     assert export_files.engine_jobs(files, None, Path("/x")) == []
+
+
+def test_bench_help_names_exactly_the_bundled_sweeps():
+    import re
+
+    from typer.main import get_command
+
+    bundled = sorted(p.stem for p in (Path(__file__).parent.parent / "ccnbench" / "sweeps").glob("*.toml"))
+    option = next(p for p in get_command(app).commands["bench"].params if "--config" in p.opts)
+    assert option.help.split("bundled sweep's name: ", 1)[1].rstrip(".").split(", ") == bundled
+    shown = runner.invoke(app, ["bench", "--help"])
+    flat = "".join(re.sub(r"[│╭╮╰╯─]", " ", shown.output).split())  # the help as rich wrapped it, unwrapped
+    assert shown.exit_code == 0 and ",".join(bundled) + "." in flat

@@ -8,11 +8,19 @@ baseline does not move the gate; ``absolute=True`` compares raw times. pytest-be
 files are read too. With ``by="target"`` the gate judges each target by the geometric mean of
 its cases.
 
-When both runs come from contests (schema 2), a case's ratio to its reference is the *paired*
-ratio (fastest call over fastest call in the same process, ``stats.pair``) with its 95 %
-interval, and a change only counts when it is beyond the threshold *and* outside the noise of
-both runs: the two intervals do not overlap.
-A schema-1 run has no intervals; its point value is then compared with the other's interval.
+The metric says which figure is judged, and each is named for what it is (``METRICS``):
+``fastest`` (the default) is a format's own speed, the fastest call, which repeats between runs
+on one machine; ``p50``, ``p99`` and ``throughput`` (samples/s at the median) are what a caller
+waits under the host's load, which moves them between runs far more (docs/measurement.md).
+Relative ``p50``, ``p99`` and ``throughput`` are the case's figure over its reference's in the
+same run, unpaired, without intervals.
+
+With ``fastest``, when both runs come from contests (schema 2), a case's ratio to its reference
+is the *paired* ratio (fastest call over fastest call in the same process, ``stats.pair``) with
+its 95 % interval, and a change only counts when it is beyond the threshold *and* outside the
+noise of both runs: the two intervals do not overlap. A case that does not pair has the ratio of
+its fastest call to its reference's, unpaired. A schema-1 run has no intervals; its point value
+is then compared with the other's interval.
 
 Where both runs have several contest processes, the change is judged by a two-sample t-test on
 the processes themselves (each calm process's log ratio of fastest calls to its reference is one
@@ -45,7 +53,13 @@ from ccnbench.answers import stats
 from ccnbench.answers.compare_sides import Row
 from ccnbench.errors import UsageError
 
-METRICS = ("p50", "p99", "throughput")
+#: What ``--metric`` takes, and what each one is: a format's own speed, or a figure under the host's load.
+METRICS = {
+    "fastest": "fastest call (own speed)",
+    "p50": "median (under the host's load)",
+    "p99": "p99 (under the host's load)",
+    "throughput": "samples/s at the median (under the host's load)",
+}
 GROUPINGS = ("case", "target")
 
 
@@ -109,11 +123,11 @@ class Comparison:
         }
 
     def markdown(self) -> str:
-        mode = "relative to eager PyTorch on the same device" if self.relative else "absolute"
         lines = [
             f"## ccnbench compare: {'FAIL' if self.failed else 'pass'}",
             "",
-            f"Metric {self.metric} ({mode}), threshold {self.threshold:.0%}, judged per {self.by}.",
+            f"Metric {self.metric}: {describe_metric(self.metric, self.relative)}; threshold "
+            f"{self.threshold:.0%}, judged per {self.by}.",
             "",
         ]
         if self.unlike:
@@ -137,7 +151,8 @@ class Comparison:
         ]
         shown.sort(key=lambda c: (order.index(c.kind) if c.kind in order else len(order), c.key))
         if shown:
-            value = "ratio to reference" if self.relative else self.metric
+            unit = "samples/s" if self.metric == "throughput" else f"{self.metric} ms"
+            value = f"{self.metric} ratio to reference" if self.relative else unit
             lines += [
                 f"| case | change | base {value} | new {value} | slowdown | detail |",
                 "|---|---|---:|---:|---:|---|",
@@ -152,6 +167,17 @@ class Comparison:
         lines.append(f"{counts or 'nothing to compare'}.")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
+
+
+def describe_metric(metric: str, relative: bool) -> str:
+    """What a comparison's figures are, as its header names them."""
+    what = METRICS[metric]
+    if not relative:
+        return f"{what}, absolute"
+    if metric == "fastest":
+        return (f"{what}, ratio to eager PyTorch on the same device: paired by process with 95 % "
+                "intervals where they ran in one contest, else unpaired")  # fmt: skip
+    return f"{what}, ratio to eager PyTorch's in the same run, unpaired"
 
 
 def parse_threshold(text: str | float, flag: str = "--threshold") -> float:
@@ -174,7 +200,7 @@ def parse_threshold(text: str | float, flag: str = "--threshold") -> float:
 def compare(
     base: Mapping[str, Row],
     new: Mapping[str, Row],
-    metric: str = "p50",
+    metric: str = "fastest",
     threshold: float = 0.10,
     relative: bool = True,
     by: str = "case",
@@ -182,8 +208,8 @@ def compare(
     unlike: tuple[str, ...] | list[str] = (),
     force_speed: bool = False,
 ) -> Comparison:
-    """Judge ``new`` against ``base``. ``unlike``: why the runs are not like with like (see
-    ``machine_differences``); speed is then not judged unless ``force_speed``."""
+    """Judge ``new`` against ``base`` by ``metric`` (``METRICS``). ``unlike``: why the runs are not
+    like with like (see ``machine_differences``); speed is then not judged unless ``force_speed``."""
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if by not in GROUPINGS:
@@ -192,7 +218,7 @@ def compare(
     notes: list[str] = []
     ratios: dict[str, list[float]] = {}
     judge_speed = force_speed or not unlike
-    pooled = _pooled_variances(base, new) if relative and metric == "p50" else {}
+    pooled = _pooled_variances(base, new) if relative and metric == "fastest" else {}
     for key in sorted(set(base) | set(new)):
         b, n = base.get(key), new.get(key)
         settled, change = _before_speed(key, b, n, relative)
@@ -256,7 +282,7 @@ def _speed_change(
     """A timed case's change in speed, judged as if on one machine, or a note saying why it was
     not compared. Paired ratios with processes on both sides are judged across processes
     (``_judge_processes``), others by their intervals (``_judge``)."""
-    paired = relative and metric == "p50"
+    paired = relative and metric == "fastest"
     by_process = paired and len(b.processes) + len(n.processes) >= 3 and b.processes and n.processes
     if by_process:
         bv, nv = math.exp(statistics.fmean(b.processes)), math.exp(statistics.fmean(n.processes))
@@ -358,7 +384,7 @@ def _value(row: Row, rows: Mapping[str, Row], metric: str, relative: bool) -> fl
     own = row.metrics.get(metric)
     if own is None or not relative:
         return own
-    if metric == "p50" and row.ratio is not None:
+    if metric == "fastest" and row.ratio is not None:
         return row.ratio.value
     return _metric_ratio(row, rows, metric)
 

@@ -1,6 +1,8 @@
 """What the regression gate compares: rows read from a ccnbench run or a pytest-benchmark file,
 and whether two of them were measured like with like.
 
+A row's metrics (``compare.METRICS``) are its fastest call, median, p99 and samples/s at the
+median; a pytest-benchmark test's are its ``stats.min``, ``stats.median`` and the rate at that.
 A run's row carries its ratio to the run's reference case (``derived.reference_key``), paired
 within their contest where ``stats.pair`` pairs them, and the per-process log ratios the gate's
 t-test takes as its units. A pytest-benchmark file is read by its ``extra_info`` where that
@@ -84,7 +86,8 @@ def _row(case: CaseResult, reference: CaseResult | None) -> Row:
     contest of one run) with a computable interval, and then its processes as the test's units."""
     metrics = {}
     if case.status == "ok" and case.latency is not None:
-        metrics = {"p50": case.latency.median, "p99": case.latency.p99, "throughput": case.latency.throughput}
+        lat = case.latency
+        metrics = {"fastest": lat.fastest, "p50": lat.median, "p99": lat.p99, "throughput": lat.throughput}
     own = is_reference(case.key)
     ratio = None if own else stats.pair(case, reference)
     paired = ratio is not None and ratio.computable and ratio.scope != stats.UNPAIRED
@@ -106,9 +109,9 @@ def _rows_from_pytest_benchmark(data: dict[str, Any]) -> dict[str, Row]:
     for bench in data.get("benchmarks", []):
         stats, info = bench.get("stats", {}), bench.get("extra_info", {})
         batch = int(info.get("batch", 1))
-        metrics = (
-            {"p50": stats["median"] * 1e3, "throughput": batch / stats["median"]} if "median" in stats else {}
-        )
+        metrics = {"fastest": stats["min"] * 1e3} if "min" in stats else {}
+        if "median" in stats:
+            metrics |= {"p50": stats["median"] * 1e3, "throughput": batch / stats["median"]}
         if {"model", "layout", "target"} <= set(info):
             key = CaseKey(
                 info["model"], "", info["layout"], info["target"], info.get("precision", "fp32"), batch

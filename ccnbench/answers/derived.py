@@ -1,11 +1,17 @@
 """Derived numbers every view shares: which case is a case's reference, speed-ups against it
-and merged vs kept.
+and merged vs kept, and how a case's latency figures are printed.
 
 The reference of a case (:func:`reference_key`) is the same case on eager PyTorch on the same kind
 of device (``Target.reference``); every view finds it here. Ratios come from ``ccnbench.answers.stats.pair``,
 the one pairing rule: cases timed in one contest of one run give paired speed-ups with 95 %
 intervals, so every view shows the same number; other cases get the ratio of their fastest
 calls, marked unpaired, without an interval.
+
+A latency figure is printed as what it is (:func:`fastest_text`, :func:`percentile_text`): a
+format's own speed, the fastest call with its 95 % interval over processes, which repeats between
+runs on one machine; or a figure under the host's load, a percentile with its range over the run's
+processes, which moves with that load between runs far more than the fastest call does
+(docs/measurement.md gives the rule and its evidence).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ccnbench.answers.stats import NOISY_CV, UNPAIRED, Interval, pair
+from ccnbench.answers.stats import NOISY_CV, UNPAIRED, Interval, fastest_interval, pair
 from ccnbench.backends.base import Target
+from ccnbench.measure.samples import LatencyStats
 from ccnbench.results import CaseKey, CaseResult, RunResult
 
 
@@ -41,6 +48,46 @@ def median_ms(case: CaseResult | None) -> float | None:
     return case.latency.median
 
 
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits in plain notation (``1.17``, ``0.184``, ``45.3``):
+    how interval bounds and ranges print, short enough for a terminal table."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def fastest_bounds(latency: LatencyStats) -> str | None:
+    """The fastest call's 95 % interval over processes as printed, ``[0.184, 0.203]``; None below
+    two calm processes or where it is not computable (never a made-up one)."""
+    interval = fastest_interval(latency)
+    if interval is None or not interval.computable:
+        return None
+    return f"[{significant(interval.low)}, {significant(interval.high)}]"
+
+
+def fastest_text(latency: LatencyStats) -> str:
+    """A format's own speed as every view prints it (ms): ``0.193 [0.184, 0.203]``, the fastest
+    call with its 95 % interval over processes (``stats.fastest_interval``), or the value alone."""
+    bounds = fastest_bounds(latency)
+    return f"{latency.fastest:.3f}" + (f" {bounds}" if bounds else "")
+
+
+def spread(latency: LatencyStats, q: float) -> str | None:
+    """The range over the run's processes of their ``q``-th percentile as printed, ``0.210-0.228``
+    (``LatencyStats.percentile_range``); None with one process or without blocks."""
+    bounds = latency.percentile_range(q)
+    return None if bounds is None else f"{significant(bounds[0])}-{significant(bounds[1])}"
+
+
+def percentile_text(latency: LatencyStats, q: float) -> str:
+    """A figure under the host's load as every view prints it (ms): ``0.219 (0.210-0.228)``, the
+    ``q``-th percentile of all the samples with its range over processes (``spread``), or the
+    value alone."""
+    found = spread(latency, q)
+    return f"{latency.percentile(q):.3f}" + (f" ({found})" if found else "")
+
+
 def speedup_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Interval | None:
     """Reference latency / this latency (paired within their contest, else unpaired); >1 is faster."""
     if is_reference(case.key):
@@ -56,13 +103,15 @@ def merged_interval(cases: dict[CaseKey, CaseResult], case: CaseResult) -> Inter
 
 
 def speedup_vs_reference(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
-    """Reference median / this median, same model, layout, precision and batch; >1 is faster."""
+    """The point of ``speedup_interval``: the reference's fastest call over this one's (paired by
+    process where they shared a contest); >1 is faster."""
     ratio = speedup_interval(cases, case)
     return ratio.value if ratio else None
 
 
 def merged_speedup(cases: dict[CaseKey, CaseResult], case: CaseResult) -> float | None:
-    """For a merged case: kept median / merged median on the same target; >1 means merging pays."""
+    """The point of ``merged_interval``: kept over merged fastest calls on the same target (paired
+    where they shared a contest); >1 means merging pays."""
     ratio = merged_interval(cases, case)
     return ratio.value if ratio else None
 

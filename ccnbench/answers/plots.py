@@ -1,4 +1,9 @@
-"""The report's plots (matplotlib, Agg backend, imported only when a report is written)."""
+"""The report's plots (matplotlib, Agg backend, imported only when a report is written).
+
+Each says which figure it draws: a format's own speed (the fastest call, with its 95 % interval
+over processes: ``stats.fastest_interval``), or a figure under this host's load (p50, p99, with
+their range over processes: ``LatencyStats.percentile_range``), as the tables do.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 from ccnbench import fileio
 from ccnbench.answers.derived import index, merged_interval, reference_key
 from ccnbench.answers.recommend import recommend
-from ccnbench.answers.stats import Interval, median_interval
+from ccnbench.answers.stats import Interval, fastest_interval
 from ccnbench.results import CaseResult
 
 _DPI = 110
@@ -42,7 +47,8 @@ def _grid(plt, count: int, width: float = 4.2, height: float = 3.2):
 
 
 def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
-    """Median latency against batch size, one panel per model; colour = target, dashes = merged."""
+    """The fastest call (own speed) against batch size with its 95 % interval over processes, one
+    panel per model; colour = target, dashes = merged."""
     ok = _ok(cases)
     models = _models(ok)
     if not models:
@@ -59,8 +65,8 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
         for (target, precision, layout), points in sorted(lines.items()):
             points.sort(key=lambda c: c.key.batch)
             marker = "o" if all(p.passed for p in points) else "x"
-            medians, yerr = _centred(points)
-            ax.errorbar([p.key.batch for p in points], medians, yerr=yerr,
+            fastest, yerr = _centred(points)
+            ax.errorbar([p.key.batch for p in points], fastest, yerr=yerr,
                         linestyle="-" if layout == "kept" else "--", marker=marker,
                         color=colors[target, precision], capsize=2)  # fmt: skip
         ax.set_xscale("log", base=2)
@@ -71,7 +77,7 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
         ax.minorticks_off()
         ax.set_title(model, fontsize=10)
         ax.set_xlabel("batch")
-        ax.set_ylabel("median latency (ms)")
+        ax.set_ylabel("fastest call (ms)")
         ax.grid(True, which="both", alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -79,13 +85,15 @@ def latency_vs_batch(cases: Sequence[CaseResult], path: Path) -> Path | None:
     handles += [Line2D([], [], color="black", linestyle="-", label="kept"),
                 Line2D([], [], color="black", linestyle="--", label="merged")]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    fig.suptitle("Latency vs batch size, 95 % intervals (x marks a format that failed agreement)")
+    fig.suptitle("Own speed vs batch size: fastest call, 95 % intervals over processes "
+                 "(x marks a format that failed agreement)")  # fmt: skip
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(plt, fig, path, layout=False)
 
 
 def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
-    """Kept median / merged median per model and target, one panel per batch size."""
+    """Kept / merged fastest calls (paired by process where they shared a contest, with its 95 %
+    interval) per model and target, one panel per batch size."""
     by_key = index(cases)
     points = [(c, merged_interval(by_key, c)) for c in _ok(cases) if c.key.layout == "merged"]
     points = [(c, ratio) for c, ratio in points if ratio is not None]
@@ -113,12 +121,16 @@ def merged_speedup_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
         ax.set_ylabel("kept / merged latency")
         ax.set_title(f"batch {batch}", fontsize=10)
         ax.legend(fontsize=6)
-    fig.suptitle("Merged vs kept speed-up, 95 % intervals (> 1: one op per layer is faster)")
+    fig.suptitle(
+        "Merged vs kept: kept / merged fastest calls, 95 % intervals (> 1: one op per layer is faster)"
+    )
     return _save(plt, fig, path)
 
 
 def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
-    """Per model: eager PyTorch (grey) and the fastest passing format (blue); bar p50, whisker p99."""
+    """Per model: eager PyTorch (grey) and the fastest passing format (blue). The bar is the own
+    speed (the fastest call, black whisker its 95 % interval over processes); the dot and the dash
+    are p50 and p99 under this host's load, each line through them its range over processes."""
     recs = [r for r in recommend(cases) if r.best is not None]
     if not recs:
         return None
@@ -136,20 +148,26 @@ def best_target_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
             for offset, case, color in ((-0.2, ref, "0.65"), (0.2, best, "C0")):
                 if case is None or case.latency is None:
                     continue
-                p50, p99 = case.latency.median, case.latency.p99
-                ax.bar(i + offset, p50, 0.4, color=color, yerr=[[0], [p99 - p50]], capsize=3)
-                interval = median_interval(case.latency)
-                if interval is not None and interval.computable:  # the median's 95 % interval
-                    ax.errorbar(i + offset, interval.value, yerr=_spans([interval.value], [interval]),
+                latency, x = case.latency, i + offset
+                interval = fastest_interval(latency)
+                ax.bar(x, latency.fastest, 0.4, color=color)
+                if interval is not None and interval.computable:
+                    ax.errorbar(x, latency.fastest, yerr=_spans([latency.fastest], [interval]),
                                 color="black", capsize=2, linewidth=0.8)  # fmt: skip
-            ax.annotate(r.best.label, (i + 0.2, r.best.p99), textcoords="offset points", xytext=(0, 3),
+                for q, marker in ((50, "o"), (99, "_")):
+                    value, spread = latency.percentile(q), latency.percentile_range(q)
+                    if spread is not None:
+                        ax.vlines(x, *spread, color="C3", linewidth=0.8)
+                    ax.plot(x, value, marker=marker, color="C3", markersize=4)
+            top = max([r.best.p99, *(r.best.case.latency.percentile_range(99) or ())])
+            ax.annotate(r.best.label, (i + 0.2, top), textcoords="offset points", xytext=(0, 3),
                         ha="center", va="bottom", fontsize=6, rotation=90)  # fmt: skip
         ax.set_xticks(range(len(here)))
         ax.set_xticklabels([r.model for r in here], rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")
         _plain_log_axis(ax)
         ax.margins(y=0.35)
-        ax.set_ylabel("latency (ms): bar p50, whisker p99")
+        ax.set_ylabel("bar: fastest call [95 %]; red: p50 (dot), p99 (dash) under load", fontsize=8)
         ax.set_title(
             f"{device}, batch {batch}: eager PyTorch (grey) vs best passing format (blue)", fontsize=9
         )
@@ -184,10 +202,12 @@ def error_plot(cases: Sequence[CaseResult], path: Path) -> Path | None:
 
 
 def _centred(points: Sequence[CaseResult]) -> tuple[list[float], list[list[float]] | None]:
-    """Each case's median with error bars from its 95 % interval, centred on the interval's own point
-    (the pooled median can lie outside an interval over per-process medians); bars None without any."""
-    spans = [median_interval(p.latency) for p in points]
-    centres = [i.value if i is not None and i.computable else p.latency.median for p, i in zip(points, spans)]
+    """Each case's fastest call with error bars from its 95 % interval over processes, centred on
+    the interval's own point (which is the fastest call); bars None where no case has one."""
+    spans = [fastest_interval(p.latency) for p in points]
+    centres = [
+        i.value if i is not None and i.computable else p.latency.fastest for p, i in zip(points, spans)
+    ]
     if not any(i is not None and i.computable for i in spans):
         return centres, None
     return centres, _spans(centres, spans)

@@ -39,10 +39,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ccnbench.answers.derived import fastest_bounds, spread
 from ccnbench.answers.stats import (
     EQUIVALENCE,
     TIE_CONFIDENCE,
     Interval,
+    fastest_interval,
     pair,
     resolve_hint,
     tie_evidence,
@@ -81,6 +83,38 @@ class Choice:
     def p99(self) -> float:
         assert self.case.latency is not None
         return self.case.latency.p99
+
+    def figures(self) -> str:
+        """What the line says of this format's latency: its own speed (the fastest call with its 95 %
+        interval over processes) apart from what it waits under this host's load (the median, with
+        its range over processes)."""
+        latency = self.case.latency
+        assert latency is not None
+        bounds, median_range = fastest_bounds(latency), spread(latency, 50)
+        own = f"fastest call {self.fastest:.3f} ms" + (f" {bounds}" if bounds else "")
+        load = f"median under this host's load {self.median:.3f} ms"
+        if median_range:
+            load += f", {median_range} over {latency.processes} processes"
+        return f"{own}; {load}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The format for ``recommend --json``: its figures as numbers, the fastest call's 95 %
+        interval over processes and the median's and p99's ranges over processes (null where there
+        is none: one calm process, one process)."""
+        key, latency = self.case.key, self.case.latency
+        assert latency is not None
+        interval = fastest_interval(latency)
+        known = interval is not None and interval.computable
+        median_range, p99_range = latency.percentile_range(50), latency.percentile_range(99)
+        return {"format": self.label, "target": key.target, "layout": key.layout,
+                "memory_format": key.memory_format, "precision": key.precision, "ships": self.ships,
+                "shippable": self.ships is not None, "fastest_ms": self.fastest, "median_ms": self.median,
+                "p99_ms": self.p99,
+                "max_abs_error": self.case.agreement.max_abs if self.case.agreement else None,
+                "fastest_interval_ms": [interval.low, interval.high] if known else None,
+                "median_range_ms": list(median_range) if median_range else None,
+                "p99_range_ms": list(p99_range) if p99_range else None,
+                "processes": latency.processes}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,8 +177,7 @@ class Recommendation:
             return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
         text = (
             f"{self.model} batch {self.batch} on {self.device}: ship {self.best.label} "
-            f"({deliverable(self.best.ships)}, fastest call {self.best.fastest:.3f} ms, "
-            f"median {self.best.median:.3f} ms)"
+            f"({deliverable(self.best.ships)}, {self.best.figures()})"
         )
         if self.tie_note:
             text = f"{text}; {self.tie_note}"
@@ -188,13 +221,7 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         def choice(c: Choice | None) -> dict[str, Any] | None:
-            if c is None:
-                return None
-            return {"format": c.label, "target": c.case.key.target, "layout": c.case.key.layout,
-                    "memory_format": c.case.key.memory_format,
-                    "precision": c.case.key.precision, "ships": c.ships, "shippable": c.ships is not None,
-                    "fastest_ms": c.fastest, "median_ms": c.median, "p99_ms": c.p99,
-                    "max_abs_error": c.case.agreement.max_abs if c.case.agreement else None}  # fmt: skip
+            return c.to_dict() if c is not None else None
 
         return {
             "model": self.model,

@@ -18,7 +18,18 @@ from ccnbench.answers import plots
 from ccnbench.answers.derived import all_cases, index, load_note, noise_warnings
 from ccnbench.answers.recommend import recommend
 from ccnbench.answers.stats import EQUIVALENCE, TIE_CONFIDENCE, resolve_hint
-from ccnbench.answers.tables import case_cells, failure_lines, unavailable_lines
+from ccnbench.answers.tables import (
+    FASTEST,
+    GFLOPS,
+    LEGEND,
+    LOAD,
+    P50,
+    P99,
+    RATE,
+    case_cells,
+    failure_lines,
+    unavailable_lines,
+)
 from ccnbench.errors import CcnbenchError
 from ccnbench.results import CaseResult, RunResult
 
@@ -78,11 +89,14 @@ def build(runs: Sequence[RunResult], plot_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading("ccnbench report", 1)]
     blocks.append(
         Text(
-            f"{len(cases)} cases from {len(runs)} run(s). Every latency is the median of per-iteration samples "
-            "(CUDA events on the GPU, perf_counter_ns on the CPU) after warm-up, beside the fastest call; "
-            "formats are compared by their fastest calls, per process (on a shared machine noise only adds time, "
-            "so the fastest call is the figure a second run repeats), with 95 % intervals over processes; every case is also checked "
-            "against the float64 PyTorch oracle, so a fast but wrong format never wins."
+            f"{len(cases)} cases from {len(runs)} run(s). Latencies are per-iteration samples (CUDA events on the "
+            "GPU, perf_counter_ns on the CPU) after warm-up, timed in several fresh processes. A format's own "
+            "speed is its fastest call (the geometric mean over its undisturbed processes of each one's fastest call), with its "
+            "95 % interval over processes, and the samples/s and GFLOP/s at it: on a shared machine noise only "
+            "adds time, so this is the figure a second run repeats, and formats are compared by it, per process. "
+            "The p50 and p99 are what a caller waits under this host's load, with their range over processes: they "
+            "move with that load from one run to the next far more than the format's own speed does. Every case "
+            "is also checked against the float64 PyTorch oracle, so a fast but wrong format never wins."
         )
     )
     blocks += _environment(runs)
@@ -132,10 +146,11 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
     recs = recommend(cases)
     if not recs:
         return []
+    by_key = index(cases)
     rows = []
     for r in recs:
         if r.best is None:
-            rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", ""))
+            rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", "", ""))
             continue
         ratio = r.runner_up_ratio
         runner = "-"
@@ -144,26 +159,20 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
         elif r.runner_up and ratio is not None:
             said = {"tie": "tie: simpler shipped" if r.tie_note else "tie", "inconclusive": "INCONCLUSIVE"}
             runner = f"{r.runner_up.label} ({ratio.format()}, {said.get(r.verdict, r.verdict)})"
+        cells = case_cells(r.best.case, by_key)
         rows.append(
             (
                 r.model,
                 str(r.batch),
                 r.device,
                 r.best.label,
-                f"{r.best.fastest:.3f} / {r.best.median:.3f} / {r.best.p99:.3f}",
+                cells[FASTEST],
+                cells[LOAD],
                 runner,
                 "; ".join(r.rejected) or "-",
             )
         )
-    headers = (
-        "model",
-        "batch",
-        "device",
-        "ship",
-        "fastest / p50 / p99 ms",
-        "runner-up",
-        "faster but rejected",
-    )
+    headers = ("model", "batch", "device", "ship", FASTEST, LOAD, "runner-up", "faster but rejected")
     unsettled = tuple(
         f"{r.model} batch {r.batch} on {r.device}: inconclusive; {resolve_hint(r.open_ratio)}"
         for r in recs
@@ -180,17 +189,21 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             "shipped, which a tie would ship, is neither shown inside the margin of the fastest nor beyond it (that "
             "format is named in the runner-up column)."
         ),
-        TableBlock(headers, tuple(rows), frozenset({1, 4})),
+        TableBlock(headers, tuple(rows), frozenset({1, 4, 5})),
+        Text(f"Legend: {LEGEND}."),
     ] + ([Bullets(unsettled)] if unsettled else [])
 
 
 def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
     made = [
-        (plots.latency_vs_batch(cases, plot_dir / "latency_vs_batch.png"), "Latency against batch size"),
+        (
+            plots.latency_vs_batch(cases, plot_dir / "latency_vs_batch.png"),
+            "Own speed (fastest call) against batch size",
+        ),
         (plots.merged_speedup_plot(cases, plot_dir / "merged_vs_kept.png"), "Merged vs kept speed-up"),
         (
             plots.best_target_plot(cases, plot_dir / "best_target.png"),
-            "Eager PyTorch vs the best passing format",
+            "Eager PyTorch vs the best passing format: own speed and figures under this host's load",
         ),
         (plots.error_plot(cases, plot_dir / "error_vs_tolerance.png"), "Error against the float64 oracle"),
     ]
@@ -199,13 +212,13 @@ def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
     return blocks
 
 
-REPORT_COLUMNS = ("fastest ms", "p50 ms", "p99 ms", "samples/s", "GFLOP/s", "memory MiB", "build s", "max abs err", "tolerance",
+REPORT_COLUMNS = (FASTEST, RATE, GFLOPS, P50, P99, "memory MiB", "build s", "max abs err", "tolerance",
                   "verdict", "vs eager", "merged vs kept", "noise")  # fmt: skip
 
 
 def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
     by_key = index(cases)
-    blocks: list[Block] = [Heading("Every case")]
+    blocks: list[Block] = [Heading("Every case"), Text(f"Legend: {LEGEND}.")]
     headers = ("layout", "target", "prec", "batch", *REPORT_COLUMNS)
     numeric = {
         i

@@ -14,6 +14,10 @@ A latency's statistic (``median_interval``) is the median over a process's round
 medians, with that median's within-process standard error as a floor on the half-width (two
 processes that happen to agree do not make an interval narrower than their own rounds allow).
 
+A format's own speed (``fastest_interval``) is its fastest call, the geometric mean over calm
+processes, with the t-interval over those processes' log fastest calls; one calm process gives no
+interval.
+
 A ratio's statistic is the *fastest-call ratio*: member A's fastest call in the process over
 member B's. On a shared machine noise only ever adds time (a neighbour's burst, a kernel
 thread), and it comes in episodes of a second or so that slow some members more than others
@@ -101,8 +105,8 @@ class Interval:
     """A point estimate and its 95 % interval.
 
     ``scope``: ``between-process`` (K >= 2 processes: the interval includes the process-to-process
-    spread), ``within-process`` (one process: its rounds only) or ``unpaired`` (a ratio of medians
-    of cases that never ran in one contest: no interval). ``low``/``high`` are NaN when the
+    spread), ``within-process`` (one process: its rounds only) or ``unpaired`` (a ratio of the
+    fastest calls of cases that never ran in one contest: no interval). ``low``/``high`` are NaN when the
     interval is not computable (``computable`` is False). ``p_value`` (paired ratios, K >= 2) is
     the t-test of the per-process log ratios against parity; ``processes`` is K. ``tie_low`` and
     ``tie_high`` bound the same estimate at ``TIE_CONFIDENCE`` (90 %), which the tie test reads.
@@ -255,6 +259,28 @@ def median_interval(latency: LatencyStats | None) -> Interval | None:
     for block in latency.blocks:
         groups.setdefault(block.process, []).append(math.log(block.median))
     return log_interval(groups, p_value=False)
+
+
+def fastest_interval(latency: LatencyStats | None) -> Interval | None:
+    """A format's own speed: its fastest call (``LatencyStats.fastest``, the geometric mean over
+    the calm processes of each one's fastest call) with its 95 % interval over those processes.
+
+    The unit is a calm process's log fastest call, and the interval the t-interval over them that a
+    ratio's is (``process_interval``; a fastest call has no within-process error), so its point is
+    ``LatencyStats.fastest`` itself. None below two calm processes: one process cannot say where
+    the next would land, and a minimum over its rounds has no standard error to stand in. Not
+    computable (NaN bounds) when the processes agree exactly.
+    """
+    calm_fastest = latency.calm_processes() if latency is not None else {}
+    if len(calm_fastest) < 2:
+        return None
+    rows = np.array([[math.log(f) for f in calm_fastest.values()]])
+    unknown = np.full(rows.shape, np.nan)
+    k = len(calm_fastest)
+    point, low, high, _ = process_interval(rows, unknown, k)
+    _, tie_low, tie_high, _ = process_interval(rows, unknown, k, TIE_CONFIDENCE)
+    bounds = (math.exp(b[0]) for b in (point, low, high))
+    return Interval(*bounds, k, None, k, BETWEEN, math.exp(tie_low[0]), math.exp(tie_high[0]))
 
 
 def paired_ratio(num: LatencyStats | None, den: LatencyStats | None) -> Interval | None:

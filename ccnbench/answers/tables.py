@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from ccnbench.answers.derived import index, is_reference, merged_interval, speedup_interval
+from ccnbench.answers.derived import (
+    fastest_text,
+    index,
+    is_reference,
+    merged_interval,
+    percentile_text,
+    speedup_interval,
+)
 from ccnbench.answers.stats import describe
 from ccnbench.results import CaseKey, CaseResult
 
@@ -25,18 +32,36 @@ def verdict_text(result: CaseResult) -> str:
     return f"[{_VERDICT_STYLE.get(verdict, 'default')}]{verdict}[/]"
 
 
+# The latency columns, named for what they are (``derived.fastest_text``, ``percentile_text``): a
+# format's own speed, which repeats between runs on one machine, with its 95 % interval over
+# processes and the rates at it; or a figure under this host's load, with its range over processes.
+FASTEST = "fastest ms [95 % interval]"
+P50 = "p50 ms (range over processes)"
+P99 = "p99 ms (range over processes)"
+LOAD = "p50 / p99 ms (range over processes)"  # both in one column, where a table is short of width
+RATE = "samples/s @fastest"
+GFLOPS = "GFLOP/s @fastest"
+#: The one line under every table of these columns (the terminal's and the report's).
+LEGEND = (
+    "own speed: fastest call [95 % interval over processes] and the rates at it (@fastest); "
+    "under this host's load: p50 and p99 (range over processes), which move with the host's load between runs"
+)
+
+
 def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str, str]:
     """A case's numbers formatted once, for the terminal table and the report alike."""
     lat, agr, mem = case.latency, case.agreement, case.memory
     memory = mem.headline_bytes if mem else None
     speed_i, merged_i = speedup_interval(by_key, case), merged_interval(by_key, case)
     noise = lat.noise if lat else None
+    gflops = lat.gflops_at_fastest if lat else None
     return {
-        "fastest ms": f"{lat.fastest:.3f}" if lat else "-",
-        "p50 ms": f"{lat.median:.3f}" if lat else "-",
-        "p99 ms": f"{lat.p99:.3f}" if lat else "-",
-        "samples/s": f"{lat.throughput:,.0f}" if lat else "-",
-        "GFLOP/s": f"{lat.gflops:,.1f}" if lat and lat.gflops else "-",
+        FASTEST: fastest_text(lat) if lat else "-",
+        P50: percentile_text(lat, 50) if lat else "-",
+        P99: percentile_text(lat, 99) if lat else "-",
+        LOAD: f"{percentile_text(lat, 50)} / {percentile_text(lat, 99)}" if lat else "-",
+        RATE: f"{lat.throughput_at_fastest:,.0f}" if lat else "-",
+        GFLOPS: f"{gflops:,.1f}" if gflops else "-",
         "memory MiB": f"{memory / 2**20:.1f}" if memory is not None else "-",
         "build s": f"{case.build_seconds:.2f}" if case.build_seconds is not None else "-",
         "max abs err": f"{agr.max_abs:.1e}" if agr else "-",
@@ -132,34 +157,36 @@ def _nonfinite_line(group: tuple[str, ...], batches: list[int], counts: dict[str
     return f"{model}/{layout}/{target}/{precision} ({where}): non-finite outputs: {outputs}"
 
 
-# samples/s (batch / p50) is in the report; the terminal keeps the fastest call, which the ratios compare.
-BENCH_COLUMNS = (
-    "fastest ms",
-    "p50 ms",
-    "p99 ms",
-    "memory MiB",
-    "max abs err",
-    "verdict",
-    "vs eager",
-    "merged vs kept",
-)
+# The rates (samples/s, GFLOP/s) are in the report; the terminal keeps the latencies they derive from.
+BENCH_COLUMNS = (FASTEST, LOAD, "memory MiB", "max abs err", "verdict", "vs eager", "merged vs kept")
+# The terminal's headers, on two lines, and its latency cells: each figure over its interval or
+# range (p50 over p99), so that at 160 columns (a log's width) the numbers keep their width, the
+# ratios' columns wrap instead, and no number is cut to an ellipsis.
+SHORT_HEADERS = {FASTEST: "fastest ms\n[95 %]", LOAD: "p50 / p99 ms\n(procs)", "memory MiB": "memory\nMiB",
+                 "max abs err": "max abs\nerr"}  # fmt: skip
+
+
+def _terminal_cell(col: str, text: str) -> str:
+    if col == FASTEST:
+        return text.replace(" ", "\n", 1)
+    return text.replace(" / ", "\n") if col == LOAD else text
 
 
 def bench_table(cases: Sequence[CaseResult], title: str = "Benchmark") -> Table:
-    """Per case: latency, throughput, memory, agreement and speed-up over eager PyTorch."""
+    """Per case: latency, memory, agreement and speed-up over eager PyTorch, with ``LEGEND`` under it."""
     by_key = index(cases)
-    table = Table(title=title)
+    table = Table(title=title, caption=LEGEND)
     for col in ("model", "layout", "target", "prec", "batch", *BENCH_COLUMNS):
-        table.add_column(
-            col, justify="left" if col in ("model", "layout", "target", "prec", "verdict") else "right"
-        )
+        left = col in ("model", "layout", "target", "prec", "verdict")
+        table.add_column(SHORT_HEADERS.get(col, col), justify="left" if left else "right",
+                         no_wrap=col in ("model", "target", *SHORT_HEADERS), overflow="fold")  # fmt: skip
     shown = [c for c in cases if c.status != "unavailable"]  # listed below the table with their reasons
     ordered = sorted(
         shown, key=lambda c: (c.key.model, c.key.precision, c.key.batch, c.key.target, c.key.layout)
     )
     for i, c in enumerate(ordered):
         nxt = ordered[i + 1] if i + 1 < len(ordered) else None
-        cells = case_cells(c, by_key)
+        cells = {col: _terminal_cell(col, text) for col, text in case_cells(c, by_key).items()}
         cells["verdict"] = verdict_text(c)
         k = c.key
         table.add_row(

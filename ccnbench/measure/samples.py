@@ -101,11 +101,34 @@ class LatencyStats:
         """The fastest call (ms): with contest blocks, the geometric mean over its calm processes
         (``calm_processes``) of each one's fastest call; without, the fastest sample. Timing
         noise on a shared machine only ever adds time, so this is the run's most repeatable
-        figure; the median and percentiles say what a caller waits."""
+        figure; the median and percentiles say what a caller waits under the host's load, which
+        moves them between runs (``percentile_by_process``: how far it moved them between
+        processes of one run)."""
         calm = self.calm_processes()
         if not calm:
             return self.min
         return float(np.exp(np.mean(np.log(list(calm.values())))))
+
+    def percentile_by_process(self, q: float) -> dict[int, float]:
+        """Per contest process: the ``q``-th percentile (0-100) of that process's samples, over all
+        its blocks ({} without blocks). How far these lie apart is how much the figure moved with
+        the host's load between processes of one run."""
+        by_process: dict[int, list[float]] = {}
+        for b in self.blocks:
+            by_process.setdefault(b.process, []).extend(b.samples_ms)
+        return {p: _percentile(s, q) for p, s in sorted(by_process.items())}
+
+    def median_by_process(self) -> dict[int, float]:
+        return self.percentile_by_process(50)
+
+    def p99_by_process(self) -> dict[int, float]:
+        return self.percentile_by_process(99)
+
+    def percentile_range(self, q: float) -> tuple[float, float] | None:
+        """The lowest and highest per-process ``q``-th percentile (``percentile_by_process``); None
+        below two processes, where there is no range to show."""
+        values = self.percentile_by_process(q).values()
+        return (min(values), max(values)) if len(values) >= 2 else None
 
     @property
     def noise(self) -> float | None:
@@ -119,8 +142,9 @@ class LatencyStats:
     def from_ns(cls, samples_ns: Sequence[int], batch: int, **kwargs: Any) -> LatencyStats:
         return cls(tuple(s / 1e6 for s in samples_ns), batch, "perf_counter", **kwargs)
 
-    def _p(self, q: float) -> float:
-        return float(np.percentile(np.asarray(self.samples_ms), q, method="linear"))
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of every sample."""
+        return _percentile(self.samples_ms, q)
 
     @property
     def iterations(self) -> int:
@@ -144,37 +168,54 @@ class LatencyStats:
 
     @property
     def median(self) -> float:
-        return self._p(50)
+        return self.percentile(50)
 
     @property
     def p90(self) -> float:
-        return self._p(90)
+        return self.percentile(90)
 
     @property
     def p95(self) -> float:
-        return self._p(95)
+        return self.percentile(95)
 
     @property
     def p99(self) -> float:
-        return self._p(99)
+        return self.percentile(99)
 
     @property
     def throughput(self) -> float:
-        """Samples per second at the median latency."""
+        """Samples per second at the median latency, which moves with the host's load (results.json
+        stores it; views print ``throughput_at_fastest``)."""
         return self.batch / (self.median / 1e3)
 
     @property
     def gflops(self) -> float | None:
-        """Achieved GFLOP/s at the median latency."""
+        """Achieved GFLOP/s at the median latency, as ``throughput``."""
         if not self.flops_per_sample:
             return None
         return self.flops_per_sample * self.batch / (self.median / 1e3) / 1e9
+
+    @property
+    def throughput_at_fastest(self) -> float:
+        """Samples per second at the fastest call (``fastest``): the rate of the format's own speed,
+        which repeats between runs on one machine, where the rate at the median moves with the
+        host's load."""
+        return self.batch / (self.fastest / 1e3)
+
+    @property
+    def gflops_at_fastest(self) -> float | None:
+        """Achieved GFLOP/s at the fastest call (``fastest``), as ``throughput_at_fastest``."""
+        if not self.flops_per_sample:
+            return None
+        return self.flops_per_sample * self.batch / (self.fastest / 1e3) / 1e9
 
     @property
     def host_median(self) -> float | None:
         return float(np.median(self.host_samples_ms)) if self.host_samples_ms else None
 
     def summary(self) -> dict[str, Any]:
+        """What results.json stores beside the samples. Its ``throughput`` and ``gflops`` are at the
+        median, as every stored run has them; views print the rates at the fastest call."""
         keys = (
             "min",
             "mean",
@@ -228,6 +269,10 @@ class LatencyStats:
             blocks=blocks,
             sm_clock_mhz=data.get("sm_clock_mhz"),
         )
+
+
+def _percentile(samples: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q, method="linear"))
 
 
 def _host_in_blocks(blocks: Sequence[Block]) -> bool:

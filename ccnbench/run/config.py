@@ -28,6 +28,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SWEEPS_DIR = Path(__file__).parent.parent / "sweeps"
+#: The bundled sweeps' names, as ``--config`` takes them: read from the folder, so a list can't go stale.
+BUNDLED_SWEEPS = tuple(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
 DEFAULT_TIMEOUT = 600.0
 ISOLATIONS = ("group", "model", "device")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -188,7 +190,7 @@ def sweep_file(name_or_path: str) -> Path:
         return path
     bundled = SWEEPS_DIR / f"{name_or_path}.toml"
     if not bundled.is_file():
-        names = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.toml")))
+        names = ", ".join(BUNDLED_SWEEPS)
         raise UsageError(f"no sweep file {name_or_path!r} (bundled sweeps: {names})")
     return bundled
 

@@ -3,16 +3,18 @@
 import json
 import math
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ccnbench import results
-from ccnbench.answers.compare import compare, parse_threshold
+from ccnbench.answers.compare import METRICS, compare, parse_threshold
 from ccnbench.answers.compare_sides import load_side, rows_from_run
+from ccnbench.answers.derived import index, reference_key, speedup_interval
 from ccnbench.cli import app
 from ccnbench.errors import UsageError
 
-from helpers import FIXTURES, ROOT, case, run
+from helpers import FIXTURES, PAIR, PAIR_CASE, ROOT, case, run
 
 cli = CliRunner()
 
@@ -126,11 +128,11 @@ def test_incompatible_schema_is_a_clear_error(tmp_path):
 
 
 def test_pytest_benchmark_files_are_read_and_keyed_by_their_extra_info(tmp_path):
-    def bench_file(path, ort_seconds):
+    def bench_file(path, ort_seconds, ort_min=None):
         benches = [
-            {"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"median": s, "max": s * 2},
+            {"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"min": low or s / 2, "median": s, "max": s * 2},
              "extra_info": {"model": "early-n3", "layout": "kept", "target": t, "batch": 8}}
-            for t, s in (("torch:cpu", 0.004), ("ort:cpu", ort_seconds))
+            for t, s, low in (("torch:cpu", 0.004, None), ("ort:cpu", ort_seconds, ort_min))
         ]  # fmt: skip
         path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
         return path
@@ -140,6 +142,12 @@ def test_pytest_benchmark_files_are_read_and_keyed_by_their_extra_info(tmp_path)
     assert base.kind == "pytest-benchmark"
     result = compare(base.rows, new.rows)
     assert result.failed and _kinds(result)["early-n3/kept/ort:cpu/fp32/b8"] == "regression"
+    # fastest reads stats.min, p50 stats.median: a median that moved alone moves only p50.
+    loaded = load_side(bench_file(tmp_path / "c.json", 0.003, ort_min=0.0005))
+    assert _kinds(compare(base.rows, loaded.rows))["early-n3/kept/ort:cpu/fp32/b8"] == "unchanged"
+    assert (
+        _kinds(compare(base.rows, loaded.rows, metric="p50"))["early-n3/kept/ort:cpu/fp32/b8"] == "regression"
+    )
     mixed = cli.invoke(app, ["compare", str(tmp_path / "a.json"), str(tmp_path / "x")])
     assert mixed.exit_code == 1 and "no results at" in mixed.output
 
@@ -311,7 +319,7 @@ def test_a_change_in_the_fastest_calls_alone_is_not_a_regression():
 
 def test_pytest_benchmark_files_are_judged_like_with_like_by_their_machine_info(tmp_path):
     def bench_file(name, ort_seconds, cpu):
-        benches = [{"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"median": s},
+        benches = [{"name": f"t[{t}]", "fullname": f"t[{t}]", "stats": {"min": s, "median": s},
                     "extra_info": {"model": "early-n3", "layout": "kept", "target": t, "batch": 8}}
                    for t, s in (("torch:cpu", 0.004), ("ort:cpu", ort_seconds))]  # fmt: skip
         path = tmp_path / name
@@ -334,3 +342,68 @@ def test_pytest_benchmark_files_are_judged_like_with_like_by_their_machine_info(
     )
     unknown = cli.invoke(app, ["compare", base, bench_file("d.json", 0.003, {})])
     assert unknown.exit_code == 0 and "new file: unknown machine" in unknown.output
+
+
+def _pair_2026_12_06():
+    runs = [results.load(PAIR / f"{name}.json") for name in ("a", "b")]
+    return [rows_from_run(r) for r in runs], [index(r.cases) for r in runs]
+
+
+def test_metric_p50_is_the_ratio_of_medians_and_fastest_the_paired_ratio_on_the_2026_12_06_pair():
+    """The pair whose medians moved with the host's load: --metric p50 judges the ratio of each
+    case's median to its reference's (unpaired, no intervals), --metric fastest (the default) the
+    paired fastest-call ratio every view shows."""
+    (base, new), (cases_a, cases_b) = _pair_2026_12_06()
+    medians = compare(base, new, metric="p50")
+    change = next(c for c in medians.changes if c.key == PAIR_CASE)
+    for value, cases in ((change.base, cases_a), (change.new, cases_b)):
+        timed = next(c for k, c in cases.items() if str(k) == PAIR_CASE)
+        ref = cases[reference_key(timed.key)]
+        assert value == pytest.approx(np.median(timed.latency.samples_ms) / np.median(ref.latency.samples_ms))
+    assert change.new / change.base > 1.5 and change.kind == "regression"  # the median moved with the load
+    assert change.detail == ""  # no interval is claimed for a ratio of medians
+
+    fastest = compare(base, new, metric="fastest")
+    assert fastest.changes == compare(base, new).changes  # the default
+    for change in fastest.changes:
+        if change.kind == "reference":
+            continue
+        for value, cases in ((change.base, cases_a), (change.new, cases_b)):
+            timed = next(c for k, c in cases.items() if str(k) == change.key)
+            assert value == pytest.approx(1 / speedup_interval(cases, timed).value)
+    assert "regression" not in fastest.counts()
+    text = fastest.markdown()
+    assert "Metric fastest: fastest call (own speed), ratio to eager PyTorch" in text and "paired" in text
+    assert (
+        "Metric p50: median (under the host's load)" in medians.markdown()
+        and "unpaired" in medians.markdown()
+    )
+
+
+def test_metric_fastest_unpaired_and_absolute_read_the_fastest_call():
+    base = run(case("torch:cpu", 10.0), case("ort:cpu", 5.0))
+    new = run(case("torch:cpu", 10.0), case("ort:cpu", 6.0))
+    by_key = {str(c.key): c for c in base.cases} | {"new " + str(c.key): c for c in new.cases}
+    relative = next(c for c in compare(rows_from_run(base), rows_from_run(new)).changes if c.key == KEY)
+    ref = "model-n3/kept/torch:cpu/fp32/b1"
+    assert relative.base == pytest.approx(by_key[KEY].latency.fastest / by_key[ref].latency.fastest)
+    absolute = compare(rows_from_run(base), rows_from_run(new), relative=False)
+    change = next(c for c in absolute.changes if c.key == KEY)
+    assert (change.base, change.new) == (by_key[KEY].latency.fastest, by_key["new " + KEY].latency.fastest)
+    assert "fastest call (own speed), absolute" in absolute.markdown()
+    medians = compare(rows_from_run(base), rows_from_run(new), metric="p50", relative=False)
+    change = next(c for c in medians.changes if c.key == KEY)
+    assert (change.base, change.new) == (by_key[KEY].latency.median, by_key["new " + KEY].latency.median)
+
+
+def test_an_unknown_metric_is_a_one_line_usage_error_naming_the_choices(tmp_path):
+    results.save(run(case("torch:cpu", 10), case("ort:cpu", 5)), tmp_path / "base")
+    out = cli.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "base"), "--metric", "median"])
+    assert out.exit_code == 2
+    assert len(out.output.strip().splitlines()) == 1 and "unknown metric 'median'" in out.output
+    assert all(name in out.output for name in METRICS) and list(METRICS) == [
+        "fastest",
+        "p50",
+        "p99",
+        "throughput",
+    ]

@@ -3,10 +3,13 @@
 import re
 from dataclasses import replace
 
+import pytest
+
 from ccnbench import results
 from ccnbench.answers import derived, stats
+from ccnbench.measure.samples import Block, LatencyStats
 
-from helpers import FIXTURES, ROOT
+from helpers import FIXTURES, PAIR, ROOT
 
 
 def test_h200_runs_never_pair_across_runs_even_with_clashing_contest_ids():
@@ -133,3 +136,46 @@ def test_machine_load_is_how_far_medians_sat_above_the_fastest_calls():
     assert derived.load_note([quiet]) is None and derived.machine_load([]) is None
     note = derived.load_note([busy])
     assert "1.30x the fastest calls" in note and "repeats" in note
+
+
+def test_figures_print_as_what_they_are_on_hand_built_blocks():
+    assert [derived.significant(x) for x in (1.1749, 0.18412, 45.31, 1234.5, 0.0)] == [
+        "1.17", "0.184", "45.3", "1234", "0"
+    ]  # fmt: skip
+    # Two calm processes (fastest calls 1.00 and 1.04 ms), each with its own median.
+    blocks = [
+        Block(p, r, (base, base * 1.1, base * 1.3)) for p, base in ((0, 1.0), (1, 1.04)) for r in range(3)
+    ]
+    lat = LatencyStats.from_blocks(blocks, 1, "perf_counter")
+    interval = stats.fastest_interval(lat)
+    assert derived.fastest_text(lat) == (
+        f"{lat.fastest:.3f} [{derived.significant(interval.low)}, {derived.significant(interval.high)}]"
+    )
+    assert derived.percentile_text(lat, 50) == f"{lat.median:.3f} (1.10-1.14)"  # 1.1 and 1.04 * 1.1
+    assert derived.spread(lat, 50) == "1.10-1.14"
+    # One process: the values alone, never a made-up interval or range.
+    one = LatencyStats.from_blocks(blocks[:3], 1, "perf_counter")
+    assert derived.fastest_text(one) == "1.000" and derived.percentile_text(one, 99) == f"{one.p99:.3f}"
+    assert derived.fastest_bounds(one) is None and derived.spread(one, 50) is None
+
+
+def test_the_2026_12_06_pair_repeats_its_fastest_calls_not_its_medians():
+    """The fixture's README: the headline (paired fastest-call ratio to eager PyTorch) agreed
+    within ±10 % between the two runs for 18 of 20 cases, the ratio of p50 medians for 7."""
+    a, b = (results.load(PAIR / f"{name}.json") for name in ("a", "b"))
+    ia, ib = derived.index(a.cases), derived.index(b.cases)
+
+    def median_ratio(cases, case):
+        return derived.median_ms(case) / derived.median_ms(cases[derived.reference_key(case.key)])
+
+    headline, medians = [], []
+    for key, case in ia.items():
+        if derived.is_reference(key):
+            continue
+        headline.append(
+            derived.speedup_interval(ib, ib[key]).value / derived.speedup_interval(ia, case).value
+        )
+        medians.append(median_ratio(ib, ib[key]) / median_ratio(ia, case))
+    within = [sum(abs(r - 1) <= 0.10 for r in ratios) for ratios in (headline, medians)]
+    assert len(headline) == 20 and within == [18, 7]
+    assert max(max(r, 1 / r) for r in medians) == pytest.approx(1.57, abs=0.005)

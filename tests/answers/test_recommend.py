@@ -1,5 +1,7 @@
 import re
 
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from ccnbench import results
@@ -7,7 +9,7 @@ from ccnbench.answers.recommend import recommend
 from ccnbench.answers.stats import pair
 from ccnbench.cli import app
 
-from helpers import case, run
+from helpers import PAIR, PAIR_CASE, by_process, case, fastest_by_hand, run
 
 
 def test_fastest_passing_format_wins_and_faster_failures_are_explained():
@@ -272,3 +274,43 @@ def test_a_simpler_format_of_any_rank_with_an_undecided_tie_leaves_the_answer_op
         contest_cases(levels, processes=5, rounds=6, process_spread=0.02, seed=3), shippable=True
     )
     assert rec.undecided is None and rec.best.label == "openvino:cpu kept fp32" and rec.verdict == "tie"
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_the_line_keeps_own_speed_apart_from_the_median_under_load(name):
+    """On the 2026-12-06 pair, whose medians moved with the host's load (0.219 -> 0.350 ms for this
+    case) while its fastest call did not: the fastest call with its 95 % interval, the median with
+    its range over processes, computed here from the blocks."""
+    cases = list(results.load(PAIR / f"{name}.json").cases)
+    timed = next(c for c in cases if str(c.key) == PAIR_CASE)
+    rec = next(r for r in recommend(cases) if r.model == timed.key.model and r.batch == 1)
+    assert rec.best.case is timed
+    found = re.search(
+        r"ship ort:cpu kept fp32 \(ONNX file, fastest call ([0-9.]+) ms \[([0-9.]+), ([0-9.]+)\]; median under "
+        r"this host's load ([0-9.]+) ms, ([0-9.]+)-([0-9.]+) over 2 processes\)",
+        rec.line(),
+    )
+    assert found, rec.line()
+    fastest, low, high, median, least, most = map(float, found.groups())
+    assert fastest == pytest.approx(fastest_by_hand(timed.latency), abs=5e-4) and low < fastest < high
+    medians = by_process(timed.latency, 50)
+    assert median == pytest.approx(float(np.median(timed.latency.samples_ms)), abs=5e-4)
+    assert (least, most) == pytest.approx((min(medians.values()), max(medians.values())), rel=5e-3)
+
+    best = rec.to_dict()["best"]
+    assert best["median_range_ms"] == pytest.approx([min(medians.values()), max(medians.values())])
+    spread = by_process(timed.latency, 99)
+    assert best["p99_range_ms"] == pytest.approx([min(spread.values()), max(spread.values())])
+    interval_low, interval_high = best["fastest_interval_ms"]
+    assert interval_low < best["fastest_ms"] < interval_high and best["processes"] == 2
+    assert {"fastest_ms", "median_ms", "p99_ms", "format", "ships"} <= set(best)  # the keys it always had
+
+
+def test_one_process_gives_no_interval_and_no_range():
+    (rec,) = recommend([case("torch:cpu", 10.0), case("ort:cpu", 4.0)])  # no contest blocks
+    assert rec.line().startswith(
+        f"model-n3 batch 1 on cpu: ship ort:cpu kept fp32 (ONNX file, fastest call {rec.best.fastest:.3f} ms; "
+        f"median under this host's load {rec.best.median:.3f} ms)"
+    )
+    best = rec.to_dict()["best"]
+    assert best["fastest_interval_ms"] is None and best["median_range_ms"] is None and best["processes"] == 0

@@ -1,15 +1,17 @@
 """Reports: markdown, self-contained HTML and every plot, from hand-made and recorded runs."""
 
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ccnbench import results
+from ccnbench.answers import tables
 from ccnbench.answers.report import write_report
 from ccnbench.cli import app
 
-from helpers import ROOT, case, run
+from helpers import PAIR, PAIR_CASE, ROOT, by_process, case, contest_cases, fastest_by_hand, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("latency_vs_batch.png", "merged_vs_kept.png", "best_target.png", "error_vs_tolerance.png")
@@ -137,16 +139,22 @@ def _bimodal(target, layout, fast, slow=230.0):
 
 def test_report_never_draws_negative_error_bars(tmp_path):
     """Regression: `report s1 s2` on two shards ended in "'yerr' must not contain negative values"
-    because error bars were centred on the pooled median, not on their interval's own point."""
+    because error bars were centred on the pooled median, not on their interval's own point. The
+    latency plot now draws the fastest call, which is its interval's own point."""
     from ccnbench.answers import plots, stats
+
+    spread = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "kept"): 1.0}, process_spread=0.05)
+    centres, yerr = plots._centred(spread)
+    intervals = [stats.fastest_interval(c.latency) for c in spread]
+    assert all(i is not None and i.computable for i in intervals)
+    assert centres == pytest.approx([c.latency.fastest for c in spread])
+    assert yerr is not None and min(min(yerr[0]), min(yerr[1])) >= 0
+    assert yerr[0][0] == pytest.approx(centres[0] - intervals[0].low)
 
     cases = [_bimodal("torch:cpu", "kept", 0.25), _bimodal("torch:cpu", "merged", 0.22),
              _bimodal("ort:cpu", "kept", 0.2), _bimodal("ort:cpu", "merged", 0.18)]  # fmt: skip
     latency = cases[0].latency
-    interval = stats.median_interval(latency)
-    assert not interval.contains(latency.median)  # the data that crashed the old plots
-    centres, yerr = plots._centred(cases)
-    assert centres[0] == interval.value and min(min(yerr[0]), min(yerr[1])) >= 0
+    assert not stats.median_interval(latency).contains(latency.median)  # the data that crashed the old plots
     results.save(run(*cases, run_id="loaded"), tmp_path / "run")
     out = tmp_path / "rep"
     assert write_report([tmp_path / "run"], out).is_file()
@@ -179,3 +187,55 @@ def test_every_case_cell_carries_the_one_verdict():
     one = contest_cases({("torch:cpu", "kept"): 2.0, ("ort:cpu", "kept"): 1.0}, processes=1)
     ort = next(c for c in one if c.key.target == "ort:cpu")
     assert "within-process" in case_cells(ort, index(one))["vs eager"]
+
+
+def _md_table(markdown: str, after: str) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table after the line ``after``: its headers and rows of cells."""
+    lines = markdown.split(after, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return rows[0], rows[2:]
+
+
+def test_the_report_prints_own_speed_rates_at_it_and_load_figures_with_their_ranges(tmp_path):
+    """On the 2026-12-06 pair's run a: samples/s and GFLOP/s at the fastest call, the p50 and p99
+    with their range over processes computed here from the blocks, each header saying which."""
+    recorded = results.load(PAIR / "a.json")
+    timed = next(c for c in recorded.cases if str(c.key) == PAIR_CASE)
+    lat = timed.latency
+    markdown = write_report([PAIR / "a.json"], tmp_path / "rep").read_text()
+    assert markdown.count(f"Legend: {tables.LEGEND}.") == 2  # under the ship table and over every case
+
+    headers, rows = _md_table(markdown, "### multitask-n3@tiny")
+    for header in ("fastest ms [95 % interval]", "samples/s @fastest", "GFLOP/s @fastest",
+                   "p50 ms (range over processes)", "p99 ms (range over processes)"):  # fmt: skip
+        assert header in headers
+    row = dict(zip(headers, next(r for r in rows if r[:4] == ["kept", "ort:cpu", "fp32", "1"])))
+    fastest = fastest_by_hand(lat)
+    assert float(row["samples/s @fastest"].replace(",", "")) == pytest.approx(1 / (fastest / 1e3), abs=1)
+    gflops = lat.flops_per_sample / (fastest / 1e3) / 1e9
+    assert float(row["GFLOP/s @fastest"]) == pytest.approx(gflops, abs=0.05)
+    assert abs(1 / (lat.median / 1e3) - 1 / (fastest / 1e3)) > 100  # not the rate at the median
+    for q, header in ((50, "p50 ms (range over processes)"), (99, "p99 ms (range over processes)")):
+        value, low, high = map(
+            float, re.fullmatch(r"([0-9.]+) \(([0-9.]+)-([0-9.]+)\)", row[header]).groups()
+        )
+        spread = by_process(lat, q)
+        assert (low, high) == pytest.approx((min(spread.values()), max(spread.values())), rel=5e-3)
+        assert low <= value <= high
+
+    headers, rows = _md_table(markdown, "## Which format to ship")
+    assert headers[4:6] == ["fastest ms [95 % interval]", "p50 / p99 ms (range over processes)"]
+    ship = dict(zip(headers, next(r for r in rows if r[:2] == ["multitask-n3@tiny", "1"])))
+    assert ship["ship"] == "ort:cpu kept fp32"
+    point, low, high = map(
+        float, re.fullmatch(r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", ship[headers[4]]).groups()
+    )
+    assert point == pytest.approx(fastest, abs=5e-4) and low < point < high
+    p50 = ship[headers[5]].split(" / ")[0]
+    spread = by_process(lat, 50)
+    assert p50 == f"{lat.median:.3f} ({min(spread.values()):.3f}-{max(spread.values()):.3f})"

@@ -366,3 +366,29 @@ def test_one_calm_process_of_two_keeps_the_spread_of_both_in_its_interval():
     )
     alone = stats.paired_ratio(calm_a, calm_b)  # its rounds alone would claim about ±1 %
     assert alone.relative_half_width < 0.02 < 1 < ratio.high / ratio.low - 1  # t(0.975, 1) over both
+
+
+def test_the_fastest_call_s_interval_is_over_its_calm_processes():
+    a, b = _pair(1.3, noise=0.02, processes=4, process_spread=0.05, seed=5)
+    for latency in (a, b):
+        interval = stats.fastest_interval(latency)
+        assert interval.value == pytest.approx(latency.fastest)  # its own point is the fastest call
+        assert interval.low < latency.fastest < interval.high and interval.scope == stats.BETWEEN
+        # the t-interval over the calm processes' log fastest calls, computed here by hand
+        logs = np.log(list(latency.calm_processes().values()))
+        k = len(logs)
+        half = stats._student_t().ppf(0.975, k - 1) * logs.std(ddof=1) / math.sqrt(k)
+        assert (interval.low, interval.high) == pytest.approx(
+            (math.exp(logs.mean() - half), math.exp(logs.mean() + half))
+        )
+        assert interval.processes == k == latency.processes
+
+
+def test_the_fastest_call_has_no_interval_from_one_calm_process():
+    one, _ = _pair(1.3, processes=1)
+    assert one.processes == 1 and stats.fastest_interval(one) is None
+    # Two processes, one disturbed throughout: one calm process is all there is.
+    disturbed, _ = _disturbed(1.5, 1.2, processes=2, disturbed=(1,))
+    assert len(disturbed.calm_processes()) == 1 and stats.fastest_interval(disturbed) is None
+    assert stats.fastest_interval(LatencyStats((1.0, 1.1), 1, "perf_counter")) is None
+    assert stats.fastest_interval(None) is None

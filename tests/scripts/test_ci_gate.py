@@ -209,7 +209,7 @@ def test_a_target_wide_slowdown_stands_though_no_pair_resolves_a_case_alone():
 
     def comparison(kind, cases, slowdown=0.3):
         changes = tuple(Change(f"case{i}", kind, "ort:cpu", slowdown=slowdown) for i in range(cases))
-        return Comparison("p50", 0.15, True, "case", changes)
+        return Comparison("fastest", 0.15, True, "case", changes)
 
     slower = comparison("unchanged", 3)  # beyond the threshold in each pair, within its noise
     assert gate.confirmed(comparison("regression", 3), [slower, slower]).failed
@@ -225,7 +225,7 @@ def test_a_target_wide_slowdown_within_the_noise_calls_for_a_second_pair():
     gate = _gate_module()
 
     def first(*changes):
-        return Comparison("p50", 0.15, True, "case", tuple(changes))
+        return Comparison("fastest", 0.15, True, "case", tuple(changes))
 
     def change(i, kind="unchanged", target="ort:cpu", slowdown=0.3):
         return Change(f"case{i}", kind, target, slowdown=slowdown)
