@@ -1,7 +1,7 @@
 """Block scheme experiment: the kept/merged ratio of one model measured four ways in one process.
 
 Usage: python scripts/block_scheme.py [TARGET] [BATCH]. Compares 50 ms and 10 ms blocks (first call
-discarded), per-iteration alternation and sequential measurement; see README "Why blocks". Needs a
+discarded), per-iteration alternation and sequential measurement; see docs/measurement.md. Needs a
 quiet machine: on a loaded one every scheme drifts.
 """
 
@@ -34,7 +34,7 @@ def blocks(sec, total=2.0):
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < total:
         for i in (0, 1):
-            ms[i].append(np.median(time_block(calls[i], runners[i], sec)))
+            ms[i].append(time_block(calls[i], runners[i], sec).median)
     return np.median(np.array(ms[0]) / np.array(ms[1]))
 
 

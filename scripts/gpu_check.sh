@@ -42,7 +42,6 @@ read -r -a STAGES <<<"${GPU_CHECK_STAGES:-gpu-1-eager gpu-2-graphs gpu-3-aoti gp
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 export PYTHONPATH="${PYTHONPATH:-.}" PYTHONUNBUFFERED=1
-export CCNBENCH_GIT_COMMIT="${CCNBENCH_GIT_COMMIT:-unknown}"  # no .git on a lent machine: call CCNBENCH_GIT_COMMIT=$(git rev-parse --short=12 HEAD) bash scripts/gpu_check.sh
 # fp32 means fp32 on every target: ONNX Runtime's TensorRT provider has no TF32 switch and
 # TensorRT enables TF32 by default; this variable, set before any process starts, turns it off
 # in every NVIDIA library (fp16 cases are not affected).

@@ -122,8 +122,8 @@ def _worker(args: argparse.Namespace) -> None:
     contest.time_block, contest.settle = labelled, timed_settle  # the contest's own loop, observed
     prepare = contest.case_group.prepare
 
-    def named(group: Any) -> Any:
-        prepared = prepare(group)
+    def named(group: Any, **kwargs: Any) -> Any:
+        prepared = prepare(group, **kwargs)
         names[id(prepared.runner)] = str(group.target)
         return prepared
 

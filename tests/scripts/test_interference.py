@@ -1,6 +1,11 @@
 """scripts/interference.py judges a member timed after another runtime against the same member alone."""
 
 import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
 
 from helpers import ROOT
 
@@ -38,3 +43,16 @@ def test_a_member_slowed_by_its_predecessor_is_flagged_and_an_undisturbed_one_ag
         == 5
     )
     assert "| torch:cpu | ort:cpu |" in script._markdown("setup", rows)
+
+
+@pytest.mark.slow
+def test_the_script_runs_a_real_contest_both_ways():
+    """Runs the script as a user would: it drives the contest's own loop, so a change to the
+    contest's signatures breaks it here and not in a user's hands."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--targets", "torch:cpu,ort:cpu", "--preset", "tiny", "--variant", "model",
+         "--layout", "kept", "--batch", "1", "--processes", "2", "--rounds", "2"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| torch:cpu | ort:cpu |" in done.stdout and "| ort:cpu | torch:cpu |" in done.stdout
