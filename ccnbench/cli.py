@@ -351,7 +351,8 @@ def _print_closing_notes(run: Any, run_dir: Path) -> None:
 
 # fmt: off
 RunDirs = Annotated[list[Path], typer.Argument(help="Run directories (or results.json files) to report on together.")]
-ReportOut = Annotated[Path | None, typer.Option("--out", "-o", help="Where report.md, report.html and plots/ go.")]
+ReportOut = Annotated[Path | None, typer.Option("--out", "-o", help="--format report: where report.md, report.html and plots/ go (default: the first run's directory). A dashboard format: the JSON file to write (default: <first run>/<format>.json).")]
+ReportFormat = Annotated[str, typer.Option("--format", help="report (report.md, report.html, plots), or one run as a dashboard's JSON: github-action-benchmark (tool customSmallerIsBetter) or bencher (Bencher Metric Format). Dashboards get each case's time over eager PyTorch's on the same machine, with its 95% interval.")]
 Base = Annotated[Path, typer.Argument(help="Baseline: a run directory, results.json or pytest-benchmark JSON.")]
 New = Annotated[Path, typer.Argument(help="The run to judge, of the same kind as BASE.")]
 Margin = Annotated[
@@ -371,7 +372,7 @@ Metric = Annotated[
 Absolute = Annotated[bool, typer.Option("--absolute", help="Compare raw times instead of ratios to eager PyTorch in the same run.")]
 By = Annotated[str, typer.Option("--by", help="Judge each case, or each target by its geometric mean: case|target.")]
 FailOnMissing = Annotated[bool, typer.Option("--fail-on-missing", help="Also fail when a baseline case is missing from NEW.")]
-ForceSpeed = Annotated[bool, typer.Option("--force-speed", help="Judge speed changes even when the runs' machine or software differ or are unknown (only for a BASE you know was measured like NEW).")]
+ForceSpeed = Annotated[bool, typer.Option("--force-speed", help="Judge speed changes even when the runs' machine or software differ or are unknown (only for a BASE you know was measured like NEW; never across the shards of one run measured on different machines).")]
 Runs = Annotated[list[Path], typer.Argument(help="Run directories (or results.json files).")]
 OnlyPrecisions = Annotated[str | None, typer.Option("--precision", help="Only consider these precisions (comma list).")]
 Shippable = Annotated[bool, typer.Option("--shippable", help="Only formats that ship as a file (ONNX, .pt2, engine): no model code at run time.")]
@@ -379,8 +380,25 @@ Shippable = Annotated[bool, typer.Option("--shippable", help="Only formats that 
 
 
 @app.command()
-def report(runs: RunDirs, out: ReportOut = None) -> None:
-    """Write report.md, a self-contained report.html and plots for one or more runs."""
+def report(runs: RunDirs, out: ReportOut = None, report_format: ReportFormat = "report") -> None:
+    """Write report.md, a self-contained report.html and plots for one or more runs, or one run's
+    dashboard file (--format github-action-benchmark|bencher)."""
+    from ccnbench.answers import dashboard
+
+    if report_format != "report":
+        if report_format not in dashboard.FORMATS:
+            choices = ", ".join(("report", *dashboard.FORMATS))
+            raise UsageError(f"unknown --format {report_format!r}; choose from {choices}")
+        made = dashboard.write_dashboard(runs, report_format, out)
+        count = len(made.export.entries)
+        tool = (
+            f" (tool: {dashboard.GITHUB_TOOL})" if report_format == dashboard.GITHUB_ACTION_BENCHMARK else ""
+        )
+        _note(f"wrote {count} benchmark{'s' if count != 1 else ''} to {made.path}{tool}")
+        left_out = made.export.left_out_text()
+        if left_out:
+            err_console.print(f"note: {left_out}", style="yellow", markup=False, highlight=False)
+        return
     from ccnbench.answers.report import write_report
 
     written = write_report(runs, out)

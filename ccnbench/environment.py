@@ -118,18 +118,38 @@ def differences(base: Environment, new: Environment) -> list[str]:
     A run without the precise fingerprint is an unknown machine: that is a reason by itself, and
     only its software fields it did record are compared.
     """
-    reasons = []
-    for side, env in (("base", base), ("new", new)):
-        if not known_machine(env):
-            reasons.append(f"{side} run: unknown machine (recorded before machine fingerprints)")
-    unknown = bool(reasons)
-    for name in SOFTWARE_FIELDS if unknown else MACHINE_FIELDS + SOFTWARE_FIELDS:
-        a, b = getattr(base, name), getattr(new, name)
-        if name == "gpus":
-            a, b = [g.name for g in a], [g.name for g in b]
-        if a != b and not (unknown and "" in (a, b)):
-            reasons.append(f"{name}: {_short(a)} -> {_short(b)}")
+    reasons = [
+        f"{side} run: unknown machine (recorded before machine fingerprints)"
+        for side, env in (("base", base), ("new", new))
+        if not known_machine(env)
+    ]
+    for name in differing_fields(base, new):
+        reasons.append(f"{name}: {field_text(base, name)} -> {field_text(new, name)}")
     return reasons
+
+
+def differing_fields(base: Environment, new: Environment) -> list[str]:
+    """The fingerprint fields (``MACHINE_FIELDS``, ``SOFTWARE_FIELDS``) two runs do not share, in
+    that order: what :func:`differences` names. Where either run is an unknown machine, only the
+    software fields both recorded."""
+    unknown = not (known_machine(base) and known_machine(new))
+    names = SOFTWARE_FIELDS if unknown else MACHINE_FIELDS + SOFTWARE_FIELDS
+    found = []
+    for name in names:
+        a, b = _field(base, name), _field(new, name)
+        if a != b and not (unknown and "" in (a, b)):
+            found.append(name)
+    return found
+
+
+def field_text(env: Environment, name: str) -> str:
+    """A fingerprint field's value as :func:`differences` shows it (GPUs by name)."""
+    return _short(_field(env, name))
+
+
+def _field(env: Environment, name: str) -> Any:
+    value = getattr(env, name)
+    return [g.name for g in value] if name == "gpus" else value
 
 
 def benchmark_machine(data: dict[str, Any]) -> dict[str, Any] | None:

@@ -4,17 +4,56 @@ Which groups go to which part is planning (``ccnbench.run.plan.select``). Each p
 shard in the run's configuration; ``load_runs`` (what ``report``, ``compare`` and ``recommend``
 read) hands the runs to ``combine``, which turns the N run directories back into one run,
 refusing parts that are missing, repeated, or from another configuration or commit.
+
+In a CI matrix each part may run on its own runner, another CPU. Such parts still combine: every
+contest lies within one part, so agreement, crashes and the ratios within a contest (``recommend``)
+hold. But no other run is like with like to all of them, so the combined run records which
+fingerprint fields its parts differ in and each part's machine (``mixed_machines``), and
+``compare`` judges no speed with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ccnbench import environment
 from ccnbench.errors import ResultsError, UsageError
 from ccnbench.results import RunResult, load_many, results_path
+
+#: The key of a combined run's config that holds its ``MixedMachines`` (only where its parts' machines differ).
+MIXED_MACHINES = "shard_machines"
+
+
+@dataclass(frozen=True)
+class MixedMachines:
+    """A combined run whose parts were measured on different machines or software: the fingerprint
+    fields they differ in (``environment.differing_fields``, as ``compare`` names them between two
+    runs) and, per part, its values of those fields."""
+
+    fields: tuple[str, ...]
+    shards: tuple[tuple[str, str], ...]  # (the part's run id, its machine in words)
+
+    def reason(self) -> str:
+        """'shards were measured on different machines (differ in: cpu, cpu_model_number)'."""
+        machines = set(self.fields) & set(environment.MACHINE_FIELDS)
+        how = "on different machines" if machines else "with different software"
+        return f"shards were measured {how} (differ in: {', '.join(self.fields)})"
+
+    def each(self) -> str:
+        """Which part had which machine: '`s-1`: cpu AMD EPYC, machine id 4762..; `s-2`: ...'."""
+        return "; ".join(f"`{run_id}`: {machine}" for run_id, machine in self.shards)
+
+
+def mixed_machines(run: RunResult) -> MixedMachines | None:
+    """Where ``combine`` found the run's parts on different machines or software, which; None for
+    parts from one machine and for a run that was not split."""
+    stored = run.config.get(MIXED_MACHINES)
+    if not stored:
+        return None
+    return MixedMachines(tuple(stored["fields"]), tuple((str(r), str(m)) for r, m in stored["shards"]))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -87,13 +126,33 @@ def _merge(parts: list[RunResult]) -> RunResult:
     cases = [c for p in ordered for c in p.cases]
     if len({c.key for c in cases}) != len(cases):
         raise ResultsError(f"the shards of {name!r} overlap: a case appears in two of them")
+    config = {**base, "shards": [p.run_id for p in ordered]}
+    mixed = _mixed(ordered)
+    if mixed is not None:
+        config[MIXED_MACHINES] = {"fields": list(mixed.fields), "shards": [list(s) for s in mixed.shards]}
     return replace(
         ordered[0],
         run_id=f"{ordered[0].run_id}+{n - 1} shards" if n > 1 else ordered[0].run_id,
-        config={**base, "shards": [p.run_id for p in ordered]},
+        config=config,
         cases=tuple(cases),
         complete=all(p.complete for p in ordered),
     )
+
+
+def _mixed(parts: list[RunResult]) -> MixedMachines | None:
+    """The fields the parts' fingerprints differ in (each against the first's), in the fingerprint's
+    order, with each part's values of them; None where they all match."""
+    first = parts[0].environment
+    found = {name for p in parts[1:] for name in environment.differing_fields(first, p.environment)}
+    fields = [n for n in environment.MACHINE_FIELDS + environment.SOFTWARE_FIELDS if n in found]
+    if not fields:
+        return None
+    described = []
+    for part in parts:
+        env = part.environment
+        values = ", ".join(f"{name} {environment.field_text(env, name)}" for name in fields)
+        described.append((part.run_id, f"{values}, machine id {env.machine_id or '?'}"))
+    return MixedMachines(tuple(fields), tuple(described))
 
 
 def _shard_of(run: RunResult) -> tuple[int, int]:

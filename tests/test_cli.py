@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
@@ -103,3 +104,33 @@ def test_bench_help_names_exactly_the_bundled_sweeps():
     shown = runner.invoke(app, ["bench", "--help"])
     flat = "".join(re.sub(r"[│╭╮╰╯─]", " ", shown.output).split())  # the help as rich wrapped it, unwrapped
     assert shown.exit_code == 0 and ",".join(bundled) + "." in flat
+
+
+RECORDED_RUN = Path(__file__).parent / "fixtures" / "ci-quick-amd-epyc-2026-12-06" / "a.json"
+
+
+@pytest.mark.parametrize("fmt", ["github-action-benchmark", "bencher"])
+def test_report_writes_a_dashboard_file(fmt, tmp_path):
+    out = tmp_path / "dash" / f"{fmt}.json"
+    result = runner.invoke(app, ["report", str(RECORDED_RUN), "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote 20 benchmarks to {out}" in " ".join(result.output.split())
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert len(data) == 20  # one entry per case that is not eager PyTorch's own
+
+
+def test_report_refuses_an_unknown_format_in_one_line(capsys, tmp_path):
+    assert main(["report", str(RECORDED_RUN), "--format", "csv", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown --format 'csv'; choose from report, github-action-benchmark, bencher"
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_report_help_names_every_format():
+    from typer.main import get_command
+
+    from ccnbench.answers.dashboard import FORMATS
+
+    option = next(p for p in get_command(app).commands["report"].params if "--format" in p.opts)
+    for name in ("report", *FORMATS):
+        assert name in option.help

@@ -36,7 +36,9 @@ Speed is judged only **like with like**: ratios between runtimes differ by CPU, 
 runs' machine or software fingerprints differ (or one run has none: an unknown machine), speed
 changes are reported as "not judged" and only agreement failures, crashes and missing cases
 count. ``force_speed`` judges them anyway, for a base known to be from this machine (the CI gate
-measures its base in the same job).
+measures its base in the same job). A run combined from shards measured on different machines (a
+CI matrix whose runners differ: ``shard.mixed_machines``) is never like with like: its cases come
+from several machines, so no base matches them all, and ``force_speed`` does not judge its speed.
 
 The rows judged here, and whether two sides are like with like, come from ``ccnbench.answers.compare_sides``.
 """
@@ -90,6 +92,7 @@ class Comparison:
     fail_on_missing: bool = False
     unlike: tuple[str, ...] = ()  # why the runs are not like with like (machine, software)
     speed_judged: bool = True
+    refused: tuple[str, ...] = ()  # why no flag may judge speed: a side's shards from different machines
 
     @property
     def failures(self) -> list[Change]:
@@ -118,6 +121,7 @@ class Comparison:
             "counts": self.counts(),
             "speed_judged": self.speed_judged,
             "unlike": list(self.unlike),
+            "refused": list(self.refused),
             "notes": list(self.notes),
             "changes": [c.to_dict() for c in self.changes],
         }
@@ -130,6 +134,9 @@ class Comparison:
             f"{self.threshold:.0%}, judged per {self.by}.",
             "",
         ]
+        for reason in self.refused:
+            lines += [f"{reason}: speed not judged (not even with --force-speed); agreement, crashes and "
+                      "missing cases are.", ""]  # fmt: skip
         if self.unlike:
             verdict = (
                 "speed judged anyway (forced)"
@@ -209,7 +216,10 @@ def compare(
     force_speed: bool = False,
 ) -> Comparison:
     """Judge ``new`` against ``base`` by ``metric`` (``METRICS``). ``unlike``: why the runs are not
-    like with like (see ``machine_differences``); speed is then not judged unless ``force_speed``."""
+    like with like (see ``machine_differences``); speed is then not judged unless ``force_speed``.
+    A side combined from shards measured on different machines (its rows' ``speed_refused``) has
+    its speed judged never, ``force_speed`` or not: its cases really come from several machines,
+    so no base, whatever machine it was measured on, is like with like to all of them."""
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if by not in GROUPINGS:
@@ -217,7 +227,8 @@ def compare(
     changes: list[Change] = []
     notes: list[str] = []
     ratios: dict[str, list[float]] = {}
-    judge_speed = force_speed or not unlike
+    refused = _refused(base, new)
+    judge_speed = not refused and (force_speed or not unlike)
     pooled = _pooled_variances(base, new) if relative and metric == "fastest" else {}
     for key in sorted(set(base) | set(new)):
         b, n = base.get(key), new.get(key)
@@ -241,15 +252,27 @@ def compare(
                 _kind(gm, threshold), f"geometric mean of {len(values)} cases", judge_speed
             )
             changes.append(Change(f"{target} (all cases)", kind, target, slowdown=gm, detail=detail))
-    if unlike and not judge_speed:
+    if refused:  # the header says why; a note only where a flag asked otherwise
+        if force_speed:
+            notes.append("--force-speed ignored: a side's shards were measured on different machines")
+    elif unlike and not judge_speed:
         notes.append("speed not judged: the runs come from different machines or software; "
                      "--force-speed judges it anyway")  # fmt: skip
     elif unlike:
         notes.append("speed judged although the runs are not like with like (--force-speed)")
     return Comparison(
         metric, threshold, relative, by, tuple(changes), tuple(notes), fail_on_missing,
-        tuple(unlike), judge_speed,
+        tuple(unlike), judge_speed, refused,
     )  # fmt: skip
+
+
+def _refused(base: Mapping[str, Row], new: Mapping[str, Row]) -> tuple[str, ...]:
+    """Why no flag may judge speed, one line per side whose rows say so ("NEW's shards were ...")."""
+    return tuple(
+        f"{side}'s {reason}"
+        for side, rows in (("BASE", base), ("NEW", new))
+        for reason in sorted({r.speed_refused for r in rows.values() if r.speed_refused})
+    )
 
 
 def _before_speed(key: str, b: Row | None, n: Row | None, relative: bool) -> tuple[bool, Change | None]:

@@ -6,7 +6,9 @@ median; a pytest-benchmark test's are its ``stats.min``, ``stats.median`` and th
 A run's row carries its ratio to the run's reference case (``derived.reference_key``), paired
 within their contest where ``stats.pair`` pairs them, and the per-process log ratios the gate's
 t-test takes as its units. A pytest-benchmark file is read by its ``extra_info`` where that
-names a case, else by test name, and its machine from its ``machine_info``.
+names a case, else by test name, and its machine from its ``machine_info``. A row of a run whose
+shards were measured on different machines (``shard.mixed_machines``) carries that as the reason
+no comparison may judge its speed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class Row:
     ratio: stats.Interval | None = None  # latency / reference latency, paired within its contest
     processes: tuple[float, ...] = ()  # per contest process: its log ratio of fastest calls to the reference
     pool: str = ""  # rows whose process variances are pooled: one target at one batch size
+    # Why no comparison may judge its speed, whatever the flags: its run's shards were measured on
+    # different machines ("shards were measured on different machines (differ in: cpu)").
+    speed_refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,10 +83,12 @@ def machine_differences(base: Side, new: Side) -> list[str]:
 
 def rows_from_run(run: RunResult) -> dict[str, Row]:
     cases = {c.key: c for c in run.cases}
-    return {str(c.key): _row(c, cases.get(reference_key(c.key))) for c in run.cases}
+    mixed = shard.mixed_machines(run)
+    refused = mixed.reason() if mixed else ""
+    return {str(c.key): _row(c, cases.get(reference_key(c.key)), refused) for c in run.cases}
 
 
-def _row(case: CaseResult, reference: CaseResult | None) -> Row:
+def _row(case: CaseResult, reference: CaseResult | None, refused: str = "") -> Row:
     """A case as the gate reads it; its ratio to the reference only where the two pair (one
     contest of one run) with a computable interval, and then its processes as the test's units."""
     metrics = {}
@@ -101,6 +108,7 @@ def _row(case: CaseResult, reference: CaseResult | None) -> Row:
         ratio if paired else None,
         stats.process_ratios(case, reference) if paired else (),
         f"{case.key.target}/b{case.key.batch}",
+        refused,
     )
 
 

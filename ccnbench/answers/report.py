@@ -137,9 +137,24 @@ def _environment(runs: Sequence[RunResult]) -> list[Block]:
             )
         )
     headers = ("run", "created", "CPU", "GPU", "software", "ccnbench", "timer overhead", "complete")
-    return [Heading("Environment"), TableBlock(headers, tuple(rows))] + [
-        Text(f"`{run.run_id}`: `{run.environment.command}`") for run in runs
-    ]
+    return (
+        [Heading("Environment"), TableBlock(headers, tuple(rows))]
+        + [Text(f"`{run.run_id}`: `{run.environment.command}`") for run in runs]
+        + [Text(line) for line in map(_mixed_machines_note, runs) if line]
+    )
+
+
+def _mixed_machines_note(run: RunResult) -> str:
+    """For a run combined from shards measured on different machines (the table shows only the
+    first shard's), which shard had which machine; '' otherwise."""
+    mixed = shard.mixed_machines(run)
+    if mixed is None:
+        return ""
+    return (
+        f"Note: `{run.run_id}`: its {mixed.reason()}: {mixed.each()}. The table shows the first shard's "
+        "machine. Each contest ran within one shard, so the ratios within it hold; `compare` judges no "
+        "speed against this run."
+    )
 
 
 def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:

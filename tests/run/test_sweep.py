@@ -196,8 +196,11 @@ def test_bundled_sweeps_expand(tmp_path):
     cpu = plan.expand(load_config("cpu-default"))
     assert {str(g.target) for g in cpu} == {"torch:cpu", "ort:cpu", "openvino:cpu"}  # no inductor builds
     assert all(g.protocol.repeats >= 3 for g in cpu)  # processes have speed modes: an answer needs several
-    baseline = {str(g.target) for g in plan.expand(load_config("cpu-baseline"))}
-    assert baseline == {"torch:cpu", "compile:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
+    baseline = plan.expand(load_config("cpu-baseline"))  # make bench's protocol, plus the .pt2 files
+    assert {str(g.target) for g in baseline} == {"torch:cpu", "ort:cpu", "openvino:cpu", "aoti:cpu"}
+    assert {(g.protocol, g.options.threads) for g in baseline} == {
+        (g.protocol, g.options.threads) for g in cpu
+    }
     assert {g.source.spec.variant for g in cpu} == {"early", "feature", "model", "decision", "multitask"}
     assert {g.source.layout for g in cpu} == {"kept", "merged"} and all(g.batches == (1, 8) for g in cpu)
     gpu = plan.expand(load_config("gpu-4-nsweep"))
