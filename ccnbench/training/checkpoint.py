@@ -36,19 +36,19 @@ def load_kept(path: Path, spec: ModelSpec) -> FusionNet:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise UsageError(f"--weights {path}: no such file") from exc
+        raise UsageError(f"WEIGHTS {path}: no such file") from exc
     except Exception as exc:
-        raise UsageError(f"--weights {path}: not a PyTorch state_dict: {one_line(exc, 200)}") from exc
+        raise UsageError(f"WEIGHTS {path}: not a PyTorch state_dict: {one_line(exc, 200)}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UsageError(f"--weights {path}: holds a {type(state).__name__}, not a state_dict")
+        raise UsageError(f"WEIGHTS {path}: holds a {type(state).__name__}, not a state_dict")
     kept = build_kept(spec)
     try:
         kept.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UsageError(
-            f"--weights {path.name} does not fit {spec.label} (were the variant flags those it was "
+            f"WEIGHTS {path.name} does not fit {spec.label} (were the variant flags those it was "
             f"trained with?): {one_line(exc, 300)}"
         ) from exc
     return kept.eval()

@@ -158,8 +158,14 @@ def trace_module(module: nn.Module, input_shape: tuple[int, ...], num_inputs: in
     except UsageError:
         raise
     except Exception as exc:
-        where = f"at {current[-1]} ({type(module.get_submodule(current[-1])).__name__})" if current else ""
         shape = "x".join(map(str, input_shape))
+        # No layer entered yet: the forward itself refused the inputs (most often their number).
+        plural = "s" if num_inputs != 1 else ""
+        where = (
+            f"at {current[-1]} ({type(module.get_submodule(current[-1])).__name__})"
+            if current
+            else f"({type(module).__name__}.forward called with {num_inputs} input{plural}; --branches sets how many)"
+        )
         raise UsageError(
             f"input shape {shape} does not fit the module {where}: {one_line(exc, 300)}"
         ) from exc

@@ -88,3 +88,11 @@ def test_trained_checkpoint_as_a_pt2_package(app, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["files"][0]["format"] == "pt2" and report["files"][0]["passed"]
+
+
+def test_a_missing_checkpoint_is_named_as_the_argument_it_is(app, tmp_path):
+    result = CliRunner().invoke(app, ["checkpoint", str(tmp_path / "none.pt"), "-v", "model", "-p", "tiny"])
+    assert result.exit_code == 2
+    assert (
+        f"WEIGHTS {tmp_path / 'none.pt'}: no such file" in result.output and "--weights" not in result.output
+    )

@@ -13,6 +13,8 @@ from ccnbench.models.spec import PRESETS, SHARED_INPUT_VARIANTS, VARIANTS
 from ccnbench.training.commands import register
 from ccnbench.training.shapes import trace_module, trace_variant
 
+from helpers import FIXTURES
+
 
 @pytest.fixture(scope="module")
 def app():
@@ -94,3 +96,12 @@ def test_user_model_trace_and_its_errors(app, tmp_path):
     small = runner.invoke(app, ["shapes", "--model", f"{path}:make", "--input-shape", "1x2x8x8"])
     assert small.exit_code == 2
     assert "at 0 (Conv3d)" in small.output
+
+
+def test_a_forward_refusing_its_inputs_names_the_forward_and_the_count(app):
+    """No layer was entered, so the message names the forward and how many inputs it was given."""
+    two_inputs = f"{FIXTURES / 'user_models.py'}:two_view"
+    result = CliRunner().invoke(app, ["shapes", "--model", two_inputs, "--input-shape", "1x10x10x10"])
+    assert result.exit_code == 2
+    assert "(TwoViewNet.forward called with 1 input; --branches sets how many)" in result.output
+    assert "module :" not in result.output
