@@ -136,6 +136,10 @@ RunOut = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory 
 Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this directory.")]
 Budget = Annotated[float | None, typer.Option("--budget-minutes", help="Start no new group after this long; resume later.")]
 WriteReport = Annotated[bool, typer.Option("--report/--no-report", help="Write report.md and plots at the end.")]
+CompareFormats = Annotated[str | None, typer.Option("--compare", help="Two formats side by side: two layouts (kept,merged) or two targets (ort:cpu,openvino:cpu); rows sorted by the difference they explain.")]
+ExplainRounds = Annotated[int, typer.Option("--rounds", help="Interleaved rounds timing each format with and without its profiler.")]
+ExplainCalls = Annotated[int, typer.Option("--calls", help="Profiled calls whose per-layer medians make the table.")]
+TraceDir = Annotated[Path | None, typer.Option("--trace", help="Keep the runtimes' raw traces here (Chrome trace JSON for ONNX Runtime and PyTorch).")]
 # fmt: on
 
 
@@ -474,6 +478,64 @@ def recommend(
         for reason in r.not_measured:
             _note(f"    not measured: {reason}", "dim")
     _print_load(cases)
+
+
+@app.command()
+def explain(
+    variant: Variants = "model",
+    layout: Layout = None,
+    branches: BranchList = None,
+    preset: Preset = MODEL_DEFAULTS["preset"],
+    input_mode: InputMode = MODEL_DEFAULTS["input_modes"],
+    targets: Targets = None,
+    precision: Precisions = "fp32",
+    batch: Batches = "1",
+    onnx: OnnxFiles = None,
+    model: UserModel = None,
+    input_shape: InputShape = None,
+    seed: Seed = DEFAULTS.seed,
+    threads: Threads = None,
+    artifacts: ArtifactsDir = Path(DEFAULTS.artifacts),
+    compare: CompareFormats = None,
+    rounds: ExplainRounds = 8,
+    calls: ExplainCalls = 20,
+    trace: TraceDir = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Where each format spends its time, layer by layer, from each runtime's own profiler
+    (--compare: two formats side by side)."""
+    flags = _sweep_flags(locals())
+    from ccnbench.explain import command, render
+    from ccnbench.explain.cases import Settings
+
+    settings = Settings(rounds, calls, trace)
+    with _progress() as progress:
+        task = progress.add_task("profiling", total=None)
+        done = command.explain(
+            flags,
+            compare,
+            settings,
+            on_case=lambda label: progress.update(task, description=label, advance=1),
+            on_total=lambda total: progress.update(task, total=total),
+        )
+    failed = [s for s in done.skipped if not s.reason.startswith("unavailable")]
+    if json_output:
+        _print_json(done.to_dict())
+    else:
+        for table in done.tables:
+            console.print(render.table_of(table))
+            for note in table.notes:
+                _note(f"  {note}", "dim")
+        if done.tables:
+            _note(render.LEGEND, "dim")
+        for line in render.overhead_lines(done.profiles):
+            _note(line)
+        for line in done.notes:
+            _note(line, "yellow")
+        for s in done.skipped:
+            _note(f"{s.label}: {s.reason}", "red" if s in failed else "dim")
+    if failed or not done.profiles:
+        raise typer.Exit(1)
 
 
 def _print_problems(cases: Any) -> None:

@@ -108,6 +108,7 @@ FLOORS = (
     "models", "formats", "source", "backends", "measure",  # what runs, and measuring it
     "results", "shard",  # a run's results, and runs put back together
     "answers", "run", "training",  # reading runs; running them (adaptive runs ask the answers)
+    "explain",  # profiling planned cases layer by layer
     "cli", "__main__",
 )  # fmt: skip
 

@@ -85,6 +85,9 @@ class BuildOptions:
     # TensorRT (native and through ONNX Runtime).
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
+    # The runtime's own per-layer profiler on (``ccnbench explain``): ONNX Runtime's session
+    # profiling, OpenVINO's PERF_COUNT. Never set for a timed case: it slows the runtime.
+    profiling: bool = False
 
     def __post_init__(self) -> None:
         if self.memory_format not in MEMORY_FORMATS:

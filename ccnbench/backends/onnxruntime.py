@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,13 @@ def uses_tf32(target: Target, precision: str) -> bool:
     return False
 
 
-def session_options(ort: Any, target: Target, threads: int | None, cpu_fallback: bool = False) -> Any:
+def session_options(
+    ort: Any,
+    target: Target,
+    threads: int | None,
+    cpu_fallback: bool = False,
+    profile_prefix: str | None = None,
+) -> Any:
     so = ort.SessionOptions()
     # Same intra-op thread count as torch on the CPU; one inter-op thread (a sequential graph).
     so.intra_op_num_threads = threads
@@ -156,6 +163,9 @@ def session_options(ort: Any, target: Target, threads: int | None, cpu_fallback:
     so.log_severity_level = 3
     if target.is_cuda and not cpu_fallback:
         so.add_session_config_entry(NO_CPU_FALLBACK_KEY, "1")
+    if profile_prefix:
+        so.enable_profiling = True  # one Chrome-trace event per node run, read by ccnbench explain
+        so.profile_file_prefix = profile_prefix
     return so
 
 
@@ -286,12 +296,14 @@ class OrtBackend(Backend):
                     tensorrt_cache_dir(options, batch).mkdir(parents=True, exist_ok=True)
                     providers = session_providers(target, options, stream, shapes, batch)
                     sessions[batch], cpu_nodes = _create_session(
-                        ort, artifact.path, target, options.threads, providers
+                        ort, artifact.path, target, options.threads, providers, _profile_prefix(options)
                     )
                 session = sessions[min(sessions)]
             else:
                 providers = session_providers(target, options, stream, {})
-                session, cpu_nodes = _create_session(ort, artifact.path, target, options.threads, providers)
+                session, cpu_nodes = _create_session(
+                    ort, artifact.path, target, options.threads, providers, _profile_prefix(options)
+                )
             wanted = PROVIDERS[target.device]
             if session.get_providers()[0] != wanted:
                 # ORT silently falls back to the CPU when a provider fails to load: never report that as GPU.
@@ -331,8 +343,21 @@ class OrtBackend(Backend):
         return runner
 
 
+def _profile_prefix(options: BuildOptions) -> str | None:
+    """Where a profiling session writes its trace (the temporary directory: the reader moves or
+    deletes it), or None when not profiling."""
+    if not options.profiling:
+        return None
+    return str(Path(tempfile.gettempdir()) / f"ccnbench-ort-profile-{os.getpid()}")
+
+
 def _create_session(
-    ort: Any, path: Path, target: Target, threads: int | None, providers: list[Any]
+    ort: Any,
+    path: Path,
+    target: Target,
+    threads: int | None,
+    providers: list[Any],
+    profile_prefix: str | None = None,
 ) -> tuple[Any, bool]:
     """The session, and whether some of its nodes run on the CPU provider.
 
@@ -342,7 +367,7 @@ def _create_session(
     """
     attempts = (False, True) if target.is_cuda else (True,)
     for cpu_fallback in attempts:
-        so = session_options(ort, target, threads, cpu_fallback)
+        so = session_options(ort, target, threads, cpu_fallback, profile_prefix)
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=providers), cpu_fallback
         except Exception as exc:

@@ -53,12 +53,15 @@ def openvino_unavailable_reason() -> str | None:
 
 def compile_config(options: BuildOptions) -> dict[str, Any]:
     """The compile properties for a case. Pure, so tests read it without OpenVINO."""
-    return {
+    config: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": options.threads,
         "INFERENCE_PRECISION_HINT": HINTS[options.precision],
     }
+    if options.profiling:
+        config["PERF_COUNT"] = True  # per-layer counters, read with InferRequest.get_profiling_info()
+    return config
 
 
 def runtime_precision(compiled: Any) -> str:
@@ -108,6 +111,10 @@ class OpenVinoRunner(Runner):
             for i, y in enumerate(self._outputs[key]):
                 request.set_output_tensor(i, self.ov.Tensor(y.numpy(), shared_memory=True))
             self._requests[key] = request
+
+    def request_for(self, inputs: Sequence[Tensor]) -> Any:
+        """The infer request that runs inputs of this shape (its profiling info is the last call's)."""
+        return self._requests[tuple(inputs[0].shape)]
 
     def close(self) -> None:
         self._requests.clear()

@@ -266,6 +266,8 @@ def _rewrite(module: nn.Module, num_inputs: int, groups: list[tuple[str, list[Ca
         merged = (
             BatchFolded(first, len(group)) if rule == "shared" else StackedBranches([c.module for c in group])
         )
+        # Which calls it replaced, for models.correspondence (explain's kept-vs-merged rows).
+        merged.merged_from = tuple(c.target for c in group)
         gm.add_submodule(target, merged)
         # Insert where every input exists (just before the last call); uses are re-ordered below.
         with gm.graph.inserting_before(nodes[-1]):

@@ -1,0 +1,189 @@
+"""`ccnbench explain`: plan the cases as ``check`` does, profile them, and lay out the tables.
+
+Without ``--compare`` each (model, layout, precision, batch) is one table with a column per
+target. ``--compare A,B`` names exactly two formats, two layouts on each target
+(``kept,merged``) or two targets on each layout (``ort:cpu,openvino:cpu``), and gives one
+two-column table per pair, rows ordered by the share of the difference they explain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccnbench.backends import Target
+from ccnbench.errors import UsageError
+from ccnbench.explain.cases import Settings, Skipped, profile_groups
+from ccnbench.explain.records import FormatProfile, LayerTable
+from ccnbench.explain.table import Renamer, layer_table
+from ccnbench.models import LAYOUTS, FusionNet
+from ccnbench.models.correspondence import builtin_renamer, graph_renamers
+from ccnbench.run import config, plan
+from ccnbench.run.plan import CaseGroup
+from ccnbench.source import ModelSource
+
+DEFAULT_TARGETS = "torch:cpu,ort:cpu,openvino:cpu"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    profiles: tuple[FormatProfile, ...]
+    tables: tuple[LayerTable, ...]
+    skipped: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profiles": [p.to_dict() for p in self.profiles],
+            "tables": [t.to_dict() for t in self.tables],
+            "skipped": [{"case": s.label, "reason": s.reason} for s in self.skipped],
+            "notes": list(self.notes),
+        }
+
+
+def compare_kind(text: str | None) -> tuple[str, tuple[str, str]] | None:
+    """``kept,merged`` -> ("layout", ...), ``ort:cpu,openvino:cpu`` -> ("target", ...), or a usage error."""
+    if text is None:
+        return None
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if len(items) != 2 or items[0] == items[1]:
+        raise UsageError(
+            f"--compare takes exactly two different formats (kept,merged or ort:cpu,openvino:cpu), got {text!r}; "
+            "for more formats side by side leave --compare out: each target is a column"
+        )
+    if all(i in LAYOUTS for i in items):
+        return "layout", (items[0], items[1])
+    if all(":" in i for i in items):
+        for item in items:
+            Target.parse(item)
+        return "target", (items[0], items[1])
+    raise UsageError(f"--compare names two layouts or two targets, not one of each: {text!r}")
+
+
+def planned(
+    flags: Mapping[str, Any], compare: str | None
+) -> tuple[list[CaseGroup], tuple[str, tuple[str, str]] | None]:
+    """The case groups to profile: ``check``'s planning, with ``--compare`` choosing the layouts or targets."""
+    kind = compare_kind(compare)
+    flags = dict(flags)
+    if kind is not None:
+        flag = "--layout" if kind[0] == "layout" else "--targets"
+        given = flags.get(flag)
+        if given is not None and set(str(given).split(",")) != set(kind[1]):
+            raise UsageError(f"{flag} {given} and --compare {compare} both choose the {kind[0]}s: give one")
+        flags[flag] = ",".join(kind[1])
+    flags.setdefault("--targets", DEFAULT_TARGETS)
+    if flags.get("--targets") is None:
+        flags["--targets"] = DEFAULT_TARGETS
+    return plan.expand(config.from_command_line(flags, None), timed=False), kind
+
+
+def explain(
+    flags: Mapping[str, Any],
+    compare: str | None,
+    settings: Settings,
+    on_case: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> Explanation:
+    groups, kind = planned(flags, compare)
+    if on_total:
+        on_total(sum(len(g.batches) for g in groups))
+    profiles, skipped = profile_groups(groups, settings, on_case)
+    sources = {(g.source.label, g.source.layout): g.source for g in groups}
+    tables = compare_tables(profiles, kind, sources) if kind else single_tables(profiles, sources)
+    notes = [f"not compared: {label}" for label in _unpaired(profiles, kind)] if kind else []
+    return Explanation(tuple(profiles), tuple(tables), tuple(skipped), tuple(notes))
+
+
+def single_tables(
+    profiles: Sequence[FormatProfile], sources: Mapping[tuple[str, str], ModelSource]
+) -> list[LayerTable]:
+    """One table per (model, layout, precision, batch), a column per target."""
+    by_case: dict[tuple[str, str, str, int], list[FormatProfile]] = {}
+    for p in profiles:
+        by_case.setdefault((p.model, p.layout, p.precision, p.batch), []).append(p)
+    tables = []
+    for (model, layout, precision, batch), members in by_case.items():
+        # One layout: its own names, a merged network's stacking wrappers folded (see renamers).
+        rename = (
+            renamers(sources[(model, layout)], sources[(model, layout)])["merged"]
+            if layout == "merged"
+            else _same
+        )
+        title = f"{model} {layout}, {precision}, batch {batch}, {members[0].threads} thread(s)"
+        tables.append(layer_table(members, title, [rename] * len(members)))
+    return tables
+
+
+def compare_tables(
+    profiles: Sequence[FormatProfile],
+    kind: tuple[str, tuple[str, str]],
+    sources: Mapping[tuple[str, str], ModelSource],
+) -> list[LayerTable]:
+    """One two-column table per pair the comparison names, rows sorted by the difference."""
+    dimension, (a, b) = kind
+    tables = []
+    for first, second in _pairs(profiles, kind).values():
+        model = first.model
+        names = renamers(
+            sources[(model, first.layout)], sources.get((model, "kept")) or sources[(model, first.layout)]
+        )
+        displays = None
+        if dimension == "layout":
+            rename = [names[first.layout], names[second.layout]]
+            displays = [
+                _same if first.layout == "kept" else rename[0],
+                _same if second.layout == "kept" else rename[1],
+            ]
+            title = f"{model} {a} vs {b} on {first.target}, {first.precision}, batch {first.batch}"
+        else:
+            rename = [names[first.layout]] * 2
+            title = f"{model} {first.layout}: {a} vs {b}, {first.precision}, batch {first.batch}"
+        title += f", {first.threads} thread(s)"
+        if first.attributed and second.attributed:
+            tables.append(layer_table([first, second], title, rename, compare=True, displays=displays))
+    return tables
+
+
+def _pair_key(p: FormatProfile, dimension: str) -> tuple[Any, ...]:
+    other = p.target if dimension == "layout" else p.layout
+    return (p.model, other, p.precision, p.batch)
+
+
+def _pairs(
+    profiles: Sequence[FormatProfile], kind: tuple[str, tuple[str, str]]
+) -> dict[tuple[Any, ...], tuple[FormatProfile, FormatProfile]]:
+    dimension, (a, b) = kind
+    side = {}
+    for p in profiles:
+        side[(_pair_key(p, dimension), p.layout if dimension == "layout" else p.target)] = p
+    return {
+        key: (side[(key, a)], side[(key, b)])
+        for key in dict.fromkeys(k for k, _ in side)
+        if (key, a) in side and (key, b) in side
+    }
+
+
+def _unpaired(profiles: Sequence[FormatProfile], kind: tuple[str, tuple[str, str]] | None) -> list[str]:
+    if kind is None:
+        return []
+    paired = {id(p) for pair in _pairs(profiles, kind).values() for p in pair}
+    return [f"{p.model} {p.layout} {p.target} b{p.batch}" for p in profiles if id(p) not in paired]
+
+
+def renamers(source: ModelSource, kept_source: ModelSource) -> dict[str, Renamer]:
+    """Per layout, the renamer into the merged network's module names (identity when the source
+    has no module to read the merge from, such as an ONNX file)."""
+    same: Renamer = _same
+    if not source.has_module:
+        return {"kept": same, "merged": same}
+    kept = kept_source.module_for("kept")
+    if isinstance(kept, FusionNet):
+        return {"kept": builtin_renamer(kept), "merged": same}
+    kept_to_merged, canonical = graph_renamers(kept_source.module_for("merged"))
+    return {"kept": kept_to_merged, "merged": canonical}
+
+
+def _same(path: str) -> str:
+    return path

@@ -1,0 +1,108 @@
+"""The explain tables as a terminal reads them (rich), with the overhead lines under each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.markup import escape
+from rich.table import Table
+
+from ccnbench.explain.records import Cell, FormatProfile, LayerTable
+
+NO_TIME = "—"
+_LABEL_WIDTH = 52
+LEGEND = (
+    f"{NO_TIME}: no time of its own in that format (fused into or folded by a neighbour, or not in "
+    "that format); [fused]: one unit of the runtime covers every module of the row; shares are of "
+    "the profiled call (the sum of the rows, medians per call)."
+)
+
+
+def us_text(us: float | None) -> str:
+    if us is None:
+        return NO_TIME
+    return f"{us:,.0f}" if us >= 100 else f"{us:.1f}"
+
+
+def _kernel(cell: Cell | None, width: int = 22) -> str:
+    if cell is None or not cell.kernels:
+        return ""
+    text = ", ".join(cell.kernels)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _label(row_label: str, cells: Sequence[Cell | None]) -> str:
+    # Escaped: rich would read "[fused]" as a style tag and print nothing.
+    return escape(row_label + (" [fused]" if any(c and c.fused for c in cells) else ""))
+
+
+def table_of(layers: LayerTable) -> Table:
+    return _compare(layers) if layers.compare else _single(layers)
+
+
+def _single(layers: LayerTable) -> Table:
+    table = Table(title=layers.title, title_justify="left")
+    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH)
+    for label in layers.columns:
+        table.add_column(f"{label} µs", justify="right", no_wrap=True)
+        table.add_column("%", justify="right", no_wrap=True)
+        table.add_column("kernel", overflow="ellipsis", no_wrap=True)
+    for row in layers.rows:
+        cells = []
+        for cell in row.cells:
+            cells += [us_text(cell.us if cell else None), f"{cell.share:.0%}" if cell else "", _kernel(cell)]
+        table.add_row(_label(row.label, row.cells), *cells)
+    table.add_section()
+    table.add_row(
+        "profiled call (sum of rows)", *[x for t in layers.totals for x in (us_text(t), "100%", "")]
+    )
+    return table
+
+
+def _compare(layers: LayerTable) -> Table:
+    a, b = layers.columns
+    table = Table(title=f"{layers.title}\nA = {a}, B = {b}", title_justify="left")
+    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH)
+    for side in ("A", "B"):
+        table.add_column(f"{side} µs", justify="right", no_wrap=True)
+        table.add_column(f"{side} kernel", overflow="ellipsis", no_wrap=True)
+    for header in ("B/A", "Δ µs", "of |Δ|"):
+        table.add_column(header, justify="right", no_wrap=True)
+    difference = layers.totals[1] - layers.totals[0]
+    # Each row's signed share of all the change: rows that cancel out still show their weight.
+    moved = sum(abs(r.us(1) - r.us(0)) for r in layers.rows)
+    for row in layers.rows:
+        first, second = row.cells
+        delta = row.us(1) - row.us(0)
+        ratio = f"{second.us / first.us:.2f}×" if first and second and first.us > 0 else ""
+        share = f"{delta / moved:+.0%}" if moved else ""
+        table.add_row(
+            _label(row.label, row.cells),
+            us_text(first.us if first else None), _kernel(first),
+            us_text(second.us if second else None), _kernel(second),
+            ratio, f"{delta:+,.0f}" if abs(delta) >= 100 else f"{delta:+.1f}", share,
+        )  # fmt: skip
+    table.add_section()
+    total_a, total_b = layers.totals
+    table.add_row(
+        "profiled call (sum of rows)", us_text(total_a), "", us_text(total_b), "",
+        f"{total_b / total_a:.2f}×" if total_a else "", f"{difference:+,.0f}", "",
+    )  # fmt: skip
+    return table
+
+
+def overhead_lines(profiles: Sequence[FormatProfile]) -> list[str]:
+    """Per format: the fastest call without and with its profiler (interleaved rounds)."""
+    lines = []
+    for p in profiles:
+        o = p.overhead
+        text = f"{p.label} b{p.batch}: fastest call {us_text(o.fastest_us)} µs unprofiled"
+        if o.fastest_profiled_us is not None:
+            text += f", {us_text(o.fastest_profiled_us)} µs profiled ({o.factor:.2f}×)"
+        text += f", {o.rounds} interleaved rounds"
+        if p.attributed:
+            text += f"; layers from {p.calls} profiled calls"
+        if p.note:
+            text += f"; {p.note}"
+        lines.append(text)
+    return lines
