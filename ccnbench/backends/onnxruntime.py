@@ -166,6 +166,8 @@ def session_options(
     if profile_prefix:
         so.enable_profiling = True  # one Chrome-trace event per node run, read by ccnbench explain
         so.profile_file_prefix = profile_prefix
+        # The graph after ORT's fusions: which of the file's nodes each profiled node now covers.
+        so.optimized_model_filepath = optimized_model_path(profile_prefix)
     return so
 
 
@@ -324,6 +326,11 @@ class OrtBackend(Backend):
                 details={
                     "artifact": artifact.path.name,
                     "providers": session.get_providers(),
+                    **(
+                        {"optimized_model": optimized_model_path(prefix)}
+                        if (prefix := _profile_prefix(options))
+                        else {}
+                    ),
                     **cuda_details,
                 },
                 session=session,
@@ -341,6 +348,10 @@ class OrtBackend(Backend):
                 torch.cuda.synchronize()
         runner.build_seconds = sw.seconds
         return runner
+
+
+def optimized_model_path(profile_prefix: str) -> str:
+    return f"{profile_prefix}.optimized.onnx"
 
 
 def _profile_prefix(options: BuildOptions) -> str | None:

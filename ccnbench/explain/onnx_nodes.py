@@ -64,6 +64,24 @@ def node_owners(path: Path | str) -> NodeOwners:
     return NodeOwners(owners, op_types, True, producers)
 
 
+def fused_cover(optimized: Path | str, owners: NodeOwners) -> dict[str, tuple[str, ...]]:
+    """Per node of a runtime's optimized graph, the module paths of the file's nodes it covers:
+    the node of the same name, and the nodes whose output tensors it now produces (a Conv fused
+    with the ReLU after it writes the ReLU's output). Nodes covering no node of the file are
+    left out: the runtime added them."""
+    import onnx
+
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    cover = {}
+    for node in graph.node:
+        covered = [node.name] if node.name in owners.owners else []
+        covered += [owners.producers[o] for o in node.output if o in owners.producers]
+        modules = tuple(dict.fromkeys(owners.owners[n] for n in covered))
+        if modules:
+            cover[node.name] = modules
+    return cover
+
+
 def owner_from_scopes(text: str) -> str | None:
     """The innermost module of a ``name_scopes`` value; None when it cannot be read."""
     try:

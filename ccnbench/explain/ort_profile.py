@@ -3,9 +3,10 @@
 The session is created with ``SessionOptions.enable_profiling`` (``BuildOptions.profiling``).
 Each ``run`` writes a ``model_run`` event and, inside its time span, one ``<node>_kernel_time``
 event per node with the node's op type and execution provider; ``end_profiling`` writes the
-file. Node names are the ONNX file's, mapped to modules by the exporter's metadata. A node that
-is not in the file was made by ONNX Runtime's graph optimizer: a fusion named after one of the
-file's nodes covers that node, anything else is work the runtime added.
+file. Node names are the ONNX file's, mapped to modules by the exporter's metadata. The session
+also writes its optimized graph: a node there covers the file's nodes whose outputs it produces
+(``onnx_nodes.fused_cover``: a FusedConv covers its Conv and the ReLU it absorbed); a node that
+covers none of the file's was added by ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ccnbench.explain.onnx_nodes import fused_cover
 from ccnbench.explain.profilers import LayerProfiler, outside_event, timed_calls
 from ccnbench.explain.records import LayerEvent
 
@@ -36,6 +38,11 @@ class OrtProfiler(LayerProfiler):
         if runner.target.is_cuda:
             self.caveat = self.caveat_cuda
         self._trace: Path | None = None
+        optimized = runner.details.get("optimized_model")
+        self.cover: dict[str, tuple[str, ...]] = {}
+        if owners is not None and optimized and Path(optimized).is_file():
+            self.cover = fused_cover(optimized, owners)
+            Path(optimized).unlink()
 
     def collect(self, staged: Sequence[Tensor], calls: int) -> list[list[LayerEvent]]:
         walls = timed_calls(lambda: self.runner.infer(staged), calls)
@@ -60,6 +67,8 @@ class OrtProfiler(LayerProfiler):
         us = float(node.get("dur", 0))
         if self.owners is None:
             return LayerEvent(name, op, kernel, us)
+        if name in self.cover:
+            return LayerEvent(name, op, kernel, us, self.cover[name])
         owner = self.owners.owner(name)
         if owner is not None:
             return LayerEvent(name, op, kernel, us, (owner,))
