@@ -20,8 +20,8 @@ from ccnbench.backends import backend_of
 from ccnbench.errors import CcnbenchError
 from ccnbench.explain.onnx_nodes import node_owners
 from ccnbench.explain.profilers import LayerProfiler
-from ccnbench.explain.registry import profiler_for
 from ccnbench.explain.records import FormatProfile, LayerEvent, Overhead
+from ccnbench.explain.registry import profiler_for
 from ccnbench.measure.timing import QUICK, bound_call, stage, time_block, warm_up
 from ccnbench.run.case_group import warm_runtimes
 from ccnbench.run.plan import CaseGroup, unavailable_reason

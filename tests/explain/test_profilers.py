@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ccnbench.explain.ort_profile import runs_from_trace
-from ccnbench.explain.torch_profile import CALL, MODULE_PREFIX, _cpu_profile, add_module_ranges, charge
+from ccnbench.explain.torch_profile import CALL, MODULE_PREFIX, _profile, add_module_ranges, charge
 from tests.explain.test_explain_cli import _explain
 
 
@@ -14,7 +14,7 @@ def test_torch_self_times_add_up_to_each_call_and_land_on_the_innermost_module()
     model = nn.Sequential(nn.Conv3d(1, 4, 3), nn.Sequential(nn.ReLU(), nn.MaxPool3d(2)), nn.Flatten())
     handles = add_module_ranges(model)
     x = torch.randn(2, 1, 8, 8, 8)
-    with torch.inference_mode(), _cpu_profile() as prof:
+    with torch.inference_mode(), _profile() as prof:
         for _ in range(2):
             with torch.profiler.record_function(CALL):
                 model(x)
