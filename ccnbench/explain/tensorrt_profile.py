@@ -4,13 +4,14 @@ Written against NVIDIA's documented Python API (not run here: TensorRT cannot be
 the machines that built this). A ``trt.IProfiler`` subclass set as ``IExecutionContext.profiler``
 has ``report_layer_time(layer_name, ms)`` called once per layer for each ``execute_async_v3``.
 Engines are built with ``ProfilingVerbosity.DETAILED``, so layer names are the ONNX nodes they
-hold joined by `` + `` (a fused Conv and activation) and the inspector's JSON gives each
-layer's tactic. A layer that holds no node of the file (a reformatting copy) is one TensorRT added.
+hold joined by `` + `` (a fused Conv and activation), and the inspector's JSON gives each
+layer's tactic and, in its metadata, the ONNX nodes it came from (``[ONNX Layer: name]``). A layer that holds no node of the file (a reformatting copy) is one TensorRT added.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,10 +39,14 @@ class TensorRTProfiler(LayerProfiler):
         runner.context.profiler = self.times
         inspector = runner.engine.create_engine_inspector()
         info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        layers = [layer for layer in info.get("Layers", []) if isinstance(layer, dict)]
         self.tactics = {
             str(layer.get("Name")): str(layer.get("TacticName", layer.get("LayerType", "")))
-            for layer in info.get("Layers", [])
-            if isinstance(layer, dict)
+            for layer in layers
+        }
+        # DETAILED verbosity records the ONNX nodes each layer came from in its metadata.
+        self.sources = {
+            str(layer.get("Name")): onnx_layers(str(layer.get("Metadata", ""))) for layer in layers
         }
 
     def collect(self, staged: Sequence[Tensor], calls: int) -> list[list[LayerEvent]]:
@@ -59,9 +64,14 @@ class TensorRTProfiler(LayerProfiler):
         return [[*events, outside_event(wall, events)] for wall, events in zip(walls, per_call)]
 
     def event(self, layer: str, ms: float) -> LayerEvent:
-        nodes = [n.strip() for n in layer.split(" + ")]
+        nodes = self.sources.get(layer) or [n.strip() for n in layer.split(" + ")]
         kernel = self.tactics.get(layer, "")
         if self.owners is None:
             return LayerEvent(layer, "", kernel, ms * 1e3)
         modules = tuple(dict.fromkeys(o for o in (self.owners.owner(n) for n in nodes) if o is not None))
         return LayerEvent(layer, "", kernel, ms * 1e3, modules, added=not modules)
+
+
+def onnx_layers(metadata: str) -> list[str]:
+    """The ONNX node names in a layer's inspector metadata (``[ONNX Layer: node_Conv_88]``)."""
+    return [name.strip() for name in re.findall(r"ONNX Layer: ([^\]\x1f]+)", metadata)]

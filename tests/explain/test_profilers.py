@@ -62,3 +62,11 @@ def test_tensorrt_layers_map_to_modules_through_the_onnx_node_names(tmp_path):
     )
     (table,) = data["tables"]
     assert any("extractors.{0,1,2}" in r["label"] for r in table["rows"])
+
+
+def test_tensorrt_layer_metadata_names_the_onnx_nodes_it_holds():
+    from ccnbench.explain.tensorrt_profile import onnx_layers
+
+    metadata = "[ONNX Layer: node_Conv_88]\x1f[ONNX Layer: node_leaky_relu]"
+    assert onnx_layers(metadata) == ["node_Conv_88", "node_leaky_relu"]
+    assert onnx_layers("") == []
