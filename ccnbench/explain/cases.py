@@ -18,7 +18,7 @@ from typing import Any
 
 from ccnbench.backends import backend_of
 from ccnbench.errors import CcnbenchError
-from ccnbench.explain.onnx_nodes import node_owners
+from ccnbench.explain.onnx_nodes import conv_before_norm, has_folds, node_owners
 from ccnbench.explain.profilers import LayerProfiler
 from ccnbench.explain.records import FormatProfile, LayerEvent, Overhead
 from ccnbench.explain.registry import profiler_for
@@ -80,7 +80,9 @@ def profile_group(
         if not isinstance(found, str):
             profiled = backend.prepare(group.source, group.target, replace(group.options, profiling=True))
             artifact = backend.artifact(group.source, group.target, group.options)
-            owners = node_owners(artifact.path) if artifact is not None else None
+            owners = (
+                node_owners(artifact.path, _folds(group, artifact.path)) if artifact is not None else None
+            )
             profiler = found(profiled, owners)
             note = profiler.caveat or (owners.note if owners else None)
         out = []
@@ -143,6 +145,14 @@ def _profile_batch(
         saved = profiler.save_trace(settings.trace_dir / stem.replace(":", "_").replace(" ", "_"))
         trace = str(saved) if saved else None
     return replace(profile, events=median_events(per_call), calls=len(per_call), trace=trace)
+
+
+def _folds(group: CaseGroup, path: Path) -> dict[str, str]:
+    """BatchNorm -> Conv pairs of the case's module, when its file has folded ones to place."""
+    if not group.source.has_module or not has_folds(path):
+        return {}
+    module = group.source.module_for(group.source.layout).float().eval()
+    return conv_before_norm(module, group.source.make_inputs(1, group.seed))
 
 
 def median_events(per_call: Sequence[Sequence[LayerEvent]]) -> tuple[LayerEvent, ...]:

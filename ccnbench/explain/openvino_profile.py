@@ -49,7 +49,7 @@ class OpenVinoProfiler(LayerProfiler):
         kernel = f"{info.exec_type}"
         if self.owners is None:
             return LayerEvent(info.node_name, info.node_type, kernel, us, added=not originals)
-        modules = tuple(dict.fromkeys(o for o in (self.owners.owner(n) for n in originals) if o is not None))
+        modules = self.owners.modules_of(originals)
         return LayerEvent(info.node_name, info.node_type, kernel, us, modules, added=not originals)
 
     def _as_dict(self, info: Any) -> dict[str, Any]:

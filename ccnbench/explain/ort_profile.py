@@ -69,13 +69,12 @@ class OrtProfiler(LayerProfiler):
             return LayerEvent(name, op, kernel, us)
         if name in self.cover:
             return LayerEvent(name, op, kernel, us, self.cover[name])
-        owner = self.owners.owner(name)
-        if owner is not None:
-            return LayerEvent(name, op, kernel, us, (owner,))
+        modules = self.owners.modules(name)
+        if modules:
+            return LayerEvent(name, op, kernel, us, modules)
         covered = sorted(n for n in self.owners.owners if n and n in name)
         if covered:  # an optimizer fusion named after the node(s) it replaced
-            modules = tuple(dict.fromkeys(self.owners.owners[n] for n in covered))
-            return LayerEvent(name, op, kernel, us, modules)
+            return LayerEvent(name, op, kernel, us, self.owners.modules_of(covered))
         return LayerEvent(name, op, kernel, us, added=True)
 
     def save_trace(self, path: Path) -> Path | None:

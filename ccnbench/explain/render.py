@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from ccnbench.explain.records import Cell, FormatProfile, LayerTable
 
 NO_TIME = "—"
-_LABEL_WIDTH = 52
+_LABEL_WIDTH = 48
+_KERNEL_WIDTH = 18
+
+
+def _label_min(layers: LayerTable) -> int:
+    """Never squeeze the layer names (rich shrinks the first column first on a narrow terminal)."""
+    return min(_LABEL_WIDTH, max((len(r.label) for r in layers.rows), default=10), 36)
+
+
 LEGEND = (
     f"{NO_TIME}: no time of its own in that format (fused into or folded by a neighbour, or not in "
     "that format); [fused]: one unit of the runtime covers every module of the row; shares are of "
@@ -41,12 +50,13 @@ def table_of(layers: LayerTable) -> Table:
 
 
 def _single(layers: LayerTable) -> Table:
-    table = Table(title=layers.title, title_justify="left")
-    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH)
+    table = Table(title=layers.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
     for label in layers.columns:
-        table.add_column(f"{label} µs", justify="right", no_wrap=True)
+        # One table holds one layout (its title says which): the target names the column.
+        table.add_column(f"{label.split()[0]} µs", justify="right", no_wrap=True)
         table.add_column("%", justify="right", no_wrap=True)
-        table.add_column("kernel", overflow="ellipsis", no_wrap=True)
+        table.add_column("kernel", overflow="ellipsis", no_wrap=True, max_width=_KERNEL_WIDTH)
     for row in layers.rows:
         cells = []
         for cell in row.cells:
@@ -61,11 +71,13 @@ def _single(layers: LayerTable) -> Table:
 
 def _compare(layers: LayerTable) -> Table:
     a, b = layers.columns
-    table = Table(title=f"{layers.title}\nA = {a}, B = {b}", title_justify="left")
-    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH)
+    table = Table(
+        title=f"{layers.title}\nA = {a}, B = {b}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
+    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
     for side in ("A", "B"):
         table.add_column(f"{side} µs", justify="right", no_wrap=True)
-        table.add_column(f"{side} kernel", overflow="ellipsis", no_wrap=True)
+        table.add_column(f"{side} kernel", overflow="ellipsis", no_wrap=True, max_width=_KERNEL_WIDTH)
     for header in ("B/A", "Δ µs", "of |Δ|"):
         table.add_column(header, justify="right", no_wrap=True)
     difference = layers.totals[1] - layers.totals[0]

@@ -118,18 +118,24 @@ def _label(key: str, members: list[str], originals: list[dict[str, list[str]]], 
 
 def collapse(names: Sequence[str], in_order: bool = False) -> str:
     """``extractors.0.0.conv``, ``extractors.1.0.conv`` -> ``extractors.{0,1}.0.conv`` (names
-    sorted naturally unless ``in_order``); names that differ in more than one place are joined by +."""
+    sorted naturally unless ``in_order``). Names of one depth that differ in one place collapse;
+    the groups that remain are joined by +."""
     unique = list(dict.fromkeys(names)) if in_order else sorted(dict.fromkeys(names), key=_natural)
-    if len(unique) == 1:
-        return unique[0]
-    parts = [n.split(".") for n in unique]
-    if len({len(p) for p in parts}) == 1:
-        differ = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
-        if len(differ) == 1:
-            i = differ[0]
-            varied = "{" + ",".join(dict.fromkeys(p[i] for p in parts)) + "}"
-            return ".".join([*parts[0][:i], varied, *parts[0][i + 1 :]])
-    return " + ".join(unique)
+    by_depth: dict[int, list[list[str]]] = {}
+    for name in unique:
+        by_depth.setdefault(name.count("."), []).append(name.split("."))
+    return " + ".join(_collapse_one_place(parts) for parts in by_depth.values())
+
+
+def _collapse_one_place(parts: list[list[str]]) -> str:
+    differ = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
+    if len(differ) > 1:
+        return " + ".join(".".join(p) for p in parts)
+    if not differ:
+        return ".".join(parts[0])
+    i = differ[0]
+    varied = "{" + ",".join(dict.fromkeys(p[i] for p in parts)) + "}"
+    return ".".join([*parts[0][:i], varied, *parts[0][i + 1 :]])
 
 
 def _natural(name: str) -> list[tuple[int, str]]:

@@ -68,7 +68,7 @@ class TensorRTProfiler(LayerProfiler):
         kernel = self.tactics.get(layer, "")
         if self.owners is None:
             return LayerEvent(layer, "", kernel, ms * 1e3)
-        modules = tuple(dict.fromkeys(o for o in (self.owners.owner(n) for n in nodes) if o is not None))
+        modules = self.owners.modules_of(nodes)
         return LayerEvent(layer, "", kernel, ms * 1e3, modules, added=not modules)
 
 

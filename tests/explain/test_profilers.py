@@ -8,6 +8,7 @@ from torch import nn
 from ccnbench.explain.ort_profile import runs_from_trace
 from ccnbench.explain.torch_profile import CALL, MODULE_PREFIX, _profile, add_module_ranges, charge
 from tests.explain.test_explain_cli import _explain
+from tests.helpers import FIXTURES
 
 
 def test_torch_self_times_add_up_to_each_call_and_land_on_the_innermost_module():
@@ -70,3 +71,28 @@ def test_tensorrt_layer_metadata_names_the_onnx_nodes_it_holds():
     metadata = "[ONNX Layer: node_Conv_88]\x1f[ONNX Layer: node_leaky_relu]"
     assert onnx_layers(metadata) == ["node_Conv_88", "node_leaky_relu"]
     assert onnx_layers("") == []
+
+
+def test_each_batchnorm_is_paired_with_the_conv_whose_output_it_normalises():
+    from ccnbench.explain.onnx_nodes import conv_before_norm
+
+    block = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.BatchNorm3d(4))
+    assert conv_before_norm(block.eval(), [torch.randn(1, 1, 6, 6, 6)]) == {"1": "0"}
+
+
+@pytest.mark.slow
+def test_a_monai_resnet_conv_and_the_batchnorm_the_exporter_folded_into_it_are_one_row(tmp_path):
+    model = [
+        "--model",
+        f"{FIXTURES / 'library_models.py'}:two_resnet10_trunks",
+        "--input-shape",
+        "1x16x16x16",
+    ]
+    data = _explain(
+        [*model, "--branches", "2", "--layout", "kept", "--targets", "ort:cpu,openvino:cpu"], tmp_path
+    )
+    (table,) = data["tables"]
+    labels = [r["label"] for r in table["rows"]]
+    # The stem's Conv, its folded BatchNorm and the ReLU ONNX Runtime fused after them.
+    assert "trunks.0.{conv1,bn1,act}" in labels, labels
+    assert not any(label.endswith(".conv1") for label in labels)  # never left with no time
