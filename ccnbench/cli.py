@@ -511,13 +511,16 @@ def explain(
     settings = Settings(rounds, calls, trace)
     with _progress() as progress:
         task = progress.add_task("profiling", total=None)
-        done = command.explain(
-            flags,
-            compare,
-            settings,
-            on_case=lambda label: progress.update(task, description=label, advance=1),
-            on_total=lambda total: progress.update(task, total=total),
-        )
+        try:
+            done = command.explain(
+                flags,
+                compare,
+                settings,
+                on_case=lambda label: progress.update(task, description=label, advance=1),
+                on_total=lambda total: progress.update(task, total=total),
+            )
+        except KeyboardInterrupt:
+            raise CcnbenchError("interrupted: no table was printed") from None
     failed = [s for s in done.skipped if not s.reason.startswith("unavailable")]
     if json_output:
         _print_json(done.to_dict())
