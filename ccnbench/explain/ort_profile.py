@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ccnbench.explain.onnx_nodes import fused_cover
@@ -45,7 +46,12 @@ class OrtProfiler(LayerProfiler):
             Path(optimized).unlink()
 
     def collect(self, staged: Sequence[Tensor], calls: int) -> list[list[LayerEvent]]:
-        walls = timed_calls(lambda: self.runner.infer(staged), calls)
+        def call() -> None:
+            self.runner.infer(staged)
+            if self.runner.is_cuda:  # a CUDA session may return before its kernels finish
+                torch.cuda.synchronize()
+
+        walls = timed_calls(call, calls)
         self._trace = Path(self.runner.session.end_profiling())
         runs = runs_from_trace(json.loads(self._trace.read_text()))[-calls:]
         return [
