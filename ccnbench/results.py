@@ -100,11 +100,13 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
-        """Ran, and agreed with an independent oracle (agreeing with itself is not a pass)."""
+        """Ran, and agreed with an independent oracle (agreeing with itself is not a pass, nor is
+        agreeing with a reference no file could have disagreed with: ``vacuous``)."""
         return (
             self.status == "ok"
             and self.agreement is not None
             and self.agreement.passed
+            and not self.agreement.vacuous
             and not self.is_reference
         )
 
@@ -119,7 +121,10 @@ class CaseResult:
             return "FAIL"
         if self.is_reference:
             return "reference"
-        return "pass" if self.agreement.passed else "FAIL"
+        if not self.agreement.passed:
+            return "FAIL"
+        # Within tolerance of a reference too small or too flat for a wrong file to fail.
+        return "vacuous" if self.agreement.vacuous else "pass"
 
     def to_dict(self) -> dict[str, Any]:
         return {

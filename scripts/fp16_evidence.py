@@ -30,6 +30,7 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,48 +107,64 @@ def correct_rows(spec: Any, targets: list[str], artifacts: Path) -> list[dict[st
         source = ModelSource.from_spec(spec, layout)
         for text in targets:
             for precision in TARGETS[text]:
-                target = Target.parse(text)
-                (group,) = plan.case_groups([source], [target], [precision], [BATCH], artifacts, threads=2)
                 base = {"side": "correct", "model": spec.label, "layout": layout, "target": text}
                 base |= {"precision": precision, "fault": None}
-                reason = unavailable_reason(group) or _NO_PATH.get((text, precision))
-                if reason:
+                outputs, reason = run_target(source, text, precision, inputs, artifacts)
+                if outputs is None:
                     rows.append(base | {"unavailable": reason})
-                    continue
-                try:
-                    backend = backend_of(target)
-                    backend.artifact(source, target, group.options)
-                    runner = backend.prepare(source, target, group.options)
-                except CcnbenchError as exc:  # a precision this CPU has no path for (OpenVINO fp16)
-                    _NO_PATH[(text, precision)] = reason = " ".join(str(exc).split())[:300]
-                    rows.append(base | {"unavailable": reason})
-                    continue
-                with runner:
-                    outputs = runner.infer(stage(inputs, runner))
+                else:
                     rows += output_rows(base, outputs, expected, source.output_names)
     return rows
+
+
+def run_target(
+    source: ModelSource, text: str, precision: str, inputs: tuple[torch.Tensor, ...], artifacts: Path
+) -> tuple[Any, str]:
+    """``source``'s outputs on target ``text`` in ``precision``, prepared by its backend exactly as a
+    sweep prepares it, or (None, why it cannot run here)."""
+    target = Target.parse(text)
+    batch = inputs[0].shape[0]
+    (group,) = plan.case_groups([source], [target], [precision], [batch], artifacts, threads=2)
+    reason = unavailable_reason(group) or _NO_PATH.get((text, precision))
+    if reason:
+        return None, reason
+    try:
+        backend = backend_of(target)
+        backend.artifact(source, target, group.options)
+        runner = backend.prepare(source, target, group.options)
+    except CcnbenchError as exc:  # a precision this CPU has no path for (OpenVINO fp16)
+        _NO_PATH[(text, precision)] = reason = " ".join(str(exc).split())[:300]
+        return None, reason
+    with runner:
+        return runner.infer(stage(inputs, runner)), ""
 
 
 def bug_rows(spec: Any) -> list[dict[str, Any]]:
     source = ModelSource.from_spec(spec, "kept")
     inputs = source.make_inputs(BATCH, 0)
     expected = source.oracle(inputs)
-    kept = build_kept(spec)
-    rows = []
+    rows, effect = [], math.inf
+    for fault, precision, outputs in faulty_outputs(build_kept(spec), inputs):
+        base = {"side": "bug", "model": spec.label, "layout": "kept", "target": "torch:cpu"}
+        if precision == "fp32":  # first: within its round-off the fault changed nothing
+            effect = max(equal_tolerance(y, r) for y, r in zip(outputs, expected))
+        base |= {"precision": precision, "fault": fault, "harmless": effect < HARMLESS}
+        rows += output_rows(base, outputs, expected, source.output_names)
+    return rows
+
+
+def faulty_outputs(
+    kept: Any, inputs: tuple[torch.Tensor, ...]
+) -> Iterator[tuple[str, str, tuple[torch.Tensor, ...]]]:
+    """Every fault of ``kept`` (a variant or any module) run by PyTorch on the CPU in each of
+    ``PRECISIONS``, fp32 first: (fault, precision, outputs)."""
     for fault in fault_names(kept):
         broken = inject(kept, fault)
-        effect = None
         for precision in PRECISIONS:
             module = copy.deepcopy(broken)
             module = module if precision == "fp32" else CastIO(module.half(), torch.float16)
             with torch.inference_mode():
-                outputs = _as_tuple(module(*inputs))
-            base = {"side": "bug", "model": spec.label, "layout": "kept", "target": "torch:cpu"}
-            if effect is None:  # fp32 first: within its round-off the fault changed nothing
-                effect = max(equal_tolerance(y, r) for y, r in zip(outputs, expected))
-            base |= {"precision": precision, "fault": fault, "harmless": effect < HARMLESS}
-            rows += output_rows(base, outputs, expected, source.output_names)
-    return rows
+                yield fault, precision, _as_tuple(module(*inputs))
 
 
 def output_rows(

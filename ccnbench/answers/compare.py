@@ -69,7 +69,7 @@ GROUPINGS = ("case", "target")
 class Change:
     key: str
     # regression, improvement, unchanged, not judged (speed across machines), new failure,
-    # new crash, fixed, only in base, only in new, reference
+    # now vacuous (pass -> vacuous), new crash, fixed, only in base, only in new, reference
     kind: str
     target: str = ""
     base: float | None = None
@@ -96,7 +96,7 @@ class Comparison:
 
     @property
     def failures(self) -> list[Change]:
-        bad = {"regression", "new failure", "new crash"} | (
+        bad = {"regression", "new failure", "now vacuous", "new crash"} | (
             {"only in base"} if self.fail_on_missing else set()
         )
         return [c for c in self.changes if c.kind in bad]
@@ -149,6 +149,7 @@ class Comparison:
         order = [
             "new crash",
             "new failure",
+            "now vacuous",
             "regression",
             "only in base",
             "only in new",
@@ -400,6 +401,12 @@ def _status_change(b: Row, n: Row) -> Change | None:
         return Change(n.key, "new failure", n.target, detail="agreement with the oracle now fails")
     if b.passed is False and n.passed is True:
         return Change(n.key, "fixed", n.target, detail="agreement passes again")
+    # A pass that became vacuous lost its check: a wrong file would now pass too.
+    if n.vacuous and not b.vacuous and b.passed is True:
+        return Change(n.key, "now vacuous", n.target, detail="pass -> vacuous: the reference can no longer "
+                      "tell a wrong file from a right one")  # fmt: skip
+    if b.vacuous and not n.vacuous and n.passed is True:
+        return Change(n.key, "fixed", n.target, detail="vacuous -> pass: agreement is checked again")
     return None
 
 

@@ -42,6 +42,7 @@ class Row:
     # Why no comparison may judge its speed, whatever the flags: its run's shards were measured on
     # different machines ("shards were measured on different machines (differ in: cpu)").
     speed_refused: str = ""
+    vacuous: bool = False  # within tolerance of a reference no wrong file could fail (verdict ``vacuous``)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def _row(case: CaseResult, reference: CaseResult | None, refused: str = "") -> R
         stats.process_ratios(case, reference) if paired else (),
         f"{case.key.target}/b{case.key.batch}",
         refused,
+        case.verdict == "vacuous",
     )
 
 

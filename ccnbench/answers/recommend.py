@@ -3,6 +3,9 @@
 A format is a target (backend and device) with a layout and a precision. The answer is the
 fastest one whose outputs agree with the float64 oracle; a faster format that failed agreement
 or crashed is named with the reason it was rejected, so the choice is never silently optimistic.
+Where none passed but some are ``vacuous`` (within tolerance of a reference too small or too flat
+to fail a wrong file: an untrained model), those are ranked instead and the answer is labelled
+UNVERIFIED, with why and what to do: a timing answer, not a claim that the file is right.
 
 Formats are ranked by their fastest call (``LatencyStats.fastest``: on a shared machine noise
 only adds time, so it is the figure a second run repeats), and when they were timed in one
@@ -51,6 +54,7 @@ from ccnbench.answers.stats import (
     verdict,
 )
 from ccnbench.backends import BACKENDS, Backend, Target
+from ccnbench.measure.agreement import VACUOUS_ADVICE
 from ccnbench.results import CaseResult
 
 
@@ -130,6 +134,7 @@ class Recommendation:
     equivalence: float = EQUIVALENCE  # the margin inside which a ratio is a tie
     undecided: Choice | None = None  # a simpler format whose tie with ``fastest`` is open (``undecided_tie``)
     undecided_ratio: Interval | None = None  # its latency over the fastest's
+    unverified: str = ""  # why agreement was not checked, when the formats ranked are ``vacuous``
 
     @property
     def fastest(self) -> Choice | None:
@@ -173,6 +178,12 @@ class Recommendation:
         return ratio.value - 1 if ratio is not None else None
 
     def line(self) -> str:
+        text = self._line()
+        if self.unverified:
+            text = f"{text}; agreement UNVERIFIED: {self.unverified}; {VACUOUS_ADVICE}"
+        return text
+
+    def _line(self) -> str:
         if self.best is None:
             return f"{self.model} batch {self.batch} on {self.device}: nothing both ran and agreed"
         text = (
@@ -237,6 +248,7 @@ class Recommendation:
             "undecided": choice(self.undecided),
             "undecided_ratio": self.undecided_ratio.to_dict() if self.undecided_ratio else None,
             "verdict": self.verdict,
+            "unverified": self.unverified or None,
             "resolve": resolve_hint(self.open_ratio) if self.inconclusive else None,
             "summary": self.line(),
         }
@@ -266,6 +278,11 @@ def recommend(
             (c for c in members if c.status == "ok" and c.latency), key=lambda c: c.latency.fastest
         )
         ranked = [c for c in timed if c.passed]
+        vacuous = [c for c in timed if c.verdict == "vacuous"]
+        unverified = ""
+        if not ranked and vacuous:  # an untrained model still gets a timing answer, labelled
+            ranked = vacuous
+            unverified = f"every format that agreed is vacuous ({vacuous[0].agreement.vacuous})"  # type: ignore[union-attr]
         ratios = against_fastest(ranked)
         passing, note = break_ties(ranked, ratios, equivalence)
         best = Choice(passing[0]) if passing else None
@@ -273,11 +290,11 @@ def recommend(
         undecided, undecided_ratio = (
             undecided_tie(ranked, ratios, passing[0], equivalence) if ranked else (None, None)
         )
-        rejected = []
+        rejected, shown = [], {id(c) for c in ranked}
         for c in timed:
             if best is not None and c.latency.fastest >= best.fastest:
                 break
-            if not c.passed:
+            if id(c) not in shown:
                 rejected.append(_why_rejected(c, best))
         not_measured = sorted(
             {
@@ -299,6 +316,7 @@ def recommend(
                 equivalence,
                 Choice(undecided) if undecided is not None else None,
                 undecided_ratio,
+                unverified,
             )
         )
     return out
@@ -444,6 +462,8 @@ def _why_rejected(case: CaseResult, best: Choice | None) -> str:
         reason = "has no agreement result"
     elif worst.nonfinite:
         reason = f"produced {worst.nonfinite} NaN/Inf values in {worst.name}"
+    elif case.verdict == "vacuous":
+        reason = f"is vacuous, not a pass ({case.agreement.vacuous})"  # type: ignore[union-attr]
     else:
         reason = f"failed agreement ({worst.name}: max abs {worst.max_abs:.1e}, needs atol {worst.required_atol:.1e} > {worst.atol:.0e})"
     return f"{k.target_label} {k.layout} {k.precision}{faster} {reason}"

@@ -349,7 +349,7 @@ def render_html(blocks: Sequence[Block]) -> str:
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
         "td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f0f0f0}td.r{text-align:right}"
-        "td.pass{color:#080}td.FAIL,td.failed,td.timeout{color:#c00;font-weight:bold}img{max-width:100%}"
+        "td.pass{color:#080}td.vacuous{color:#a60}td.FAIL,td.failed,td.timeout{color:#c00;font-weight:bold}img{max-width:100%}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>ccnbench report</title>"
@@ -358,7 +358,7 @@ def render_html(blocks: Sequence[Block]) -> str:
 
 
 def _verdict_class(cell: str) -> str:
-    return cell if cell in ("pass", "FAIL", "failed", "timeout") else ""
+    return cell if cell in ("pass", "vacuous", "FAIL", "failed", "timeout") else ""
 
 
 def _md_cell(text: str) -> str:

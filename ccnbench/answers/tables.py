@@ -20,6 +20,7 @@ from ccnbench.results import CaseKey, CaseResult
 _VERDICT_STYLE = {
     "pass": "green",
     "reference": "yellow",
+    "vacuous": "yellow",
     "FAIL": "bold red",
     "failed": "bold red",
     "timeout": "red",
@@ -141,6 +142,10 @@ def failure_lines(results: Sequence[CaseResult]) -> list[str]:
             batches.append(r.key.batch)
             for o in r.agreement.nonfinite:
                 counts[o.name] = counts.get(o.name, 0) + o.nonfinite
+        elif r.status == "ok" and r.agreement is not None and any(o.constant for o in r.agreement.outputs):
+            (o, *_) = (o for o in r.agreement.outputs if o.constant)
+            lines.append(f"{r.key}: output {o.name} is constant where the reference varies (max abs {o.max_abs:.2e}): "
+                         "underflow, or a dead layer")  # fmt: skip
         elif r.status == "ok" and r.agreement is not None and not r.agreement.passed:
             w = r.agreement.worst
             why = f"max abs {w.max_abs:.2e} needs atol {w.required_atol:.2e} > {w.atol:.0e}"

@@ -5,6 +5,17 @@ per precision and overrides per output. A NaN or Inf anywhere fails whatever the
 a tolerance is a statement about round-off, and a non-finite value is not round-off. Where no
 atol/rtol tells export bugs from round-off, a tolerance also carries a least cosine similarity
 (``tolerance_from_evidence`` decides; scripts/fp16_evidence.py measures both sides).
+
+Small references (docs/formats.md): the default atols were set on outputs of scale R >= 0.05
+(R = max |reference| over every output of the case). Below that an absolute tolerance says
+nothing (an untrained MONAI EfficientNet's logits are 1e-14: every file, right or wrong, is within
+1e-4 of them), so a default atol becomes a fraction of R: ``min(atol, SMALL_SCALE_ATOL * R)``
+(fp32 1e-5, fp16 1e-1, set from scripts/small_reference_evidence.py). Two more rules, judged over
+the elements of each output in the graded batch: an output that is constant (exactly zero
+included) where the reference varies fails (fp16 underflow); and a case that passes but whose
+reference is too small to grade (R below float32's smallest normal number, zero included) or too
+flat (no output varies across the batch's samples by more than its tolerance) is ``vacuous``:
+not a pass, since a wrong file would pass it too.
 """
 
 from __future__ import annotations
@@ -50,6 +61,30 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(atol=1e-1, rtol=5e-2),
 }
 
+# The smallest output scale the default atols are meant for: every built-in variant's cases have
+# R = max |reference| >= 0.086 (tiny feature fusion, batch 1; 0.2-1.2 for the others), so none is
+# graded differently. Below it the default atol is a fraction of R (SMALL_SCALE_ATOL), set from
+# results/small-reference-evidence/ (scripts/small_reference_evidence.py: MONAI's untrained
+# EfficientNet-B0 pair, R = 2.7e-15) by ``tolerance_from_evidence`` on errors over R: fp32, correct
+# exports <= 2.9e-6 R, one-layer and branch faults >= 4.9e-5 R (61 faults within 1e-5 R, within 2x
+# of round-off, move nothing), so 1e-5. fp16: a correct file that carries the logits (ONNX Runtime
+# on the CPU computes them in float32) is 1.4e-2 R off; every fault, like torch and OpenVINO's
+# correct fp16, flushes them to zero (1.0 R), so 1e-1. fp64 and bf16 were not measured: their
+# rtol and their atol.
+SCALE_FLOOR = 0.05
+SMALL_SCALE_ATOL = {"fp64": 1e-10, "fp32": 1e-5, "fp16": 1e-1, "bf16": 1e-1}
+# A reference below float32's smallest normal number (zero included: a classifier initialised to
+# zero) holds nothing a float32 or narrower file can be graded on; fp64 targets go down to fp64's.
+# (A reference below fp16's range is not vacuous: an fp16 target that flushes it to zero fails as
+# a constant output, one that carries it, computing in float32 inside, is graded on its scale.)
+SMALLEST_NORMAL = {"fp64": torch.finfo(torch.float64).tiny}
+SMALLEST_NORMAL_DEFAULT = torch.finfo(torch.float32).tiny
+# What to do about a vacuous case, for every place that reports one.
+VACUOUS_ADVICE = (
+    "load trained weights in your factory (--model), or a trained checkpoint for the built-in variants "
+    "(ccnbench checkpoint), so that a wrong file can fail"
+)
+
 
 def tolerance_from_evidence(
     correct: Sequence[tuple[float, float]], bugs: Sequence[tuple[float, float]]
@@ -92,6 +127,11 @@ class TolerancePolicy:
     atol: float | None = None
     rtol: float | None = None
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    def scales(self, name: str) -> bool:
+        """Whether ``name``'s atol follows the reference's scale: the default does, a tolerance
+        the user gave (``--atol``, ``--tol``) is used as given."""
+        return name not in self.per_output and self.atol is None
 
     def for_output(self, name: str) -> Tolerance:
         if name in self.per_output:
@@ -139,17 +179,27 @@ class OutputAgreement:
     nonfinite: int  # NaN or Inf elements in the target's output
     passed: bool
     min_cosine: float | None = None  # the cosine bound it was also held to, if any
+    # Constant (exactly zero included) over the batch's elements where the reference varies: fails.
+    constant: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_float(v) for k, v in asdict(self).items()}
+        data = {k: _json_float(v) for k, v in asdict(self).items()}
+        if not self.constant:
+            del data["constant"]  # files written before the rule read the same
+        return data
 
 
 @dataclass(frozen=True)
 class Agreement:
     outputs: tuple[OutputAgreement, ...]
+    # Why a case that passes could not have failed ("" when it could): too small or too flat.
+    vacuous: str = ""
+    scale: float | None = None  # R: the largest |reference| over every output (None in older files)
 
     @property
     def passed(self) -> bool:
+        """Every output within its tolerance. A vacuous case passes here too: it is graded
+        ``vacuous``, not ``pass`` (``CaseResult.verdict``)."""
         return all(o.passed for o in self.outputs)
 
     @property
@@ -167,11 +217,16 @@ class Agreement:
         return max(self.outputs, key=lambda o: o.required_atol / max(o.atol, 1e-300))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "passed": self.passed,
             "max_abs": _json_float(self.max_abs),
             "outputs": [o.to_dict() for o in self.outputs],
         }
+        if self.scale is not None:
+            data["scale"] = _json_float(self.scale)  # NaN where the oracle itself is NaN
+        if self.vacuous:
+            data["vacuous"] = self.vacuous
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Agreement:
@@ -179,7 +234,8 @@ class Agreement:
         for o in data["outputs"]:
             values = {k: (float(v) if isinstance(v, str) and k not in ("name",) else v) for k, v in o.items()}
             outputs.append(OutputAgreement(**values))
-        return cls(tuple(outputs))
+        scale = data.get("scale")
+        return cls(tuple(outputs), str(data.get("vacuous") or ""), None if scale is None else float(scale))
 
 
 def compare(
@@ -191,17 +247,60 @@ def compare(
     """Compare a target's outputs (any dtype, any device) with the oracle's float64 outputs."""
     if len(outputs) != len(reference):
         raise ValueError(f"target gave {len(outputs)} outputs, the oracle {len(reference)}")
-    return Agreement(
-        tuple(
-            _compare_one(name, y, ref, policy.for_output(name))
-            for name, y, ref in zip(names, outputs, reference)
+    refs = [r.detach().to("cpu", torch.float64) for r in reference]
+    scale = max((float(r.abs().max()) for r in refs if r.numel()), default=0.0)
+    small = (
+        SMALL_SCALE_ATOL.get(policy.precision, SMALL_SCALE_ATOL["fp32"]) * scale
+        if scale < SCALE_FLOOR
+        else None
+    )
+    graded = tuple(
+        _compare_one(name, y, ref, _scaled(policy.for_output(name), small if policy.scales(name) else None))
+        for name, y, ref in zip(names, outputs, refs)
+    )
+    vacuous = ""
+    if all(o.passed for o in graded):
+        vacuous = vacuous_reason(refs, graded, scale, policy.precision)
+    return Agreement(graded, vacuous, scale)
+
+
+def _scaled(tol: Tolerance, small: float | None) -> Tolerance:
+    """``tol`` with its atol lowered to ``small`` (a fraction of a small reference's scale), if given."""
+    return tol if small is None or small >= tol.atol else Tolerance(small, tol.rtol, tol.min_cosine)
+
+
+def vacuous_reason(
+    refs: Sequence[Tensor], graded: Sequence[OutputAgreement], scale: float, precision: str
+) -> str:
+    """Why a passing case could not have failed, or "" (it could).
+
+    Too small: R = max |reference| below float32's smallest normal number (fp64's for fp64
+    targets), zero included.
+    Too flat: the batch has two or more samples and no output varies across them (the largest
+    spread of any element over the samples) by more than its tolerance there, so a file that
+    ignored its inputs would pass. A batch of one sample is judged on its scale alone.
+    """
+    tiny = SMALLEST_NORMAL.get(precision, SMALLEST_NORMAL_DEFAULT)
+    if scale < tiny:
+        return (
+            f"reference too small: max |reference| {scale:.1e}, below the smallest normal number {tiny:.1e}"
         )
+    spreads = []
+    for ref, o in zip(refs, graded):
+        if ref.ndim == 0 or ref.shape[0] < 2:
+            return ""
+        across = float((ref.amax(dim=0) - ref.amin(dim=0)).max()) if ref.numel() else 0.0
+        if across > o.atol + o.rtol * float(ref.abs().max()):
+            return ""
+        spreads.append(across)
+    return (
+        f"reference too flat: across the batch's samples it varies by at most {max(spreads, default=0.0):.1e}, "
+        "within the tolerance"
     )
 
 
 def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgreement:
     y = y.detach().to("cpu", torch.float64)
-    ref = ref.detach().to("cpu", torch.float64)
     if y.shape != ref.shape:
         y = y.reshape(ref.shape) if y.numel() == ref.numel() else y
     if y.shape != ref.shape:
@@ -221,6 +320,8 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
     )
     if tol.min_cosine is not None:
         passed = passed and float(cos) >= tol.min_cosine
+    constant = nonfinite == 0 and _constant_where_varying(y, ref, tol.rtol)
+    passed = passed and not constant
     top1 = None
     # argmax ranks NaN first: rows of NaN would "agree" with a NaN reference.
     if name != "regression" and y.ndim == 2 and y.shape[1] > 1 and not nonfinite:
@@ -238,7 +339,17 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
         nonfinite=nonfinite,
         passed=passed,
         min_cosine=tol.min_cosine,
+        constant=constant,
     )
+
+
+def _constant_where_varying(y: Tensor, ref: Tensor, rtol: float) -> bool:
+    """``y`` holds one value (all zero, say: fp16 underflow) over its elements, while the
+    reference's spread over them exceeds rtol of its largest magnitude."""
+    if ref.numel() < 2:
+        return False
+    spread = float(ref.max() - ref.min())
+    return bool(y.max() == y.min()) and spread > rtol * float(ref.abs().max())
 
 
 def equal_tolerance(y: Tensor, ref: Tensor) -> float:

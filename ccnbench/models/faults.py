@@ -16,6 +16,10 @@ and to test that the check fails every one of them.
 for early fusion the input channel of the first convolution that belongs to the branch; for
 feature and multitask fusion, whose branches share weights, the block of classifier columns
 that reads the branch's features.
+
+The same faults apply to any user module (``--model``): a branch is then an entry of the first
+``nn.ModuleList`` (or ``nn.Sequential``) whose first two entries hold tensors of the same names and
+shapes (MONAI trunks or members side by side); ``scale_layer`` takes any Conv1d/2d/3d or Linear.
 """
 
 from __future__ import annotations
@@ -31,31 +35,51 @@ from ccnbench.models.fusion import DecisionFusion, EarlyFusion, FusionNet, Model
 SCALE = 1.1  # "off by 10 %"
 
 
-def fault_names(kept: FusionNet) -> list[str]:
-    """Every fault that applies to ``kept``: the branch faults need two branches."""
+def fault_names(kept: nn.Module) -> list[str]:
+    """Every fault that applies to ``kept`` (a built-in variant or any module): the branch faults
+    need two branches."""
     names = ["bn_reset"] + [f"scale_layer:{name}" for name in weight_layers(kept)]
-    if kept.spec.branches >= 2:
+    two = kept.spec.branches >= 2 if isinstance(kept, FusionNet) else branch_list(kept) is not None
+    if two:
         names = ["swap_branches", "copy_branch", *names]
     return names
 
 
 def weight_layers(module: nn.Module) -> list[str]:
-    """Names of the Conv3d and Linear layers, in the order the module defines them."""
-    return [name for name, m in module.named_modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
+    """Names of the convolution and Linear layers, in the order the module defines them."""
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    return [name for name, m in module.named_modules() if isinstance(m, kinds)]
 
 
-def inject(kept: FusionNet, fault: str) -> FusionNet:
+def branch_list(module: nn.Module) -> nn.ModuleList | nn.Sequential | None:
+    """A user module's branches: the first ModuleList or Sequential whose first two entries hold
+    tensors of the same names and shapes (None when there is none)."""
+    for m in module.modules():
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2:
+            first, second = m[0].state_dict(), m[1].state_dict()
+            if first and {k: v.shape for k, v in first.items()} == {k: v.shape for k, v in second.items()}:
+                return m
+    return None
+
+
+def inject(kept: nn.Module, fault: str) -> nn.Module:
     """A copy of ``kept`` with ``fault`` (one of ``fault_names(kept)``) applied."""
     broken = copy.deepcopy(kept)
     kind, _, layer = fault.partition(":")
     with torch.no_grad():
-        if kind == "swap_branches":
-            _branch_edit(broken, lambda a, b: (b, a))
-        elif kind == "copy_branch":
-            _branch_edit(broken, lambda a, b: (a, a))
+        if kind in ("swap_branches", "copy_branch") and fault in fault_names(broken):
+            edit: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = (
+                (lambda a, b: (b, a)) if kind == "swap_branches" else (lambda a, b: (a, a))
+            )
+            if isinstance(broken, FusionNet):
+                _branch_edit(broken, edit)
+            else:
+                branches = branch_list(broken)
+                assert branches is not None  # fault_names lists branch faults only where there are two
+                _swap_states(branches[0], branches[1], edit)
         elif kind == "bn_reset":
             for m in broken.modules():
-                if isinstance(m, nn.BatchNorm3d):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                     m.running_mean.zero_()
                     m.running_var.fill_(1.0)
         elif kind == "scale_layer" and layer in weight_layers(broken):
@@ -69,12 +93,7 @@ def _branch_edit(model: FusionNet, edit: Callable[[Tensor, Tensor], tuple[Tensor
     """Replace branch 0's and branch 1's weights (a, b) by ``edit(a, b)``."""
     if isinstance(model, (ModelFusion, DecisionFusion)):
         branches = model.extractors if isinstance(model, ModelFusion) else model.members
-        first, second = branches[0].state_dict(), branches[1].state_dict()
-        new_first, new_second = {}, {}
-        for name in first:
-            new_first[name], new_second[name] = (t.clone() for t in edit(first[name], second[name]))
-        branches[0].load_state_dict(new_first)
-        branches[1].load_state_dict(new_second)
+        _swap_states(branches[0], branches[1], edit)
         return
     if isinstance(model, EarlyFusion):
         weight = model.extractor[0].conv.weight  # (filters, branches, k, k, k)
@@ -87,3 +106,13 @@ def _branch_edit(model: FusionNet, edit: Callable[[Tensor, Tensor], tuple[Tensor
         w = head.weight
         a, b = (t.clone() for t in edit(w[:, :size], w[:, size : 2 * size]))
         w[:, :size], w[:, size : 2 * size] = a, b
+
+
+def _swap_states(a: nn.Module, b: nn.Module, edit: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Load ``edit(a's tensor, b's tensor)`` into ``a`` and ``b``, name by name."""
+    first, second = a.state_dict(), b.state_dict()
+    new_first, new_second = {}, {}
+    for name in first:
+        new_first[name], new_second[name] = (t.clone() for t in edit(first[name], second[name]))
+    a.load_state_dict(new_first)
+    b.load_state_dict(new_second)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ccnbench.answers import tables
+from ccnbench.measure.agreement import VACUOUS_ADVICE
 from ccnbench.results import CaseResult
 from ccnbench.run import config, plan
 from ccnbench.run.case_group import run_group
@@ -27,7 +28,8 @@ def run(
 
 def exit_code(results: Sequence[CaseResult]) -> int:
     """1 if any target that could run failed, crashed or disagreed; unavailable targets don't count,
-    nor does the target that served as the reference (it has nothing to disagree with)."""
+    nor does the target that served as the reference (it has nothing to disagree with), nor a
+    ``vacuous`` case (it could not have disagreed: ``problem_lines`` says so and what to do)."""
     return int(any(r.verdict in ("failed", "timeout", "FAIL") for r in results))
 
 
@@ -58,6 +60,21 @@ def summary(results: Sequence[CaseResult]) -> str | None:
 
 
 def problem_lines(cases: Sequence[CaseResult]) -> list[tuple[str, str]]:
-    """(line, style) to print below a table: unavailable targets (dim), then failures (red)."""
+    """(line, style) to print below a table: unavailable targets (dim), failures (red), then
+    cases graded ``vacuous`` (yellow)."""
     unavailable = [(line, "dim") for line in tables.unavailable_lines(cases)]
-    return unavailable + [(line, "red") for line in tables.failure_lines(cases)]
+    failures = [(line, "red") for line in tables.failure_lines(cases)]
+    return unavailable + failures + [(line, "yellow") for line in vacuous_lines(cases)]
+
+
+def vacuous_lines(cases: Sequence[CaseResult]) -> list[str]:
+    """One line per model and batch whose cases are ``vacuous``: why, and what to do. Not a
+    failure (the exit code stays 0, as for ``reference``), and not a pass (not counted as one)."""
+    reasons: dict[tuple[str, int], str] = {}
+    for r in cases:
+        if r.verdict == "vacuous" and r.agreement is not None:
+            reasons.setdefault((r.key.model, r.key.batch), r.agreement.vacuous)
+    lines = [f"{model} (batch {batch}): vacuous, {why}" for (model, batch), why in reasons.items()]
+    if lines:
+        lines.append(f"vacuous: within tolerance, but a wrong file would be too; {VACUOUS_ADVICE}")
+    return lines

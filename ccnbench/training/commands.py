@@ -313,7 +313,7 @@ def checkpoint(
                 "  the merge is not invertible (folded decision head): no way back to a kept state_dict"
             )
         for f in report.files:
-            verdict = "pass" if f.agreement.passed else "FAIL"
+            verdict = "FAIL" if not f.agreement.passed else "vacuous" if f.agreement.vacuous else "pass"
             console.print(
                 f"  {f.format} {f.path}: {verdict}, max |Δ| {f.agreement.max_abs:.1e} vs float64 kept"
             )
