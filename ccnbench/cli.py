@@ -7,6 +7,7 @@ signature, one per line.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -139,6 +140,7 @@ WriteReport = Annotated[bool, typer.Option("--report/--no-report", help="Write r
 CompareFormats = Annotated[str | None, typer.Option("--compare", help="Two formats side by side: two layouts (kept,merged) or two targets (ort:cpu,openvino:cpu); rows sorted by the difference they explain.")]
 ExplainRounds = Annotated[int, typer.Option("--rounds", help="Interleaved rounds timing each format with and without its profiler.")]
 ExplainCalls = Annotated[int, typer.Option("--calls", help="Profiled calls whose per-layer medians make the table.")]
+ExplainOut = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the profiles and tables as JSON to this file.")]
 TraceDir = Annotated[Path | None, typer.Option("--trace", help="Keep the runtimes' raw traces here (Chrome trace JSON for ONNX Runtime and PyTorch).")]
 # fmt: on
 
@@ -500,6 +502,7 @@ def explain(
     rounds: ExplainRounds = 8,
     calls: ExplainCalls = 20,
     trace: TraceDir = None,
+    out: ExplainOut = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Where each format spends its time, layer by layer, from each runtime's own profiler
@@ -522,6 +525,11 @@ def explain(
         except KeyboardInterrupt:
             raise CcnbenchError("interrupted: no table was printed") from None
     failed = [s for s in done.skipped if not s.reason.startswith("unavailable")]
+    if out is not None:
+        from ccnbench.fileio import write_text
+
+        write_text(out, json.dumps(done.to_dict(), indent=1))
+        err_console.print(f"wrote {out}", markup=False, highlight=False)
     if json_output:
         _print_json(done.to_dict())
     else:

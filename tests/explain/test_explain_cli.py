@@ -77,7 +77,11 @@ def test_a_users_module_kept_against_merged_and_two_targets_on_one_layout(tmp_pa
 
 def test_profiled_and_unprofiled_fastest_calls_and_raw_traces(tmp_path):
     traces = tmp_path / "traces"
-    data = _explain(["--preset", "tiny", "--variant", "early", "--trace", str(traces)], tmp_path)
+    out = tmp_path / "out" / "explain.json"
+    data = _explain(
+        ["--preset", "tiny", "--variant", "early", "--trace", str(traces), "--out", str(out)], tmp_path
+    )
+    assert json.loads(out.read_text())["tables"] == data["tables"]  # the file holds what was printed
     for p in data["profiles"]:
         assert p["overhead"]["fastest_us"] > 0 and p["overhead"]["fastest_profiled_us"] > 0
         assert p["trace"] and (traces / p["trace"].rpartition("/")[2]).is_file()
