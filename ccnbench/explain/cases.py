@@ -74,28 +74,32 @@ def profile_group(
     backend = backend_of(group.target)
     found = profiler_for(group.target.backend, group.target.device)
     plain = backend.prepare(group.source, group.target, group.options)
-    profiler: LayerProfiler | None = None
-    note = found if isinstance(found, str) else None
     try:
+        owners = None
         if not isinstance(found, str):
-            profiled = backend.prepare(group.source, group.target, replace(group.options, profiling=True))
             artifact = backend.artifact(group.source, group.target, group.options)
-            owners = (
-                node_owners(artifact.path, _folds(group, artifact.path)) if artifact is not None else None
-            )
-            profiler = found(profiled, owners)
-            note = profiler.caveat or (owners.note if owners else None)
+            if artifact is not None:
+                owners = node_owners(artifact.path, _folds(group, artifact.path))
         out = []
         for batch in group.batches:
             if on_case:
                 on_case(f"{group.label} b{batch}")
-            out.append(_profile_batch(group, batch, plain, profiler, settings, note))
+            if isinstance(found, str):
+                out.append(_profile_batch(group, batch, plain, None, settings, found))
+                continue
+            # A profiling runner per batch size: ONNX Runtime ends a session's profile once.
+            profiler = found(
+                backend.prepare(group.source, group.target, replace(group.options, profiling=True)), owners
+            )
+            try:
+                note = profiler.caveat or (owners.note if owners else None)
+                out.append(_profile_batch(group, batch, plain, profiler, settings, note))
+            finally:
+                profiler.close()
+                profiler.runner.close()
         return out
     finally:
         plain.close()
-        if profiler is not None:
-            profiler.close()
-            profiler.runner.close()
 
 
 def _profile_batch(
