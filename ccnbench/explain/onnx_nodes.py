@@ -33,7 +33,6 @@ class NodeOwners:
     one path, or two for a Conv the exporter folded a BatchNorm into."""
 
     owners: dict[str, tuple[str, ...]]
-    op_types: dict[str, str]
     from_metadata: bool
     # Output tensor -> node: OpenVINO names a layer after its output when that is a graph output.
     producers: dict[str, str] = field(default_factory=dict)
@@ -80,8 +79,8 @@ def node_owners(path: Path | str, folds: Mapping[str, str] | None = None) -> Nod
         folded = FOLD_RULE in metadata.get(RULE_NAME, "") and folds and owner in folds
         owners[node.name] = (folds[owner], owner) if folded and folds else (owner,)
     if with_metadata == 0:
-        return NodeOwners({n: (n,) for n in op_types}, op_types, False, producers)
-    return NodeOwners(owners, op_types, True, producers)
+        return NodeOwners({n: (n,) for n in op_types}, False, producers)
+    return NodeOwners(owners, True, producers)
 
 
 def has_folds(path: Path | str) -> bool:

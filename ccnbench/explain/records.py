@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # Row keys that are not modules.
@@ -65,7 +65,6 @@ class FormatProfile:
     calls: int = 0
     note: str | None = None
     trace: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
