@@ -103,14 +103,11 @@ def single_tables(
     by_case: dict[tuple[str, str, str, int], list[FormatProfile]] = {}
     for p in profiles:
         by_case.setdefault((p.model, p.layout, p.precision, p.batch), []).append(p)
+    names = _Renamers(sources)
     tables = []
     for (model, layout, precision, batch), members in by_case.items():
         # One layout: its own names, a merged network's stacking wrappers folded (see renamers).
-        rename = (
-            renamers(sources[(model, layout)], sources[(model, layout)])["merged"]
-            if layout == "merged"
-            else _same
-        )
+        rename = names.of(model)["merged"] if layout == "merged" else _same
         title = f"{model} {layout}, {precision}, batch {batch}, {members[0].threads} thread(s)"
         tables.append(layer_table(members, title, [rename] * len(members)))
     return tables
@@ -123,27 +120,40 @@ def compare_tables(
 ) -> list[LayerTable]:
     """One two-column table per pair the comparison names, rows sorted by the difference."""
     dimension, (a, b) = kind
+    names = _Renamers(sources)
     tables = []
     for first, second in _pairs(profiles, kind).values():
         model = first.model
-        names = renamers(
-            sources[(model, first.layout)], sources.get((model, "kept")) or sources[(model, first.layout)]
-        )
+        by_layout = names.of(model)
         displays = None
         if dimension == "layout":
-            rename = [names[first.layout], names[second.layout]]
+            rename = [by_layout[first.layout], by_layout[second.layout]]
             displays = [
                 _same if first.layout == "kept" else rename[0],
                 _same if second.layout == "kept" else rename[1],
             ]
             title = f"{model} {a} vs {b} on {first.target}, {first.precision}, batch {first.batch}"
         else:
-            rename = [names[first.layout]] * 2
+            rename = [by_layout[first.layout]] * 2
             title = f"{model} {first.layout}: {a} vs {b}, {first.precision}, batch {first.batch}"
         title += f", {first.threads} thread(s)"
         if first.attributed and second.attributed:
             tables.append(layer_table([first, second], title, rename, compare=True, displays=displays))
     return tables
+
+
+class _Renamers:
+    """``renamers`` once per model: it builds the model's modules (and for a user's module runs
+    the merge pass), which every table of that model shares."""
+
+    def __init__(self, sources: Mapping[tuple[str, str], ModelSource]) -> None:
+        self._sources = {model: source for (model, _), source in sources.items()}
+        self._made: dict[str, dict[str, Renamer]] = {}
+
+    def of(self, model: str) -> dict[str, Renamer]:
+        if model not in self._made:
+            self._made[model] = renamers(self._sources[model])
+        return self._made[model]
 
 
 def _pair_key(p: FormatProfile, dimension: str) -> tuple[Any, ...]:
@@ -172,16 +182,17 @@ def _unpaired(profiles: Sequence[FormatProfile], kind: tuple[str, tuple[str, str
     return [f"{p.model} {p.layout} {p.target} b{p.batch}" for p in profiles if id(p) not in paired]
 
 
-def renamers(source: ModelSource, kept_source: ModelSource) -> dict[str, Renamer]:
+def renamers(source: ModelSource) -> dict[str, Renamer]:
     """Per layout, the renamer into the merged network's module names (identity when the source
-    has no module to read the merge from, such as an ONNX file)."""
+    has no module to read the merge from, such as an ONNX file). Any layout's source of a model
+    serves: both modules are built from it."""
     same: Renamer = _same
     if not source.has_module:
         return {"kept": same, "merged": same}
-    kept = kept_source.module_for("kept")
+    kept = source.module_for("kept")
     if isinstance(kept, FusionNet):
         return {"kept": builtin_renamer(kept), "merged": same}
-    kept_to_merged, canonical = graph_renamers(kept_source.module_for("merged"))
+    kept_to_merged, canonical = graph_renamers(source.module_for("merged"))
     return {"kept": kept_to_merged, "merged": canonical}
 
 
