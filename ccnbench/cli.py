@@ -141,6 +141,7 @@ CompareFormats = Annotated[str | None, typer.Option("--compare", help="Two forma
 ExplainRounds = Annotated[int, typer.Option("--rounds", help="Interleaved rounds timing each format with and without its profiler.")]
 ExplainCalls = Annotated[int, typer.Option("--calls", help="Profiled calls whose per-layer medians make the table.")]
 ExplainOut = Annotated[Path | None, typer.Option("--out", "-o", help="Also write the profiles and tables as JSON to this file.")]
+RooflineFlag = Annotated[bool, typer.Option("--roofline/--no-roofline", help="Count each layer's FLOPs and bytes and read its time against this machine's measured roofs (measured once per machine and thread count, then cached).")]
 TraceDir = Annotated[Path | None, typer.Option("--trace", help="Keep the runtimes' raw traces here (Chrome trace JSON for ONNX Runtime and PyTorch).")]
 # fmt: on
 
@@ -187,6 +188,62 @@ def env(json_output: JsonFlag = False) -> None:
     for key, value in rows.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command()
+def roofs(
+    targets: Annotated[
+        str, typer.Option("--targets", help="Targets whose runtimes' roofs to show.")
+    ] = "torch:cpu,ort:cpu,openvino:cpu",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Precisions of the compute roofs, comma-separated.")
+    ] = "fp32",
+    threads: Threads = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh", help="Measure again and replace the cached roofs (do it on a quiet machine)."
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """The machine's measured roofs (a GEMM per runtime, a memory triad) that explain and the report read times against."""
+    from ccnbench.backends import Target
+    from ccnbench.environment import default_threads
+    from ccnbench.roofline.command import rate_text, roof_rows
+
+    parsed = [Target.parse(t) for t in targets.split(",") if t.strip()]
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    count = threads or default_threads()
+    with _progress() as progress:
+        task = progress.add_task("roofs", total=None)
+        machine, rows = roof_rows(
+            parsed, precisions, count, refresh, lambda text: progress.update(task, description=text)
+        )
+    if json_output:
+        _print_json({"machine_id": machine, "threads": count, "roofs": [r.to_dict() for r in rows]})
+        return
+    table = Table(title=f"Measured roofs, machine {machine}, {count} thread(s)")
+    for column in ("roof", "best", "median", "spread", "how", "measured"):
+        table.add_column(column, justify="right" if column in ("best", "median", "spread") else "left")
+    for row in rows:
+        r = row.roof
+        if r is None:
+            table.add_row(row.label, "-", "-", "-", row.note, "")
+            continue
+        table.add_row(
+            row.label,
+            rate_text(r, r.rate),
+            rate_text(r, r.median),
+            f"{r.spread:.0%}",
+            r.method,
+            r.measured_at,
+        )
+    console.print(table)
+    _note(
+        "spread: (best - worst) / best over the repeats; a wide one means the machine was busy: rerun with --refresh when it is quiet.",
+        "dim",
+    )
 
 
 @app.command("export")
@@ -503,15 +560,16 @@ def explain(
     calls: ExplainCalls = 20,
     trace: TraceDir = None,
     out: ExplainOut = None,
+    roofline: RooflineFlag = True,
     json_output: JsonFlag = False,
 ) -> None:
     """Where each format spends its time, layer by layer, from each runtime's own profiler
-    (--compare: two formats side by side)."""
+    (--compare: two formats side by side), and how far each layer is from the machine's roofs."""
     flags = _sweep_flags(locals())
     from ccnbench.explain import command, render
     from ccnbench.explain.cases import Settings
 
-    settings = Settings(rounds, calls, trace)
+    settings = Settings(rounds, calls, trace, roofline)
     with _progress() as progress:
         task = progress.add_task("profiling", total=None)
         try:
@@ -521,6 +579,7 @@ def explain(
                 settings,
                 on_case=lambda label: progress.update(task, description=label, advance=1),
                 on_total=lambda total: progress.update(task, total=total),
+                on_measure=lambda text: progress.update(task, description=text),
             )
         except KeyboardInterrupt:
             raise CcnbenchError("interrupted: no table was printed") from None
@@ -535,6 +594,8 @@ def explain(
     else:
         for table in done.tables:
             console.print(render.table_of(table))
+            for line in render.roof_lines(table):
+                _note(f"  {line}")
             for note in table.notes:
                 _note(f"  {note}", "dim")
         if done.tables:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Keep test runs deterministic and light on a 2-core CI machine.
 os.environ.setdefault("CCNBENCH_THREADS", "2")
+# Measured roofs go to a cache of this test session, never the user's (~/.cache/ccnbench): the
+# first test that needs a roof measures it (seconds), the others read it.
+os.environ.setdefault("CCNBENCH_CACHE", tempfile.mkdtemp(prefix="ccnbench-cache-"))
 
 
 def _cuda_available() -> bool:

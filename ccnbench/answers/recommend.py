@@ -56,6 +56,7 @@ from ccnbench.answers.stats import (
 from ccnbench.backends import BACKENDS, Backend, Target
 from ccnbench.measure.agreement import VACUOUS_ADVICE
 from ccnbench.results import CaseResult
+from ccnbench.roofline.case_roofs import case_reading
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class Choice:
         assert latency is not None
         bounds, median_range = fastest_bounds(latency), spread(latency, 50)
         own = f"fastest call {self.fastest:.3f} ms" + (f" {bounds}" if bounds else "")
+        reading = case_reading(self.case)
+        if reading is not None:
+            # How far from the machine's limit: a winner near its roof has little left to gain.
+            own += f", {reading.of_roof:.0%} of its {reading.bound} roof at {reading.intensity:.1f} FLOP/B"
         load = f"median under this host's load {self.median:.3f} ms"
         if median_range:
             load += f", {median_range} over {latency.processes} processes"
@@ -118,7 +123,8 @@ class Choice:
                 "fastest_interval_ms": [interval.low, interval.high] if known else None,
                 "median_range_ms": list(median_range) if median_range else None,
                 "p99_range_ms": list(p99_range) if p99_range else None,
-                "processes": latency.processes}  # fmt: skip
+                "processes": latency.processes,
+                "roofline": reading.to_dict() if (reading := case_reading(self.case)) else None}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ccnbench import fileio, shard
 from ccnbench.answers import plots
 from ccnbench.answers.derived import all_cases, index, load_note, noise_warnings
 from ccnbench.answers.recommend import recommend
+from ccnbench.answers.roofline_plot import roofline_plots
 from ccnbench.answers.stats import EQUIVALENCE, TIE_CONFIDENCE, resolve_hint
 from ccnbench.answers.tables import (
     FASTEST,
@@ -26,6 +27,8 @@ from ccnbench.answers.tables import (
     P50,
     P99,
     RATE,
+    ROOF,
+    ROOF_LEGEND,
     case_cells,
     failure_lines,
     unavailable_lines,
@@ -165,7 +168,7 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
     rows = []
     for r in recs:
         if r.best is None:
-            rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", "", ""))
+            rows.append((r.model, str(r.batch), r.device, "nothing passed", "", "", "", "", ""))
             continue
         ratio = r.runner_up_ratio
         runner = "-"
@@ -182,12 +185,13 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
                 r.device,
                 r.best.label,
                 cells[FASTEST],
+                cells[ROOF],
                 cells[LOAD],
                 runner,
                 "; ".join(r.rejected) or "-",
             )
         )
-    headers = ("model", "batch", "device", "ship", FASTEST, LOAD, "runner-up", "faster but rejected")
+    headers = ("model", "batch", "device", "ship", FASTEST, ROOF, LOAD, "runner-up", "faster but rejected")
     unsettled = tuple(
         f"{r.model} batch {r.batch} on {r.device}: inconclusive; {resolve_hint(r.open_ratio)}"
         for r in recs
@@ -204,8 +208,8 @@ def _recommendations(cases: Sequence[CaseResult]) -> list[Block]:
             "shipped, which a tie would ship, is neither shown inside the margin of the fastest nor beyond it (that "
             "format is named in the runner-up column)."
         ),
-        TableBlock(headers, tuple(rows), frozenset({1, 4, 5})),
-        Text(f"Legend: {LEGEND}."),
+        TableBlock(headers, tuple(rows), frozenset({1, 4, 5, 6})),
+        Text(f"Legend: {LEGEND}. {ROOF_LEGEND}"),
     ] + ([Bullets(unsettled)] if unsettled else [])
 
 
@@ -221,19 +225,23 @@ def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
             "Eager PyTorch vs the best passing format: own speed and figures under this host's load",
         ),
         (plots.error_plot(cases, plot_dir / "error_vs_tolerance.png"), "Error against the float64 oracle"),
+        *(
+            (path, f"Roofline on {device}: the shipped format of each model and batch against the measured roofs")
+            for device, path in roofline_plots(recommend(cases), plot_dir)
+        ),
     ]
     blocks: list[Block] = [Heading("Plots")]
     blocks += [Image(path, caption) for path, caption in made if path is not None]
     return blocks
 
 
-REPORT_COLUMNS = (FASTEST, RATE, GFLOPS, P50, P99, "memory MiB", "build s", "max abs err", "tolerance",
+REPORT_COLUMNS = (FASTEST, RATE, GFLOPS, ROOF, P50, P99, "memory MiB", "build s", "max abs err", "tolerance",
                   "verdict", "vs eager", "merged vs kept", "noise")  # fmt: skip
 
 
 def _per_model(cases: Sequence[CaseResult]) -> list[Block]:
     by_key = index(cases)
-    blocks: list[Block] = [Heading("Every case"), Text(f"Legend: {LEGEND}.")]
+    blocks: list[Block] = [Heading("Every case"), Text(f"Legend: {LEGEND}. {ROOF_LEGEND}")]
     headers = ("layout", "target", "prec", "batch", *REPORT_COLUMNS)
     numeric = {
         i

@@ -16,6 +16,7 @@ from ccnbench.answers.derived import (
 )
 from ccnbench.answers.stats import describe
 from ccnbench.results import CaseKey, CaseResult
+from ccnbench.roofline.case_roofs import case_reading, roof_text
 
 _VERDICT_STYLE = {
     "pass": "green",
@@ -42,6 +43,14 @@ P99 = "p99 ms (range over processes)"
 LOAD = "p50 / p99 ms (range over processes)"  # both in one column, where a table is short of width
 RATE = "samples/s @fastest"
 GFLOPS = "GFLOP/s @fastest"
+# The fastest call against the machine's measured roofs (ccnbench.roofline): the bound and how
+# much of it the format reaches.
+ROOF = "% of roof @fastest"
+ROOF_LEGEND = (
+    "% of roof: the fastest call's FLOP/s over what the roofline allows at the model's FLOP per byte "
+    "(the sum of its layers' least traffic), against this machine's measured roofs: its runtime's GEMM "
+    "(compute) or a triad (memory), whichever bounds it"
+)
 #: The one line under every table of these columns (the terminal's and the report's).
 LEGEND = (
     "own speed: fastest call [95 % interval over processes] and the rates at it (@fastest); "
@@ -63,6 +72,7 @@ def case_cells(case: CaseResult, by_key: dict[CaseKey, CaseResult]) -> dict[str,
         LOAD: f"{percentile_text(lat, 50)} / {percentile_text(lat, 99)}" if lat else "-",
         RATE: f"{lat.throughput_at_fastest:,.0f}" if lat else "-",
         GFLOPS: f"{gflops:,.1f}" if gflops else "-",
+        ROOF: roof_text(case_reading(case)),
         "memory MiB": f"{memory / 2**20:.1f}" if memory is not None else "-",
         "build s": f"{case.build_seconds:.2f}" if case.build_seconds is not None else "-",
         "max abs err": f"{agr.max_abs:.1e}" if agr else "-",

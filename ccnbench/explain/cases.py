@@ -34,6 +34,7 @@ class Settings:
     rounds: int = 8
     calls: int = 20
     trace_dir: Path | None = None
+    roofline: bool = True  # count each layer's FLOPs and bytes and read them against the roofs
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.calls < 1:

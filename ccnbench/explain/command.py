@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccnbench.backends import Target
-from ccnbench.errors import UsageError
+from ccnbench.errors import UsageError, one_line
 from ccnbench.explain.cases import Settings, Skipped, profile_groups
 from ccnbench.explain.records import FormatProfile, LayerTable
 from ccnbench.explain.table import Renamer, layer_table
 from ccnbench.models import LAYOUTS, FusionNet
 from ccnbench.models.correspondence import builtin_renamer, graph_renamers
+from ccnbench.roofline.layer_costs import ModuleCosts, trace_costs
+from ccnbench.roofline.roofs import Roof, RoofPair, roofs_for
 from ccnbench.run import config, plan
 from ccnbench.run.plan import CaseGroup
 from ccnbench.source import ModelSource
@@ -32,9 +34,11 @@ class Explanation:
     tables: tuple[LayerTable, ...]
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    roofs: tuple[Roof, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "roofs": [r.to_dict() for r in self.roofs],
             "profiles": [p.to_dict() for p in self.profiles],
             "tables": [t.to_dict() for t in self.tables],
             "skipped": [{"case": s.label, "reason": s.reason} for s in self.skipped],
@@ -85,19 +89,71 @@ def explain(
     settings: Settings,
     on_case: Callable[[str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    on_measure: Callable[[str], None] | None = None,
 ) -> Explanation:
     groups, kind = planned(flags, compare)
     if on_total:
         on_total(sum(len(g.batches) for g in groups))
     profiles, skipped = profile_groups(groups, settings, on_case)
     sources = {(g.source.label, g.source.layout): g.source for g in groups}
-    tables = compare_tables(profiles, kind, sources) if kind else single_tables(profiles, sources)
+    line = Roofline(profiles, sources, on_measure) if settings.roofline else None
+    tables = compare_tables(profiles, kind, sources, line) if kind else single_tables(profiles, sources, line)
     notes = [f"not compared: {label}" for label in _unpaired(profiles, kind)] if kind else []
-    return Explanation(tuple(profiles), tuple(tables), tuple(skipped), tuple(notes))
+    if line is not None:
+        notes += line.notes
+    return Explanation(
+        tuple(profiles), tuple(tables), tuple(skipped), tuple(notes), line.roofs() if line else ()
+    )
+
+
+class Roofline:
+    """Each profile's layer costs (one traced forward per model, layout, precision and batch)
+    and the roofs of its runtime, measured or read from this machine's cache."""
+
+    def __init__(
+        self,
+        profiles: Sequence[FormatProfile],
+        sources: Mapping[tuple[str, str], ModelSource],
+        on_measure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.notes: list[str] = []
+        self._costs: dict[tuple[str, str, str, int], ModuleCosts | None] = {}
+        for p in profiles:
+            key = (p.model, p.layout, p.precision, p.batch)
+            if key not in self._costs:
+                self._costs[key] = self._trace(sources.get((p.model, p.layout)), p)
+        self._pairs = roofs_for(
+            ((Target.parse(p.target), p.precision, p.threads) for p in profiles),
+            on_measure=(lambda key: on_measure(f"measuring the roof: {key}")) if on_measure else None,
+        )
+        for pair in self._pairs.values():
+            self.notes += [f"roofline: {reason}" for reason in pair.reasons if reason not in self.notes]
+
+    def _trace(self, source: ModelSource | None, p: FormatProfile) -> ModuleCosts | None:
+        if source is None or not source.has_module:
+            self.notes.append(f"roofline: {p.model} has no PyTorch module to count its layers")
+            return None
+        try:
+            return trace_costs(source.module_for(p.layout), source.make_inputs(p.batch), p.precision)
+        except Exception as exc:  # a module that will not trace forward: no counts, the times stand
+            self.notes.append(f"roofline: {p.model} {p.layout} layers not counted ({one_line(exc)})")
+            return None
+
+    def costs(self, p: FormatProfile) -> ModuleCosts | None:
+        return self._costs.get((p.model, p.layout, p.precision, p.batch))
+
+    def pair(self, p: FormatProfile) -> RoofPair | None:
+        return self._pairs.get((Target.parse(p.target), p.precision, p.threads))
+
+    def roofs(self) -> tuple[Roof, ...]:
+        found = {r.key: r for pair in self._pairs.values() for r in (pair.compute, pair.memory) if r}
+        return tuple(found.values())
 
 
 def single_tables(
-    profiles: Sequence[FormatProfile], sources: Mapping[tuple[str, str], ModelSource]
+    profiles: Sequence[FormatProfile],
+    sources: Mapping[tuple[str, str], ModelSource],
+    line: Roofline | None = None,
 ) -> list[LayerTable]:
     """One table per (model, layout, precision, batch), a column per target."""
     by_case: dict[tuple[str, str, str, int], list[FormatProfile]] = {}
@@ -109,7 +165,7 @@ def single_tables(
         # One layout: its own names, a merged network's stacking wrappers folded (see renamers).
         rename = names.of(model)["merged"] if layout == "merged" else _same
         title = f"{model} {layout}, {precision}, batch {batch}, {members[0].threads} thread(s)"
-        tables.append(layer_table(members, title, [rename] * len(members)))
+        tables.append(layer_table(members, title, [rename] * len(members), **_roofline_of(members, line)))
     return tables
 
 
@@ -117,6 +173,7 @@ def compare_tables(
     profiles: Sequence[FormatProfile],
     kind: tuple[str, tuple[str, str]],
     sources: Mapping[tuple[str, str], ModelSource],
+    line: Roofline | None = None,
 ) -> list[LayerTable]:
     """One two-column table per pair the comparison names, rows sorted by the difference."""
     dimension, (a, b) = kind
@@ -138,8 +195,17 @@ def compare_tables(
             title = f"{model} {first.layout}: {a} vs {b}, {first.precision}, batch {first.batch}"
         title += f", {first.threads} thread(s)"
         if first.attributed and second.attributed:
-            tables.append(layer_table([first, second], title, rename, compare=True, displays=displays))
+            extra = _roofline_of([first, second], line)
+            tables.append(
+                layer_table([first, second], title, rename, compare=True, displays=displays, **extra)
+            )
     return tables
+
+
+def _roofline_of(profiles: Sequence[FormatProfile], line: Roofline | None) -> dict[str, Any]:
+    if line is None:
+        return {}
+    return {"costs": [line.costs(p) for p in profiles], "roofs": [line.pair(p) for p in profiles]}
 
 
 class _Renamers:

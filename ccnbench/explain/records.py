@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ccnbench.roofline.reading import Reading
+from ccnbench.roofline.roofs import RoofPair
+
 # Row keys that are not modules.
 OUTSIDE = "outside layers"
 ADDED = "added by the runtime: "
@@ -88,13 +91,17 @@ class FormatProfile:
 @dataclass(frozen=True)
 class Cell:
     """One format's share of one row: its time per call, its share of the profiled call, the
-    kernels the runtime reported and how many units it ran there."""
+    kernels the runtime reported and how many units it ran there; with the model's layers
+    counted, the row's FLOPs and least bytes and their roofline reading at that time."""
 
     us: float
     share: float
     kernels: tuple[str, ...]
     units: int
     fused: bool = False
+    flops: int | None = None
+    bytes: int | None = None
+    reading: Reading | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,10 @@ class LayerTable:
     totals: tuple[float, ...]
     compare: bool = False
     notes: tuple[str, ...] = ()
+    # Per column: the roofs its runtime is read against, and the whole call's reading (the
+    # fastest unprofiled call against the sum of the layers' traffic).
+    roofs: tuple[RoofPair | None, ...] = ()
+    calls: tuple[Reading | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,9 @@ def _label_min(layers: LayerTable) -> int:
 LEGEND = (
     f"{NO_TIME}: no time of its own in that format (fused into or folded by a neighbour, or not in "
     "that format); [fused]: one unit of the runtime covers every module of the row; shares are of "
-    "the profiled call (the sum of the rows, medians per call)."
+    "the profiled call (the sum of the rows, medians per call). roof: the row's achieved rate over "
+    "the roofline's attainable one at its FLOP/B (mem: below the ridge, read against the memory "
+    "roof; cmp: against its runtime's GEMM roof), at the profiled time, which the profiler slows."
 )
 
 
@@ -52,21 +54,67 @@ def table_of(layers: LayerTable) -> Table:
 def _single(layers: LayerTable) -> Table:
     table = Table(title=layers.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
+    counted = _counted(layers)
+    if counted:
+        table.add_column("FLOP/B", justify="right", no_wrap=True)
     for label in layers.columns:
         # One table holds one layout (its title says which): the target names the column.
         table.add_column(f"{label.split()[0]} µs", justify="right", no_wrap=True)
         table.add_column("%", justify="right", no_wrap=True)
         table.add_column("kernel", overflow="ellipsis", no_wrap=True, max_width=_KERNEL_WIDTH)
+        if counted:
+            table.add_column("roof", justify="right", no_wrap=True)
     for row in layers.rows:
-        cells = []
+        cells = [intensity_text(row.cells)] if counted else []
         for cell in row.cells:
             cells += [us_text(cell.us if cell else None), f"{cell.share:.0%}" if cell else "", _kernel(cell)]
+            if counted:
+                cells.append(roof_text(cell))
         table.add_row(_label(row.label, row.cells), *cells)
     table.add_section()
-    table.add_row(
-        "profiled call (sum of rows)", *[x for t in layers.totals for x in (us_text(t), "100%", "")]
-    )
+    total = ["profiled call (sum of rows)"] + ([""] if counted else [])
+    for t in layers.totals:
+        total += [us_text(t), "100%", ""] + ([""] if counted else [])
+    table.add_row(*total)
     return table
+
+
+def _counted(layers: LayerTable) -> bool:
+    return any(c is not None and c.reading is not None for r in layers.rows for c in r.cells)
+
+
+def intensity_text(cells: Sequence[Cell | None]) -> str:
+    """The row's FLOP per byte (the first column that counted it: one layout's layers are the
+    same in every column)."""
+    for cell in cells:
+        if cell is not None and cell.bytes:
+            return f"{(cell.flops or 0) / cell.bytes:.1f}"
+    return ""
+
+
+def roof_text(cell: Cell | None) -> str:
+    return cell.reading.short if cell is not None and cell.reading is not None else ""
+
+
+def roof_lines(layers: LayerTable) -> list[str]:
+    """Per column: the roofs it is read against and where its fastest call sits."""
+    lines = []
+    for label, pair, call in zip(layers.columns, layers.roofs, layers.calls):
+        if pair is None or not pair.complete:
+            continue
+        compute, memory = pair.compute, pair.memory
+        text = (
+            f"{label}: roofs {compute.key.family} GEMM {compute.rate / 1e9:,.0f} GFLOP/s "  # type: ignore[union-attr]
+            f"(±{compute.spread:.0%} over repeats), memory {memory.rate / 1e9:,.1f} GB/s "  # type: ignore[union-attr]
+            f"(±{memory.spread:.0%}); ridge {pair.ridge:.1f} FLOP/B"  # type: ignore[union-attr]
+        )
+        if call is not None:
+            text += (
+                f"; fastest unprofiled call {call.flops_per_second / 1e9:,.1f} GFLOP/s at "
+                f"{call.intensity:.1f} FLOP/B: {call.of_roof:.0%} of its {call.bound} roof"
+            )
+        lines.append(text)
+    return lines
 
 
 def _compare(layers: LayerTable) -> Table:
@@ -75,10 +123,11 @@ def _compare(layers: LayerTable) -> Table:
         title=f"{layers.title}\nA = {a}, B = {b}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
     )
     table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
+    counted = _counted(layers)
     for side in ("A", "B"):
         table.add_column(f"{side} µs", justify="right", no_wrap=True)
         table.add_column(f"{side} kernel", overflow="ellipsis", no_wrap=True, max_width=_KERNEL_WIDTH)
-    for header in ("B/A", "Δ µs", "of |Δ|"):
+    for header in ("B/A", "Δ µs", "of |Δ|") + (("FLOP/B", "A roof", "B roof") if counted else ()):
         table.add_column(header, justify="right", no_wrap=True)
     difference = layers.totals[1] - layers.totals[0]
     # Each row's signed share of all the change: rows that cancel out still show their weight.
@@ -93,12 +142,14 @@ def _compare(layers: LayerTable) -> Table:
             us_text(first.us if first else None), _kernel(first),
             us_text(second.us if second else None), _kernel(second),
             ratio, f"{delta:+,.0f}" if abs(delta) >= 100 else f"{delta:+.1f}", share,
+            *((intensity_text(row.cells), roof_text(first), roof_text(second)) if counted else ()),
         )  # fmt: skip
     table.add_section()
     total_a, total_b = layers.totals
     table.add_row(
         "profiled call (sum of rows)", us_text(total_a), "", us_text(total_b), "",
         f"{total_b / total_a:.2f}×" if total_a else "", f"{difference:+,.0f}", "",
+        *(("", "", "") if counted else ()),
     )  # fmt: skip
     return table
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from ccnbench.explain.records import ADDED, OUTSIDE, Cell, FormatProfile, LayerEvent, LayerTable, Row
+from ccnbench.roofline.layer_costs import ModuleCosts
+from ccnbench.roofline.reading import Reading, read
+from ccnbench.roofline.roofs import RoofPair
 
 Renamer = Callable[[str], str]
 
@@ -29,11 +33,15 @@ def layer_table(
     renames: Sequence[Renamer] | None = None,
     compare: bool = False,
     displays: Sequence[Renamer] | None = None,
+    costs: Sequence[ModuleCosts | None] | None = None,
+    roofs: Sequence[RoofPair | None] | None = None,
 ) -> LayerTable:
     """The table of ``profiles`` (one column each); ``compare`` (two columns) sorts the rows by
     how much of the difference between them each explains. ``renames`` put every column's module
     paths into one namespace (rows are formed there); ``displays`` name them in the labels
-    (default: the renamed paths; a kept column shows its own names)."""
+    (default: the renamed paths; a kept column shows its own names). ``costs`` (the layers'
+    FLOPs and bytes, per column in its own module paths) and ``roofs`` add each cell's roofline
+    reading."""
     renames = list(renames or [_identity] * len(profiles))
     displays = list(displays or renames)
     groups = _Groups()
@@ -57,12 +65,14 @@ def layer_table(
             for module in event.modules:
                 names.setdefault(renames[i](module), []).append(displays[i](module))
     totals = tuple(p.profiled_us for p in profiles)
+    costs = list(costs or [None] * len(profiles))
+    roofs = list(roofs or [None] * len(profiles))
     own_ops = _own_ops_paths(groups.paths())
     built = [
         Row(
             key,
             _label(key, groups.members(key), originals[key], own_ops),
-            tuple(_cell(by_column.get(i), totals[i]) for i in range(len(profiles))),
+            tuple(_cell(by_column.get(i), totals[i], costs[i], roofs[i]) for i in range(len(profiles))),
             tuple(tuple(dict.fromkeys(m for ms in o.values() for m in ms)) for o in originals[key]),
         )
         for key, by_column in rows.items()
@@ -72,7 +82,10 @@ def layer_table(
     else:
         built.sort(key=lambda r: (r.key == OUTSIDE, r.key.startswith(ADDED)))
     notes = tuple(dict.fromkeys(p.note for p in profiles if p.note))
-    return LayerTable(title, tuple(p.label for p in profiles), tuple(built), totals, compare, notes)
+    calls = tuple(_call_reading(p, c, r) for p, c, r in zip(profiles, costs, roofs))
+    return LayerTable(
+        title, tuple(p.label for p in profiles), tuple(built), totals, compare, notes, tuple(roofs), calls
+    )
 
 
 def row_key(event: LayerEvent, paths: tuple[str, ...]) -> str | None:
@@ -84,13 +97,33 @@ def row_key(event: LayerEvent, paths: tuple[str, ...]) -> str | None:
     return None
 
 
-def _cell(events: list[LayerEvent] | None, total: float) -> Cell | None:
+def _cell(
+    events: list[LayerEvent] | None, total: float, costs: ModuleCosts | None, roofs: RoofPair | None
+) -> Cell | None:
     if not events:
         return None
     us = sum(e.us for e in events)
     kernels = tuple(dict.fromkeys(e.kernel for e in sorted(events, key=lambda e: -e.us) if e.kernel))
     fused = any(len(e.modules) > 1 for e in events)
-    return Cell(us, us / total if total else 0.0, kernels, len(events), fused)
+    cell = Cell(us, us / total if total else 0.0, kernels, len(events), fused)
+    # Runtime-added work (Reorders) and time outside layers have no layer to count.
+    traffic = costs.of(m for e in events if not e.added for m in e.modules) if costs else None
+    if traffic is None:
+        return cell
+    reading = None
+    if roofs is not None and roofs.complete:
+        reading = read(traffic, us / 1e6, roofs.compute.rate, roofs.memory.rate)  # type: ignore[union-attr]
+    return replace(cell, flops=traffic.flops, bytes=traffic.bytes, reading=reading)
+
+
+def _call_reading(
+    profile: FormatProfile, costs: ModuleCosts | None, roofs: RoofPair | None
+) -> Reading | None:
+    """The fastest unprofiled call against the whole model's traffic: the format's point."""
+    if costs is None or roofs is None or not roofs.complete or not profile.overhead.fastest_us:
+        return None
+    seconds = profile.overhead.fastest_us / 1e6
+    return read(costs.total(), seconds, roofs.compute.rate, roofs.memory.rate)  # type: ignore[union-attr]
 
 
 def _own_ops_paths(paths: set[str]) -> set[str]:

@@ -20,6 +20,7 @@ from ccnbench import environment, results
 from ccnbench.answers import recommend
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.results import CaseKey, CaseResult, RunResult
+from ccnbench.roofline import case_roofs
 from ccnbench.run import config as configuration
 from ccnbench.run import contest, failures, plan, prebuild, worker
 from ccnbench.run.config import SweepConfig
@@ -147,6 +148,9 @@ def execute(
                 writer.record(case)
         else:
             runnable.append(_without(group, done))
+    if case_roofs.enabled():
+        # Counted and measured here, before any worker: nothing of it overlaps a timed block.
+        writer.annotate = case_roofs.SweepRoofline(runnable, events.on_note).annotate
     contests, alone = contest.plan(runnable, run.tag)  # ids unique to this run
     for chain in contest_workers(contests, config.isolation):
         if deadline and time.monotonic() > deadline:
@@ -183,8 +187,10 @@ class _RunWriter:
 
     def __init__(self, run: RunResult, run_dir: Path, events: SweepEvents) -> None:
         self.run, self.run_dir, self.events = run, run_dir, events
+        self.annotate: Callable[[CaseResult], CaseResult] = lambda case: case
 
     def record(self, case: CaseResult) -> None:
+        case = self.annotate(case)
         self.run = self.run.with_case(case)
         results.append_case(self.run_dir, case)
         self.events.on_case(case)

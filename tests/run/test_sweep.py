@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from ccnbench import results
 from ccnbench.cli import app
 from ccnbench.errors import CcnbenchError, UsageError
+from ccnbench.roofline.case_roofs import case_reading
 from ccnbench.run import plan, sweep
 from ccnbench.run.config import SweepConfig, load_config
 
@@ -139,6 +140,13 @@ def test_bench_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, artifacts_
     onnx_cases = [c for c in ok if c.key.target == "ort:cpu"]
     assert all(c.artifact["conv_count"] in (2, 6) and c.memory.artifact_bytes > 0 for c in onnx_cases)
     assert run.environment.timer_overhead_ns > 0 and run.environment.threads >= 1
+    # Each timed case carries its FLOPs, least bytes and its runtime's roofs (ccnbench.roofline).
+    for c in ok:
+        stamp = c.details["roofline"]
+        assert stamp["flops"] == c.latency.flops_per_sample * c.key.batch
+        assert stamp["bytes"] > 0 and stamp["memory"]["rate"] > 0
+        assert stamp["compute"]["family"] == {"torch:cpu": "torch", "ort:cpu": "onnxruntime"}[c.key.target]
+        assert case_reading(c).of_roof > 0
     assert "merged vs kept" in result.output and "ort:cuda: unavailable" in result.output
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
@@ -157,6 +165,7 @@ def test_bench_a_users_own_model(tmp_path, artifacts_dir):
     assert {c.key.layout for c in cases} == {"kept", "merged"} and all(c.passed for c in cases)
     assert all(c.details["merge"]["merged"] for c in cases if c.key.layout == "merged")
     assert all(c.latency.flops_per_sample > 0 for c in cases)  # counted by PyTorch's FlopCounterMode
+    assert all(c.details["roofline"]["flops"] == c.latency.flops_per_sample for c in cases)
     assert len({c.contest for c in cases}) == 1  # kept and merged timed side by side
 
 
