@@ -594,6 +594,9 @@ def explain(
     else:
         for table in done.tables:
             console.print(render.table_of(table))
+            against_roofs = render.roofline_table(table)
+            if against_roofs is not None:
+                console.print(against_roofs)
             for line in render.roof_lines(table):
                 _note(f"  {line}")
             for note in table.notes:

@@ -107,6 +107,7 @@ FLOORS = (
     "ccnbench", "errors", "fileio", "deps", "progress", "environment",  # shared records
     "models", "formats", "source", "backends", "measure",  # what runs, and measuring it
     "results", "shard",  # a run's results, and runs put back together
+    "roofline",  # what the machine can do, and how far a result is from it
     "answers", "run", "training",  # reading runs; running them (adaptive runs ask the answers)
     "explain",  # profiling planned cases layer by layer
     "cli", "__main__",

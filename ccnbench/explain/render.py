@@ -54,28 +54,59 @@ def table_of(layers: LayerTable) -> Table:
 def _single(layers: LayerTable) -> Table:
     table = Table(title=layers.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
-    counted = _counted(layers)
-    if counted:
-        table.add_column("FLOP/B", justify="right", no_wrap=True)
     for label in layers.columns:
         # One table holds one layout (its title says which): the target names the column.
         table.add_column(f"{label.split()[0]} µs", justify="right", no_wrap=True)
         table.add_column("%", justify="right", no_wrap=True)
         table.add_column("kernel", overflow="ellipsis", no_wrap=True, max_width=_KERNEL_WIDTH)
-        if counted:
-            table.add_column("roof", justify="right", no_wrap=True)
     for row in layers.rows:
-        cells = [intensity_text(row.cells)] if counted else []
+        cells = []
         for cell in row.cells:
             cells += [us_text(cell.us if cell else None), f"{cell.share:.0%}" if cell else "", _kernel(cell)]
-            if counted:
-                cells.append(roof_text(cell))
         table.add_row(_label(row.label, row.cells), *cells)
     table.add_section()
-    total = ["profiled call (sum of rows)"] + ([""] if counted else [])
-    for t in layers.totals:
-        total += [us_text(t), "100%", ""] + ([""] if counted else [])
-    table.add_row(*total)
+    table.add_row(
+        "profiled call (sum of rows)", *[x for t in layers.totals for x in (us_text(t), "100%", "")]
+    )
+    return table
+
+
+def roofline_table(layers: LayerTable) -> Table | None:
+    """A one-layout table's rows against the roofs (its own table: beside the times' columns
+    it would not fit a terminal): FLOPs, least bytes, FLOP/B, and per target the rate and the
+    fraction of the roof that bounds it. None when nothing was counted, or for a comparison
+    (whose table carries its roof columns itself)."""
+    if layers.compare or not _counted(layers):
+        return None
+    table = Table(
+        title=f"{layers.title}: against the roofs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
+    table.add_column("layer (module)", overflow="fold", max_width=_LABEL_WIDTH, min_width=_label_min(layers))
+    for header in ("MFLOP", "MB", "FLOP/B"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for label in layers.columns:
+        table.add_column(f"{label.split()[0]} GFLOP/s", justify="right", no_wrap=True)
+        table.add_column("roof", justify="right", no_wrap=True)
+    for row in layers.rows:
+        counted = next((c for c in row.cells if c is not None and c.bytes), None)
+        if counted is None:
+            continue
+        cells = [
+            f"{(counted.flops or 0) / 1e6:,.1f}",
+            f"{counted.bytes / 1e6:,.2f}",
+            intensity_text(row.cells),
+        ]
+        for cell in row.cells:
+            reading = cell.reading if cell is not None else None
+            cells += [f"{reading.flops_per_second / 1e9:,.1f}" if reading else "", roof_text(cell)]
+        table.add_row(_label(row.label, row.cells), *cells)
+    whole = next((c for c in layers.calls if c is not None), None)
+    if whole is not None:
+        table.add_section()
+        cells = [f"{whole.flops / 1e6:,.1f}", f"{whole.bytes / 1e6:,.2f}", f"{whole.intensity:.1f}"]
+        for call in layers.calls:
+            cells += [f"{call.flops_per_second / 1e9:,.1f}", call.short] if call else ["", ""]
+        table.add_row("fastest unprofiled call (sum of layers)", *cells)
     return table
 
 

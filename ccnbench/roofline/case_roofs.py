@@ -12,16 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ccnbench.errors import one_line
 from ccnbench.results import CaseKey, CaseResult
 from ccnbench.roofline.layer_costs import Traffic, trace_costs
 from ccnbench.roofline.reading import Reading, read
 from ccnbench.roofline.roofs import Roof, RoofPair, roofs_for
-
-if TYPE_CHECKING:
-    from ccnbench.run.plan import CaseGroup
 
 DETAIL = "roofline"
 
@@ -33,7 +30,9 @@ def enabled() -> bool:
 class SweepRoofline:
     """Each timed case's traffic and roofs, ready to be stamped on its result."""
 
-    def __init__(self, groups: Sequence[CaseGroup], on_note: Callable[[str], None] | None = None) -> None:
+    def __init__(self, groups: Sequence[Any], on_note: Callable[[str], None] | None = None) -> None:
+        """``groups``: the sweep's ``run.plan.CaseGroup``s (typed loosely: the roofline sits below
+        the run stage, which calls it)."""
         note = on_note or (lambda _: None)
         self._stamps: dict[CaseKey, dict[str, Any]] = {}
         timed = [g for g in groups if g.protocol is not None]

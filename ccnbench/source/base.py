@@ -168,9 +168,12 @@ class ModelSource(abc.ABC):
         """FLOPs of one sample through the module, counted by torch's ``FlopCounterMode``."""
         from torch.utils.flop_counter import FlopCounterMode
 
+        # Built before the counter starts: building a merged module runs forwards of its own
+        # (the merge pass proves itself on example inputs), which are not the model's FLOPs.
+        module, inputs = self.module(), self.make_inputs(1)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            self.module()(*self.make_inputs(1))
+            module(*inputs)
         return int(counter.get_total_flops()) or None
 
 

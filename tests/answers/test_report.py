@@ -229,13 +229,17 @@ def test_the_report_prints_own_speed_rates_at_it_and_load_figures_with_their_ran
         assert low <= value <= high
 
     headers, rows = _md_table(markdown, "## Which format to ship")
-    assert headers[4:6] == ["fastest ms [95 % interval]", "p50 / p99 ms (range over processes)"]
+    assert headers[4:7] == [
+        "fastest ms [95 % interval]",
+        "% of roof @fastest",
+        "p50 / p99 ms (range over processes)",
+    ]
     ship = dict(zip(headers, next(r for r in rows if r[:2] == ["multitask-n3@tiny", "1"])))
     assert ship["ship"] == "ort:cpu kept fp32"
     point, low, high = map(
         float, re.fullmatch(r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", ship[headers[4]]).groups()
     )
     assert point == pytest.approx(fastest, abs=5e-4) and low < point < high
-    p50 = ship[headers[5]].split(" / ")[0]
+    p50 = ship[headers[6]].split(" / ")[0]
     spread = by_process(lat, 50)
     assert p50 == f"{lat.median:.3f} ({min(spread.values()):.3f}-{max(spread.values()):.3f})"

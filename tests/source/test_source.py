@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from torch.utils.flop_counter import FlopCounterMode
 
 from ccnbench.errors import CcnbenchError, UsageError
 from ccnbench.formats.onnx_export import export
@@ -137,3 +138,14 @@ def test_a_merged_layout_without_branches_says_it_is_the_kept_graph():
     assert note["merged"] is False and "no parallel branches" in note["reason"]
     assert ModelSource.from_spec(spec_from_preset("tiny", "early"), "kept").layout_note() is None
     assert ModelSource.from_spec(spec_from_preset("tiny", "feature"), "merged").layout_note() is None
+
+
+def test_a_merged_users_model_counts_only_its_own_forward():
+    """Building the merged module runs the merge pass's proofs; none of them is the model's work."""
+    kept = ModelSource.from_factory(f"{USER_MODELS}:two_view", (1, 10, 10, 10), 2)
+    merged = ModelSource.from_factory(f"{USER_MODELS}:two_view", (1, 10, 10, 10), 2, layout="merged")
+    module = merged.module()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(*merged.make_inputs(1))
+    assert merged.flops_per_sample() == counter.get_total_flops() == kept.flops_per_sample()
