@@ -115,6 +115,7 @@ def _flag(name: str, kind: Any = str | None) -> Any:
 Variants, Layout, BranchList, Preset, InputMode = map(_flag, ("--variant", "--layout", "--branches", "--preset", "--input-mode"))
 Targets, Precisions, Batches, UserModel, InputShape = map(_flag, ("--targets", "--precision", "--batch", "--model", "--input-shape"))
 LoadInputs, LoadOutputs, ArtifactsDir = (_flag(n, Path | None) for n in ("--load-inputs", "--load-outputs", "--artifacts"))
+EvalInputs = _flag("--eval-inputs", Path | None)
 Seed, Opset, Threads = (_flag(n, int | None) for n in ("--seed", "--opset", "--threads"))
 Atol, Rtol, Timeout = (_flag(n, float | None) for n in ("--atol", "--rtol", "--timeout"))
 Quick, Transfers, DynamicBatch = (_flag(n, bool) for n in ("--quick", "--transfers", "--dynamic-batch"))
@@ -124,7 +125,8 @@ OnnxFiles, PerOutputTol = _flag("--onnx", list[Path] | None), _flag("--tol", lis
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Branches = Annotated[int | None, typer.Option("--branches", "-n", help="Number of branches N (default: the preset's).")]
 ExportVariants = Annotated[str | None, typer.Option("--variant", "-v", help="Variant(s): early, feature, model, decision, multitask, a comma list or all.")]
-ExportPrecisions = Annotated[str, typer.Option("--precision", help="fp32, fp16, a comma list or all.")]
+ExportPrecisions = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8 (int8-u8 and int8-s8 QDQ files), a comma list or all (fp32, fp16).")]
+Calibration = Annotated[Path | None, typer.Option("--calibration", help="int8: calibrate on this .npz (one array per input name, as --load-inputs reads); seeded inputs without it.")]
 IoType = Annotated[str, typer.Option("--io", help="I/O type of fp16 graphs: fp32 (casts inside) or fp16.")]
 ExportOut = Annotated[Path, typer.Option("--out", "-o", help="Directory for the .onnx files.")]
 Force = Annotated[bool, typer.Option("--force", help="Export again even if an identical artifact exists.")]
@@ -267,8 +269,9 @@ def export_cmd(
     device: Pt2Device = "cpu",
     json_output: JsonFlag = False,
 ) -> None:
-    """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32 or
-    fp16) or to .pt2 packages."""
+    calibration: Calibration = None,
+    """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32,
+    fp16 or int8 QDQ) or to .pt2 packages."""
     options = {k: v for k, v in locals().items() if k != "json_output"}
     from ccnbench.run import export_files
 
@@ -309,6 +312,7 @@ def check(
     json_output: JsonFlag = False,
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
+    eval_inputs: EvalInputs = None,
     flags = _sweep_flags(locals())
     from ccnbench.answers import tables
     from ccnbench.run import check as checking

@@ -39,7 +39,9 @@ class CaseKey:
     and for PyTorch targets the memory format of the weights.
 
     ``memory_format`` came later: its default is left out of the stored key, so files written
-    before it and after it hold the same keys for the same cases and still match.
+    before it and after it hold the same keys for the same cases and still match. So did
+    ``quantization`` (an int8 file's recipe, ``ccnbench.formats.int8.Recipe.key``; empty for
+    every other precision): two int8 files made differently are two cases.
     """
 
     model: str
@@ -49,10 +51,12 @@ class CaseKey:
     precision: str
     batch: int
     memory_format: str = "contiguous"
+    quantization: str = ""
 
     def __str__(self) -> str:
         text = f"{self.model}/{self.layout}/{self.target}/{self.precision}/b{self.batch}"
-        return text if self.memory_format == "contiguous" else f"{text}/{self.memory_format}"
+        text = text if self.memory_format == "contiguous" else f"{text}/{self.memory_format}"
+        return f"{text}/{self.quantization}" if self.quantization else text
 
     @property
     def target_label(self) -> str:
@@ -68,6 +72,8 @@ class CaseKey:
         data = dict(self.__dict__)
         if self.memory_format == "contiguous":
             del data["memory_format"]
+        if not self.quantization:
+            del data["quantization"]
         return data
 
 

@@ -88,6 +88,8 @@ class BuildOptions:
     # The runtime's own per-layer profiler on (``ccnbench explain``): ONNX Runtime's session
     # profiling, OpenVINO's PERF_COUNT. Never set for a timed case: it slows the runtime.
     profiling: bool = False
+    # int8: grade on this .npz of inputs (``--eval-inputs``) instead of the seeded evaluation set.
+    eval_inputs: str | None = None
 
     def __post_init__(self) -> None:
         if self.memory_format not in MEMORY_FORMATS:

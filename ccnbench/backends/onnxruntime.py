@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ccnbench.backends import int8_layers
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
+from ccnbench.formats.int8 import INT8_PRECISIONS, is_int8
 from ccnbench.formats.onnx_export import tiny_conv_onnx
 
 if TYPE_CHECKING:
@@ -256,7 +258,8 @@ class OrtBackend(Backend):
     description = "ONNX Runtime with I/O binding (CPU, CUDA, TensorRT execution providers)"
 
     def precisions(self, device: str) -> tuple[str, ...]:
-        return ("fp32", "fp16")
+        # int8 QDQ files are measured on the CPU only; the GPU providers' int8 paths are untested.
+        return ("fp32", "fp16", *INT8_PRECISIONS) if device == "cpu" else ("fp32", "fp16")
 
     def availability(self, device: str) -> str | None:
         return provider_unavailable_reason(device)
@@ -347,6 +350,11 @@ class OrtBackend(Backend):
                     runner.infer(inputs)
                 torch.cuda.synchronize()
         runner.build_seconds = sw.seconds
+        if is_int8(options.precision):
+            layers = int8_layers.ort_layers(ort, artifact.path, options.threads)
+            if not layers["ran_int8"]:
+                raise CcnbenchError(int8_layers.nothing_in_int8(artifact.path.name, "ONNX Runtime", layers))
+            runner.details |= int8_layers.as_details(layers)
         return runner
 
 

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ccnbench.backends import int8_layers
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
+from ccnbench.formats.int8 import INT8_PRECISIONS, is_int8
 from ccnbench.formats.onnx_export import tiny_conv_onnx
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 # ccnbench precision -> OpenVINO's element type name for INFERENCE_PRECISION_HINT.
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _FROM_HINT = {v: k for k, v in HINTS.items()}
+# An int8 QDQ file runs its quantized layers in int8 whatever the hint; the hint sets the rest,
+# pinned to f32 so no non-quantized layer silently runs in bf16.
+HINTS |= {p: "f32" for p in INT8_PRECISIONS}
 
 
 def openvino_unavailable_reason() -> str | None:
@@ -131,7 +136,7 @@ class OpenVinoBackend(Backend):
     description = "OpenVINO runtime from the ONNX artifact, precision pinned and read back"
 
     def precisions(self, device: str) -> tuple[str, ...]:
-        return ("fp32", "bf16", "fp16")
+        return ("fp32", "bf16", "fp16", *INT8_PRECISIONS)
 
     def availability(self, device: str) -> str | None:
         return openvino_unavailable_reason()
@@ -150,9 +155,9 @@ class OpenVinoBackend(Backend):
         del compiled
 
     def artifact(self, source: ModelSource, target: Target, options: BuildOptions) -> Any:
-        # One fp32 file for every precision: OpenVINO lowers it at compile time (the hint). A
-        # user's own ONNX file is run at its own precision.
-        precision = source.precision or "fp32"
+        # One fp32 file for every float precision: OpenVINO lowers it at compile time (the hint).
+        # int8 is the QDQ file. A user's own ONNX file is run at its own precision.
+        precision = source.precision or (options.precision if is_int8(options.precision) else "fp32")
         return source.artifact(precision, "fp32", options.opset, options.artifacts_dir)
 
     def prepare(self, source: ModelSource, target: Target, options: BuildOptions) -> Runner:
@@ -169,7 +174,7 @@ class OpenVinoBackend(Backend):
                     f"OpenVINO could not compile {artifact.path.name}: {one_line(exc)}"
                 ) from exc
             used = runtime_precision(compiled)
-            if used != options.precision:
+            if used != options.precision and not (is_int8(options.precision) and used == "fp32"):
                 raise CcnbenchError(
                     f"OpenVINO runs this model in {used}, not {options.precision}: this CPU has no "
                     f"{options.precision} path (capabilities: {', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))})"
@@ -193,6 +198,11 @@ class OpenVinoBackend(Backend):
             for batch in options.batch_sizes:
                 runner.infer(source.make_inputs(batch))
         runner.build_seconds = sw.seconds
+        if is_int8(options.precision):
+            layers = int8_layers.openvino_layers(compiled)
+            if not layers["ran_int8"]:
+                raise CcnbenchError(int8_layers.nothing_in_int8(artifact.path.name, "OpenVINO", layers))
+            runner.details |= int8_layers.as_details(layers)
         return runner
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ccnbench import __version__, fileio
 from ccnbench.errors import CcnbenchError, UsageError, one_line
 from ccnbench.formats.file_names import file_name, identity_digest, precision_tag, writable_dir
+from ccnbench.formats.int8 import INT8_PRECISIONS, calibration_inputs, is_int8, recipe_for, write_int8
 from ccnbench.formats.onnx_artifact import (
     META_PREFIX,
     Artifact,
@@ -110,14 +111,21 @@ def export(
     out_dir: Path | str = DEFAULT_ARTIFACTS,
     io: str = "fp32",
     force: bool = False,
+    calibration: Path | str | None = None,
 ) -> Artifact:
     """Export ``spec`` in ``layout`` to ONNX under ``out_dir`` and validate it.
 
     An artifact with the same name (same spec, seed, versions and options) is reused unless
     ``force``. The file is written to a temporary name and renamed, so an interrupted or failed
-    export never leaves a half-written file or replaces a good one.
+    export never leaves a half-written file or replaces a good one. An int8 precision is the fp32
+    file quantized (``calibration``: the user's ``.npz``; seeded inputs without it).
     """
     _check_options(layout, precision, io, opset)
+    if is_int8(precision):
+        fp32 = export(spec, layout, "fp32", opset, out_dir, force=force)
+        recipe = recipe_for(precision, calibration)
+        feeds = calibration_inputs(recipe, spec.input_names, spec.input_shape, calibration)
+        return write_int8(fp32, recipe, feeds, spec=spec, force=force)
     path = writable_dir(Path(out_dir)) / artifact_name(spec, layout, precision, io, opset)
     reused = None if force else _reusable(path)
     if reused is not None:
@@ -139,6 +147,7 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     layout: str = "kept",
+    calibration: Path | str | None = None,
 ) -> Artifact:
     """Export a user's module (inputs of ``input_shape`` plus a dynamic batch) to ``path``, validated.
 
@@ -146,6 +155,14 @@ def export_module(
     ``merged``)."""
     _check_options(layout, precision, io, opset)
     writable_dir(path.parent)
+    if is_int8(precision):
+        tag = f"-{precision_tag(precision, io)}-"
+        fp32_path = path.with_name(path.name.replace(tag, "-fp32-", 1))
+        fp32 = export_module(module, input_names, input_shape, fp32_path, output_names, opset=opset,
+                             force=force, layout=layout)  # fmt: skip
+        recipe = recipe_for(precision, calibration)
+        feeds = calibration_inputs(recipe, input_names, input_shape, calibration)
+        return write_int8(fp32, recipe, feeds, force=force, path=path)
     reused = None if force else _reusable(path)
     if reused is not None:
         return reused
@@ -187,7 +204,7 @@ def _export_to(
     }
     if spec is not None:
         metadata["spec"] = json.dumps(spec.to_dict(), sort_keys=True)
-    _set_metadata(proto, metadata)
+    set_metadata(proto, metadata)
     validate(proto, spec=spec, layout=layout if spec else None, precision=precision, io=io)
     data = proto.SerializeToString()
     fileio.write_bytes(path, data)
@@ -283,17 +300,19 @@ def _quiet_exporter() -> Iterator[None]:
 def _check_options(layout: str, precision: str, io: str, opset: int) -> None:
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in (*PRECISIONS, *INT8_PRECISIONS):
+        raise UsageError(
+            f"unknown precision {precision!r}; choose from {', '.join((*PRECISIONS, *INT8_PRECISIONS))}"
+        )
     if io not in IO_TYPES:
         raise UsageError(f"unknown I/O type {io!r}; choose from {', '.join(IO_TYPES)}")
-    if io == "fp16" and precision == "fp32":
-        raise UsageError("fp16 I/O needs --precision fp16 (an fp32 graph keeps fp32 I/O)")
+    if io == "fp16" and precision != "fp16":
+        raise UsageError(f"fp16 I/O needs --precision fp16 (an {precision} graph keeps fp32 I/O)")
     if not MIN_OPSET <= opset <= max_opset():
         raise UsageError(f"opset {opset} cannot be produced here; use {MIN_OPSET}..{max_opset()}")
 
 
-def _set_metadata(proto: Any, values: dict[str, str]) -> None:
+def set_metadata(proto: Any, values: dict[str, str]) -> None:
     keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)

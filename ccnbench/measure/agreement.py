@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ccnbench.errors import UsageError
+from ccnbench.measure import int8_grading
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,13 @@ class Tolerance:
     rtol: float
     # Extra evidence: an output whose cosine similarity with the oracle is below this fails too.
     min_cosine: float | None = None
+    # Quantized precisions (int8) are graded by agreement measures, not element by element:
+    # ``elementwise`` False drops the atol/rtol rule; a classification output must keep at least
+    # ``min_top1`` of the oracle's argmaxes, and every output stays within ``max_rel_rms``
+    # (ccnbench.measure.int8_grading: the evaluation set and the evidence behind the numbers).
+    elementwise: bool = True
+    min_top1: float | None = None
+    max_rel_rms: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.atol >= 0 and self.rtol >= 0 and math.isfinite(self.atol) and math.isfinite(self.rtol)):
@@ -59,6 +67,11 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-4),
     "fp16": Tolerance(atol=3e-3, rtol=3e-3),
     "bf16": Tolerance(atol=1e-1, rtol=5e-2),
+}
+# int8 (u8 and s8 activations alike): agreement measures on the evaluation set, no element rule.
+DEFAULT_TOLERANCES |= {
+    precision: Tolerance(0.0, 0.0, min_cosine=cosine, elementwise=False, min_top1=top1, max_rel_rms=rel)
+    for precision, (top1, cosine, rel) in int8_grading.BOUNDS.items()
 }
 
 # The smallest output scale the default atols are meant for: every built-in variant's cases have
@@ -137,10 +150,10 @@ class TolerancePolicy:
         if name in self.per_output:
             return self.per_output[name]
         base = DEFAULT_TOLERANCES.get(self.precision, DEFAULT_TOLERANCES["fp32"])
-        return Tolerance(
+        return replace(
+            base,
             atol=base.atol if self.atol is None else self.atol,
             rtol=base.rtol if self.rtol is None else self.rtol,
-            min_cosine=base.min_cosine,
         )
 
     @staticmethod
@@ -181,11 +194,18 @@ class OutputAgreement:
     min_cosine: float | None = None  # the cosine bound it was also held to, if any
     # Constant (exactly zero included) over the batch's elements where the reference varies: fails.
     constant: bool = False
+    # ||y - ref|| / ||ref|| over the output: the int8 grade's error, defined for values near zero.
+    rel_rms: float | None = None
+    graded_by: str = "elementwise"  # or "agreement" (int8: top-1, cosine, rel_rms)
+    samples: int | None = None  # the rows graded: the evaluation set's size for int8
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: _json_float(v) for k, v in asdict(self).items()}
         if not self.constant:
             del data["constant"]  # files written before the rule read the same
+        if self.graded_by == "elementwise":
+            for name in ("rel_rms", "graded_by", "samples"):
+                del data[name]
         return data
 
 
@@ -232,7 +252,10 @@ class Agreement:
     def from_dict(cls, data: Mapping[str, Any]) -> Agreement:
         outputs = []
         for o in data["outputs"]:
-            values = {k: (float(v) if isinstance(v, str) and k not in ("name",) else v) for k, v in o.items()}
+            values = {
+                k: (float(v) if isinstance(v, str) and k not in ("name", "graded_by") else v)
+                for k, v in o.items()
+            }
             outputs.append(OutputAgreement(**values))
         scale = data.get("scale")
         return cls(tuple(outputs), str(data.get("vacuous") or ""), None if scale is None else float(scale))
@@ -266,7 +289,7 @@ def compare(
 
 def _scaled(tol: Tolerance, small: float | None) -> Tolerance:
     """``tol`` with its atol lowered to ``small`` (a fraction of a small reference's scale), if given."""
-    return tol if small is None or small >= tol.atol else Tolerance(small, tol.rtol, tol.min_cosine)
+    return tol if small is None or small >= tol.atol else replace(tol, atol=small)
 
 
 def vacuous_reason(
@@ -313,7 +336,8 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
     scale = ref.abs()
     excess = diff - tol.rtol * scale
     required = math.inf if nonfinite else float(excess.max().clamp(min=0.0)) if diff.numel() else 0.0
-    passed = nonfinite == 0 and bool((diff <= tol.atol + tol.rtol * scale).all())
+    passed = nonfinite == 0 and (not tol.elementwise or bool((diff <= tol.atol + tol.rtol * scale).all()))
+    rel_rms = relative_rms(y, ref) if nonfinite == 0 else math.inf
     rel = diff / scale.clamp(min=1e-12)
     cos = torch.nn.functional.cosine_similarity(
         torch.nan_to_num(y.flatten(), nan=0.0, posinf=0.0, neginf=0.0), ref.flatten(), dim=0, eps=1e-30
@@ -326,6 +350,10 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
     # argmax ranks NaN first: rows of NaN would "agree" with a NaN reference.
     if name != "regression" and y.ndim == 2 and y.shape[1] > 1 and not nonfinite:
         top1 = float((y.argmax(dim=1) == ref.argmax(dim=1)).double().mean())
+    if tol.min_top1 is not None and top1 is not None:
+        passed = passed and top1 >= tol.min_top1
+    if tol.max_rel_rms is not None:
+        passed = passed and rel_rms <= tol.max_rel_rms
     return OutputAgreement(
         name=name,
         max_abs=float(diff.max()) if diff.numel() else 0.0,
@@ -340,7 +368,21 @@ def _compare_one(name: str, y: Tensor, ref: Tensor, tol: Tolerance) -> OutputAgr
         passed=passed,
         min_cosine=tol.min_cosine,
         constant=constant,
+        rel_rms=rel_rms,
+        graded_by="elementwise" if tol.elementwise else "agreement",
+        samples=int(y.shape[0]) if y.ndim else 1,
     )
+
+
+def relative_rms(y: Tensor, ref: Tensor) -> float:
+    """``||y - ref|| / ||ref||`` over every element: 0 when equal, 1 for an output of zeros. Unlike
+    an element's relative error it stays finite where single values are near zero (a regression
+    head), and it is inf only for a reference of zeros that ``y`` does not match."""
+    y = y.detach().to("cpu", torch.float64).reshape(ref.shape)
+    ref = ref.detach().to("cpu", torch.float64)
+    error = float(torch.linalg.vector_norm(y - ref))
+    norm = float(torch.linalg.vector_norm(ref))
+    return error / norm if norm > 0 else (0.0 if error == 0 else math.inf)
 
 
 def _constant_where_varying(y: Tensor, ref: Tensor, rtol: float) -> bool:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from ccnbench.backends import Runner, backend_of
+from ccnbench.formats.int8 import is_int8
+from ccnbench.measure import int8_grading
 from ccnbench.measure.agreement import TolerancePolicy, compare
 from ccnbench.measure.memory import MemoryProbe, MemoryStats
 from ccnbench.measure.oracle import reference
@@ -38,6 +40,8 @@ class Prepared:
     flops: int | None
     artifact: Any
     probe: MemoryProbe | None
+    # int8: (inputs, oracle outputs) of the evaluation set its cases are graded on instead.
+    evaluation: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
 
 
 def warm_runtimes(groups: Sequence[CaseGroup]) -> None:
@@ -76,8 +80,11 @@ def prepare(group: CaseGroup, timing_only: bool = False) -> Prepared:
     probe = None if timing_only else MemoryProbe(group.target.device_kind)
     if probe is not None:
         probe.start()
+    evaluation = None
+    if is_int8(group.precision) and not timing_only:  # the oracle's pass is not the target's memory
+        evaluation = int8_grading.evaluation_set(group.source, group.seed, group.options.eval_inputs)
     runner = backend.prepare(group.source, group.target, group.options)
-    return Prepared(group, runner, inputs, expected, flops, artifact, probe)
+    return Prepared(group, runner, inputs, expected, flops, artifact, probe, evaluation)
 
 
 def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None = None) -> CaseResult:
@@ -91,7 +98,14 @@ def check_case(prepared: Prepared, key: CaseKey, batch: int, contest: str | None
     if runner.is_cuda:  # the runner enqueued on its own stream; read only finished outputs
         torch.cuda.synchronize()
     policy = TolerancePolicy(group.precision, group.atol, group.rtol, group.per_output)
-    agreement = compare(outputs, prepared.expected[batch], group.source.output_names, policy)
+    expected = prepared.expected[batch]
+    if prepared.evaluation is not None:  # int8: graded on the evaluation set, run at this batch size
+        eval_inputs, expected = prepared.evaluation
+        outputs = int8_grading.run_in_batches(
+            lambda part: runner.infer(stage(part, runner)), eval_inputs, batch
+        )
+        runner.infer(staged)  # the first call _steady_memory expects, on the case's own inputs
+    agreement = compare(outputs, expected, group.source.output_names, policy)
     del outputs
     assert prepared.probe is not None, "a timing-only preparation is never checked"
     memory = _steady_memory(prepared.probe, runner, staged, prepared.artifact)

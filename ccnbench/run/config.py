@@ -18,6 +18,7 @@ from typing import Any
 from ccnbench.backends.base import MEMORY_FORMATS
 from ccnbench.errors import UsageError
 from ccnbench.measure.agreement import Tolerance, TolerancePolicy
+from ccnbench.measure.int8_grading import EVAL_SAMPLES
 from ccnbench.measure.timing import DEFAULT, QUICK, Protocol
 from ccnbench.run import selection
 from ccnbench.shard import parse_shard
@@ -62,7 +63,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "name": _STR, "description": _STR, "targets": _LIST, "precisions": _LIST, "batches": _INTS,
     "quick": _BOOL, "timeout": _NUMBER, "transfers": _BOOL, "opset": _INT, "threads": _INT,
     "artifacts": _STR, "protocol": _TABLE, "tolerance": _TABLE, "isolation": _STR, "dynamic_batch": _BOOL,
-    "memory_formats": _LIST,
+    "memory_formats": _LIST, "eval_inputs": _STR,
     "seed": _INT, "shard": _STR, "models": ((list,), "a list of tables ([[models]])"),
     "preset": _STR, "variants": _LIST, "branches": _INTS, "input_modes": _LIST, "layouts": _LIST,
     "model": _STR, "input_shape": _STR, "onnx": _LIST, "load_inputs": _STR, "load_outputs": _STR,
@@ -97,6 +98,8 @@ class SweepConfig:
     memory_formats: tuple[str, ...] = ("contiguous",)
 
     def __post_init__(self) -> None:
+    # int8 cases: graded on this .npz of inputs instead of the seeded evaluation set.
+    eval_inputs: str | None = None
         if self.isolation not in ISOLATIONS:
             raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
         if self.timeout <= 0:
@@ -105,6 +108,10 @@ class SweepConfig:
             raise UsageError(f"threads must be >= 1, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
+        if self.eval_inputs is not None and not Path(self.eval_inputs).is_file():
+            raise UsageError(
+                f"--eval-inputs {self.eval_inputs}: no such file (a .npz, one array per input name)"
+            )
         return {
             "name": self.name,
             "isolation": self.isolation,
@@ -112,6 +119,7 @@ class SweepConfig:
             "memory_formats": list(self.memory_formats),
             "models": [dict(m) for m in self.models],
             "targets": list(self.targets),
+            **({"eval_inputs": self.eval_inputs} if self.eval_inputs else {}),
             "precisions": list(self.precisions),
             "batches": list(self.batches),
             "protocol": self.protocol.to_dict(),
@@ -154,7 +162,7 @@ class SweepConfig:
                 name=data.get("name", cls.name),
                 models=tuple({**defaults, **{k: v for k, v in m.items() if v is not None}} for m in models),
                 targets=tuple(as_list(data.get("targets", list(cls.targets)))),
-                precisions=selection.choices(as_list(data.get("precisions", list(cls.precisions))), PRECISIONS, "precision"),
+                precisions=selection.precisions(as_list(data.get("precisions", list(cls.precisions))), PRECISIONS),
                 batches=selection.integers(as_list(data.get("batches", list(cls.batches))), "batch sizes"),
                 protocol=_protocol(data.get("protocol") or {}, bool(data.get("quick", False)), source),
                 timeout=float(data.get("timeout", DEFAULT_TIMEOUT)),
@@ -172,6 +180,7 @@ class SweepConfig:
                 shard=parse_shard(data["shard"]) if "shard" in data else None,
             )  # fmt: skip
         except UsageError as exc:
+                eval_inputs=str(data["eval_inputs"]) if data.get("eval_inputs") else None,
             text = str(exc)
             raise UsageError(text if text.startswith(source) else f"{source}: {text}") from None
 
@@ -225,7 +234,7 @@ FLAGS: dict[str, Flag] = {
     "--input-mode": Flag("input_modes", "separate (one input per branch), shared (one input for all), or all."),
     "--targets": Flag("targets", "backend:device list, e.g. torch:cpu,ort:cpu,compile:cpu,ort:cuda,tensorrt:cuda; "
                       "or all, cpu, cuda.", "-t"),
-    "--precision": Flag("precisions", "fp32, fp16, bf16 (torch targets), a comma list."),
+    "--precision": Flag("precisions", "fp32, fp16, bf16 (torch targets), int8 (int8-u8 and int8-s8 QDQ files: ort:cpu, openvino:cpu), a comma list."),
     "--batch": Flag("batches", "Batch sizes, a comma list.", "-b"),
     "--atol": Flag("tolerance.atol", "Absolute tolerance (default: per precision)."),
     "--rtol": Flag("tolerance.rtol", "Relative tolerance (default: per precision)."),
@@ -250,6 +259,8 @@ FLAGS: dict[str, Flag] = {
     "--memory-format": Flag("memory_formats", "PyTorch targets: weights in contiguous and/or channels_last_3d "
                             "(cuDNN for every conv on CUDA); comma list, default contiguous."),
 }  # fmt: skip
+    "--eval-inputs": Flag("eval_inputs", "int8: grade on these inputs (.npz, one array per input name) instead of "
+                          f"{EVAL_SAMPLES} seeded samples; agreement with the float model, not task accuracy."),
 FLAG_KEYS = {name: flag.key for name, flag in FLAGS.items()}
 # What a sweep file leaves to the command line: where things go, its name, the quick protocol
 # (a smoke run of a big sweep) and which part of it this machine runs.

@@ -3,7 +3,7 @@
 A comparison made between two processes at two moments inherits the machine's drift, and on a
 shared machine that drift is larger than the effects ccnbench reports. A contest takes the
 case groups of one model (same label and digest: kept and merged alike) at one precision on
-one kind of device, prepares every member once in one worker, and then:
+one kind of device (int8 files with the fp32 ones: ``plan.contest_precision``), prepares every member once in one worker, and then:
 
 1. **agreement, then memory**, before any timing: every runtime the contest uses is warmed
    first (``case_group.warm_runtimes``: CUDA context, library handles, thread pools, imports), so
@@ -40,11 +40,12 @@ from ccnbench.answers import stats
 from ccnbench.backends import backend_of
 from ccnbench.backends.base import Runner
 from ccnbench.backends.settings import ProcessSettings, applied
+from ccnbench.formats.int8 import is_int8
 from ccnbench.measure.memory import long_lived_frozen
 from ccnbench.measure.timing import Block, LatencyStats, Protocol, bound_call, stage, time_block, warm_up
 from ccnbench.results import CaseResult
 from ccnbench.run import case_group, failures
-from ccnbench.run.plan import CaseGroup, contest_key, unavailable_reason
+from ccnbench.run.plan import CaseGroup, contest_key, contest_precision, unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -215,24 +216,28 @@ def _prepare(
 
 def partners(members: Sequence[Any]) -> list[tuple[int, int]]:
     """(member, reference) index pairs a contest must resolve: each format against eager PyTorch on
-    the same device and layout, and merged against kept on the same target."""
+    the same device and layout, merged against kept on the same target, and an int8 file against
+    the fp32 file it was made from (same target and layout: "int8 is N x fp32", paired)."""
     index = {_slot(m.group): i for i, m in enumerate(members)}
     pairs = []
     for i, m in enumerate(members):
-        target, layout, fmt = _slot(m.group)
-        ref = index.get((str(m.group.target.reference), layout, fmt))
+        target, layout, fmt, precision = _slot(m.group)
+        ref = index.get((str(m.group.target.reference), layout, fmt, contest_precision(precision)))
         if ref is not None and ref != i:
             pairs.append((i, ref))
-        if layout == "merged" and (target, "kept", fmt) in index:
-            pairs.append((i, index[(target, "kept", fmt)]))
-        if fmt != "contiguous" and (target, layout, "contiguous") in index:  # what the format buys
-            pairs.append((i, index[(target, layout, "contiguous")]))
+        if layout == "merged" and (target, "kept", fmt, precision) in index:
+            pairs.append((i, index[(target, "kept", fmt, precision)]))
+        if fmt != "contiguous" and (target, layout, "contiguous", precision) in index:  # what the format buys
+            pairs.append((i, index[(target, layout, "contiguous", precision)]))
+        if is_int8(precision) and (target, layout, fmt, "fp32") in index:
+            pairs.append((i, index[(target, layout, fmt, "fp32")]))
     return pairs
 
 
-def _slot(group: CaseGroup) -> tuple[str, str, str]:
-    """A member's place in its contest: target, layout and memory format."""
-    return (str(group.target), group.source.layout, group.options.memory_format)
+def _slot(group: CaseGroup) -> tuple[str, str, str, str]:
+    """A member's place in its contest: target, layout, memory format and precision (an int8
+    contest holds its fp32 members too)."""
+    return (str(group.target), group.source.layout, group.options.memory_format, group.precision)
 
 
 def converged(fastest: Sequence[Sequence[float]], pairs: Sequence[tuple[int, int]], width: float) -> bool:

@@ -57,6 +57,7 @@ class Request:
     engine_batch: str
     file_format: str
     device: str
+    calibration: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,14 @@ def make(req: Request, run_jobs: RunJobs) -> Made:
         made = run_jobs("building .pt2 packages", package_jobs(*chosen, req.out, req.force, req.device))
         return Made([p.to_dict() for p in made], [(package_table(made, req.out), None)])
     batches = engine_batches(req.engine, req.engine_batch)
-    artifacts = run_jobs("exporting", onnx_jobs(*chosen, req.opset, req.out, req.io, req.force))
+    notes: list[tuple[Any, str | None]] = []
+    jobs = onnx_jobs(*chosen, req.opset, req.out, req.io, req.force, req.calibration,
+                     lambda line: notes.append((line, "yellow")))  # fmt: skip
+    artifacts = run_jobs("exporting", jobs)
     engines = dict(run_jobs("building TensorRT engines", engine_jobs(artifacts, batches, req.out)))
-    shown = [(onnx_table(artifacts, req.out), None)] + [(engine_line(b), None) for b in engines.values()]
+    shown = (
+        [(onnx_table(artifacts, req.out), None)] + notes + [(engine_line(b), None) for b in engines.values()]
+    )
     return Made(onnx_json(artifacts, engines), shown)
 
 
@@ -156,16 +162,24 @@ def check_pt2_device(device: str) -> None:
 
 def onnx_jobs(
     variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
-    opset: int, out: Path, io: str, force: bool,
+    opset: int, out: Path, io: str, force: bool, calibration: Path | None = None,
+    note: Callable[[str], None] = lambda _: None,
 ) -> list[Job]:  # fmt: skip
     """An ONNX file per variant × layout × precision, each validated as it is written."""
     from ccnbench.formats.onnx_export import PRECISIONS, export
 
     specs = selection.specs(preset, variant, branches, input_mode, seed)
-    precisions = selection.choices(precision, PRECISIONS, "precision")
+    from ccnbench.formats.int8 import is_int8
+    precisions = selection.precisions(precision, PRECISIONS)
+    check_calibration(precisions, calibration)
+    if any(is_int8(p) for p in precisions) and calibration is None:
+        note(
+            "int8: calibrated on 32 seeded random inputs (not the evaluation inputs); --calibration FILE.npz for yours"
+        )
     return [
         Job(f"{spec.label} {lay} {prec}",
-            lambda _, s=spec, la=lay, p=prec: export(s, la, p, opset=opset, out_dir=out, io=io, force=force))
+            lambda _, s=spec, la=lay, p=prec: export(s, la, p, opset=opset, out_dir=out, io=io, force=force,
+                                                     calibration=calibration))
         for spec in specs
         for lay in selection.layouts(layout)
         for prec in precisions
@@ -175,6 +189,14 @@ def onnx_jobs(
 def package_jobs(
     variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
     out: Path, force: bool, device: str,
+def check_calibration(precisions: Sequence[str], calibration: Path | None) -> None:
+    """``--calibration`` calibrates int8 files: without one asked for it is a usage error."""
+    from ccnbench.formats.int8 import is_int8
+
+    if calibration is not None and not any(is_int8(p) for p in precisions):
+        raise UsageError("--calibration calibrates int8 files: use it with --precision int8")
+
+
 ) -> list[Job]:  # fmt: skip
     """``export --format pt2``: AOTInductor packages, built once and reused like ONNX files."""
     from ccnbench.source import ModelSource
@@ -221,8 +243,10 @@ def user_model(
         if io != "fp32":
             raise UsageError("--io sets an ONNX file's input type; a .pt2 package takes float32 inputs")
         check_pt2_device(device)
-    allowed = aoti_build.PRECISIONS[device] if file_format == "pt2" else PRECISIONS
-    precisions = selection.choices(precision, allowed, "precision")
+    if file_format == "pt2":
+        precisions = selection.choices(precision, aoti_build.PRECISIONS[device], "precision")
+    else:
+        precisions = selection.precisions(precision, PRECISIONS)
     sources = selection.sources(layouts_=layout, branches=branches, model=model, shape=input_shape)
     return export_model(sources, precisions, out, file_format=file_format, device=device, io=io, opset=opset,
                         force=force, on_file=on_file)  # fmt: skip

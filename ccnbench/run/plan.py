@@ -22,6 +22,7 @@ from typing import Any
 
 from ccnbench.backends import BuildOptions, Target, backend_of, parse_targets
 from ccnbench.environment import default_threads
+from ccnbench.formats.int8 import is_int8
 from ccnbench.measure.agreement import Tolerance
 from ccnbench.measure.timing import Protocol
 from ccnbench.results import CaseKey
@@ -56,9 +57,20 @@ class CaseGroup:
                 self.precision,
                 b,
                 self.options.memory_format,
+                self.quantization,
             )
             for b in self.batches
         ]
+
+    @property
+    def quantization(self) -> str:
+        """An int8 case's recipe (part of its key); "" otherwise, and for a user's own file, whose
+        digest already says which file it is."""
+        from ccnbench.formats.int8 import is_int8, recipe_for
+
+        if not is_int8(self.precision) or self.source.kind == "onnx":
+            return ""
+        return recipe_for(self.precision).key
 
     @property
     def label(self) -> str:
@@ -113,6 +125,11 @@ def unavailable_reason(group: CaseGroup) -> str | None:
     device = group.target.device
     if device not in backend.devices:
         return f"{backend.name} has no device {device}"
+    if is_int8(group.precision) and not backend.needs_onnx:
+        return (
+            f"{group.target} runs the PyTorch module, and int8 here is a QDQ ONNX file made by ONNX Runtime's "
+            "quantizer (PyTorch's own int8 is another model): run it on ort:cpu or openvino:cpu"
+        )
     if group.precision not in backend.precisions(device):
         return (
             f"{group.target} has no {group.precision} path (it runs {', '.join(backend.precisions(device))})"
@@ -141,6 +158,7 @@ def case_groups(
     dynamic_batch: bool = False,
     memory_formats: Sequence[str] = ("contiguous",),
     io: str = "fp32",
+    eval_inputs: str | None = None,
 ) -> list[CaseGroup]:
     """Every source × target × precision as a case group over the batch sizes, and for the
     PyTorch targets one per memory format asked for (the others have only their own layout)."""
@@ -153,6 +171,7 @@ def case_groups(
         "opset": opset,
         "dynamic_batch": dynamic_batch,
         "io": io,
+        "eval_inputs": eval_inputs,
     }
     return [
         CaseGroup(
@@ -200,6 +219,7 @@ def expand_all(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
             seed=config.seed, protocol=config.protocol if timed else None, transfers=config.transfers,
             dynamic_batch=config.dynamic_batch, memory_formats=config.memory_formats,
         )  # fmt: skip
+            eval_inputs=config.eval_inputs,
     seen: dict[tuple[str, ...], CaseGroup] = {}
     for g in groups:
         seen.setdefault(g.case_keys()[0].group, g)
@@ -214,7 +234,13 @@ def expand(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
 
 def contest_key(group: CaseGroup) -> tuple[str, str, str, str]:
     """The contest a group belongs to: model label and digest, precision, kind of device."""
-    return (group.source.label, group.source.digest, group.precision, group.target.device_kind)
+    return (group.source.label, group.source.digest, contest_precision(group.precision), group.target.device_kind)
+
+
+def contest_precision(precision: str) -> str:
+    """The precision a group's contest is named by: an int8 file is timed in its model's fp32
+    contest, so "int8 is N x fp32" is a paired ratio with an interval, not two processes' drift."""
+    return "fp32" if is_int8(precision) else precision
 
 
 # Rough relative cost of preparing and timing one case on a target's backend: compilers and

@@ -26,6 +26,17 @@ def choices(value: str | Sequence[str], allowed: Sequence[str], what: str) -> tu
     return tuple(dict.fromkeys(items))
 
 
+def precisions(value: str | Sequence[str], floats: Sequence[str], what: str = "precision") -> tuple[str, ...]:
+    """Like ``choices`` over ``floats`` plus the int8 precisions (``int8`` names both); ``all``
+    stays the float precisions: an int8 file is a quantization the user asks for by name."""
+    from ccnbench.formats.int8 import INT8_PRECISIONS, expand_alias
+
+    items = _split(value)
+    if items == ["all"]:
+        return tuple(floats)
+    return choices(expand_alias(items), (*floats, *INT8_PRECISIONS), what)
+
+
 def integers(value: str | int | Sequence[int | str], what: str, minimum: int = 1) -> tuple[int, ...]:
     """'1,8,32' or [1, 8] -> (1, 8, 32), each >= ``minimum``."""
     items = _split(value)

@@ -184,7 +184,7 @@ def test_a_user_factory_returning_a_ccnbench_variant_can_be_merged(artifacts_dir
         (["--targets", "onnx:cpu"], "unknown backend 'onnx'"),
         (["--targets", "torch"], "not of the form backend:device"),
         (["--batch", "0"], "batch sizes must be >= 1"),
-        (["--precision", "int8"], "unknown precision 'int8'"),
+        (["--precision", "int4"], "unknown precision 'int4'"),
         (["--tol", "logits"], "expected name=atol"),
         (
             ["--model", "no_such_module_xyz:f", "--input-shape", "1x8x8x8"],

@@ -44,7 +44,7 @@ def test_a_config_with_every_field_set_round_trips():
         ({"tolerance": {"outputs": {"logits": ["a"]}}}, "'logits' must be [atol, rtol]"),
         ({"shard": "3/2"}, "--shard must be K/N"),
         ({"threads": 0}, "threads must be >= 1"),
-        ({"precisions": "int8"}, "unknown precision 'int8'"),
+        ({"precisions": "int4"}, "unknown precision 'int4'"),
     ],
 )
 def test_sweep_file_values_are_type_checked_with_the_field_named(data, words):
