@@ -267,9 +267,9 @@ def export_cmd(
     engine_batch: EngineBatch = "1,8,32",
     file_format: FileFormat = "onnx",
     device: Pt2Device = "cpu",
+    calibration: Calibration = None,
     json_output: JsonFlag = False,
 ) -> None:
-    calibration: Calibration = None,
     """Export variants, or your own model (--model), to validated ONNX files (kept or merged, fp32,
     fp16 or int8 QDQ) or to .pt2 packages."""
     options = {k: v for k, v in locals().items() if k != "json_output"}
@@ -309,10 +309,10 @@ def check(
     seed: Seed = DEFAULTS.seed,
     threads: Threads = None,
     artifacts: ArtifactsDir = Path(DEFAULTS.artifacts),
+    eval_inputs: EvalInputs = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Check every target's outputs against the float64 oracle; exit 1 if any available target fails."""
-    eval_inputs: EvalInputs = None,
     flags = _sweep_flags(locals())
     from ccnbench.answers import tables
     from ccnbench.run import check as checking

@@ -96,30 +96,30 @@ class SweepConfig:
     shard: tuple[int, int] | None = None
     # PyTorch targets run once per memory format listed (others have only their own layout).
     memory_formats: tuple[str, ...] = ("contiguous",)
-
-    def __post_init__(self) -> None:
     # int8 cases: graded on this .npz of inputs instead of the seeded evaluation set.
     eval_inputs: str | None = None
+
+    def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
             raise UsageError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
         if self.timeout <= 0:
             raise UsageError(f"timeout must be positive, got {self.timeout}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1, got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
         if self.eval_inputs is not None and not Path(self.eval_inputs).is_file():
             raise UsageError(
                 f"--eval-inputs {self.eval_inputs}: no such file (a .npz, one array per input name)"
             )
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "isolation": self.isolation,
             "dynamic_batch": self.dynamic_batch,
             "memory_formats": list(self.memory_formats),
+            **({"eval_inputs": self.eval_inputs} if self.eval_inputs else {}),
             "models": [dict(m) for m in self.models],
             "targets": list(self.targets),
-            **({"eval_inputs": self.eval_inputs} if self.eval_inputs else {}),
             "precisions": list(self.precisions),
             "batches": list(self.batches),
             "protocol": self.protocol.to_dict(),
@@ -178,9 +178,9 @@ class SweepConfig:
                 dynamic_batch=data.get("dynamic_batch", False),
                 memory_formats=selection.choices(as_list(data.get("memory_formats", list(cls.memory_formats))), MEMORY_FORMATS, "memory format"),
                 shard=parse_shard(data["shard"]) if "shard" in data else None,
+                eval_inputs=str(data["eval_inputs"]) if data.get("eval_inputs") else None,
             )  # fmt: skip
         except UsageError as exc:
-                eval_inputs=str(data["eval_inputs"]) if data.get("eval_inputs") else None,
             text = str(exc)
             raise UsageError(text if text.startswith(source) else f"{source}: {text}") from None
 
@@ -255,12 +255,12 @@ FLAGS: dict[str, Flag] = {
     "--artifacts": Flag("artifacts", "Where ONNX files, engines and caches go."),
     "--isolation": Flag("isolation", "group: a fresh worker per case group; model: one per model (faster); "
                         "device: one per device for the whole sweep (fewest CUDA start-ups); default group."),
+    "--eval-inputs": Flag("eval_inputs", "int8: grade on these inputs (.npz, one array per input name) instead of "
+                          f"{EVAL_SAMPLES} seeded samples; agreement with the float model, not task accuracy."),
     "--dynamic-batch": Flag("dynamic_batch", "torch.compile one graph for all batch sizes (less compile time)."),
     "--memory-format": Flag("memory_formats", "PyTorch targets: weights in contiguous and/or channels_last_3d "
                             "(cuDNN for every conv on CUDA); comma list, default contiguous."),
 }  # fmt: skip
-    "--eval-inputs": Flag("eval_inputs", "int8: grade on these inputs (.npz, one array per input name) instead of "
-                          f"{EVAL_SAMPLES} seeded samples; agreement with the float model, not task accuracy."),
 FLAG_KEYS = {name: flag.key for name, flag in FLAGS.items()}
 # What a sweep file leaves to the command line: where things go, its name, the quick protocol
 # (a smoke run of a big sweep) and which part of it this machine runs.

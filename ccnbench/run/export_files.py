@@ -166,10 +166,10 @@ def onnx_jobs(
     note: Callable[[str], None] = lambda _: None,
 ) -> list[Job]:  # fmt: skip
     """An ONNX file per variant × layout × precision, each validated as it is written."""
+    from ccnbench.formats.int8 import is_int8
     from ccnbench.formats.onnx_export import PRECISIONS, export
 
     specs = selection.specs(preset, variant, branches, input_mode, seed)
-    from ccnbench.formats.int8 import is_int8
     precisions = selection.precisions(precision, PRECISIONS)
     check_calibration(precisions, calibration)
     if any(is_int8(p) for p in precisions) and calibration is None:
@@ -186,9 +186,6 @@ def onnx_jobs(
     ]  # fmt: skip
 
 
-def package_jobs(
-    variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
-    out: Path, force: bool, device: str,
 def check_calibration(precisions: Sequence[str], calibration: Path | None) -> None:
     """``--calibration`` calibrates int8 files: without one asked for it is a usage error."""
     from ccnbench.formats.int8 import is_int8
@@ -197,6 +194,9 @@ def check_calibration(precisions: Sequence[str], calibration: Path | None) -> No
         raise UsageError("--calibration calibrates int8 files: use it with --precision int8")
 
 
+def package_jobs(
+    variant: str, layout: str, branches: Any, preset: str, input_mode: str, precision: str, seed: int,
+    out: Path, force: bool, device: str,
 ) -> list[Job]:  # fmt: skip
     """``export --format pt2``: AOTInductor packages, built once and reused like ONNX files."""
     from ccnbench.source import ModelSource

@@ -218,8 +218,8 @@ def expand_all(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
             threads=config.threads, atol=config.atol, rtol=config.rtol, per_output=dict(config.per_output),
             seed=config.seed, protocol=config.protocol if timed else None, transfers=config.transfers,
             dynamic_batch=config.dynamic_batch, memory_formats=config.memory_formats,
-        )  # fmt: skip
             eval_inputs=config.eval_inputs,
+        )  # fmt: skip
     seen: dict[tuple[str, ...], CaseGroup] = {}
     for g in groups:
         seen.setdefault(g.case_keys()[0].group, g)
