@@ -234,7 +234,12 @@ def expand(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
 
 def contest_key(group: CaseGroup) -> tuple[str, str, str, str]:
     """The contest a group belongs to: model label and digest, precision, kind of device."""
-    return (group.source.label, group.source.digest, contest_precision(group.precision), group.target.device_kind)
+    return (
+        group.source.label,
+        group.source.digest,
+        contest_precision(group.precision),
+        group.target.device_kind,
+    )
 
 
 def contest_precision(precision: str) -> str:
