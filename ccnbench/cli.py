@@ -120,6 +120,7 @@ Seed, Opset, Threads = (_flag(n, int | None) for n in ("--seed", "--opset", "--t
 Atol, Rtol, Timeout = (_flag(n, float | None) for n in ("--atol", "--rtol", "--timeout"))
 Quick, Transfers, DynamicBatch = (_flag(n, bool) for n in ("--quick", "--transfers", "--dynamic-batch"))
 RunName, Shard, Isolation, MemoryFormat = map(_flag, ("--name", "--shard", "--isolation", "--memory-format"))
+Merge = _flag("--merge")
 OnnxFiles, PerOutputTol = _flag("--onnx", list[Path] | None), _flag("--tol", list[str] | None)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -261,6 +262,7 @@ def export_cmd(
     seed: Seed = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    merge: Merge = None,
     out: ExportOut = Path("artifacts"),
     force: Force = False,
     engine: EngineFlag = False,
@@ -303,6 +305,7 @@ def check(
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    merge: Merge = None,
     load_inputs: LoadInputs = None,
     load_outputs: LoadOutputs = None,
     opset: Opset = DEFAULTS.opset,
@@ -349,6 +352,7 @@ def bench(
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    merge: Merge = None,
     load_inputs: LoadInputs = None,
     load_outputs: LoadOutputs = None,
     quick: Quick = False,
@@ -556,6 +560,7 @@ def explain(
     onnx: OnnxFiles = None,
     model: UserModel = None,
     input_shape: InputShape = None,
+    merge: Merge = None,
     seed: Seed = DEFAULTS.seed,
     threads: Threads = None,
     artifacts: ArtifactsDir = Path(DEFAULTS.artifacts),

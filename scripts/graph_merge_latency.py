@@ -2,13 +2,18 @@
 
     PYTHONPATH=. python scripts/graph_merge_latency.py --preset small --repeats 7
     PYTHONPATH=. python scripts/graph_merge_latency.py --library --repeats 5
+    PYTHONPATH=. python scripts/graph_merge_latency.py --partial --threads 1 --repeats 5
 
 Every module of one model is timed in the same process, in interleaved blocks (each block runs
 one module for at least ``--block-seconds`` and keeps the block's median per-call time; the
 order of the modules rotates every repeat), so slow drifts of a shared machine hit all of them
 alike. Each ratio is reported as the median over the repeats of the per-repeat ratio, with the
 lowest and highest per-repeat ratio beside it. ``--library`` times the two MONAI fixtures
-(kept vs merged) on eager torch and on ONNX Runtime instead of ccnbench's variants.
+(kept vs merged) on eager torch and on ONNX Runtime instead of ccnbench's variants. ``--partial``
+times the two MONAI ResNet-10 trunks whose stems differ (``two_resnet10_stems``) kept and partly
+merged in each form (folded once side by side in channels, once in the batch, around each merged
+child) on eager torch, ONNX Runtime and OpenVINO, all twelve in one contest per batch size;
+a ratio kept/form above 1 means the form is faster.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -125,6 +131,63 @@ def library(args: argparse.Namespace) -> None:
               f"| {med['ort-kept']:.1f} | {med['ort-merged']:.1f} | {ratio_text(s, 'ort-merged', 'ort-kept')} |")  # fmt: skip
 
 
+def partial(args: argparse.Namespace) -> None:
+    import onnxruntime as ort
+    import openvino as ov
+
+    from ccnbench.formats.onnx_export import export_module
+
+    kept = _library_models().two_resnet10_stems()
+    shape = (1, 32, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    example = tuple(torch.randn(2, *shape, generator=g) for _ in range(2))
+    modules = {"kept": kept}
+    for fold, form in (("once", "channels"), ("batch", "batch"), ("per-child", "per-child")):
+        outcome = merge_branches(kept, example, fold=fold)
+        assert outcome.groups and outcome.groups[0].fold == form, outcome.reason
+        modules[form] = outcome.module
+    print(f"<!-- {outcome.description} -->", file=sys.stderr)
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": args.threads}
+    forms = ("channels", "batch", "per-child")
+    print("| runtime | batch | kept ms | " + " | ".join(f"{f} ms" for f in forms) + " | "
+          + " | ".join(f"kept/{f}" for f in forms) + " |")  # fmt: skip
+    print("|---|---|---|" + "---|" * (2 * len(forms)))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            name: export_module(module, ["input_0", "input_1"], shape, Path(tmp) / f"{name}.onnx").path
+            for name, module in modules.items()
+        }
+        for batch in args.batches:
+            xs = tuple(torch.randn(batch, *shape, generator=g) for _ in range(2))
+            feed = {f"input_{i}": x.numpy() for i, x in enumerate(xs)}
+            calls: dict[str, Call] = {}
+            for name, module in modules.items():
+                calls[f"torch {name}"] = torch_call(module, xs)
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = args.threads
+                session = ort.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
+                calls[f"ort {name}"] = lambda s=session, f=feed: s.run(None, f)
+                model = core.read_model(str(files[name]))
+                request = core.compile_model(model, "CPU", config).create_infer_request()
+                calls[f"openvino {name}"] = lambda r=request, f=feed: r.infer(f)
+            s = contest(calls, args.repeats, args.block_seconds)
+            med = {k: statistics.median(v) for k, v in s.items()}
+            for runtime in ("torch", "ort", "openvino"):
+                k = f"{runtime} kept"
+                times = " | ".join(f"{med[f'{runtime} {f}']:.1f}" for f in forms)
+                ratios = " | ".join(ratio_text(s, k, f"{runtime} {f}") for f in forms)
+                print(f"| {runtime} | {batch} | {med[k]:.1f} | {times} | {ratios} |", flush=True)
+
+
+def _library_models() -> Any:
+    path = Path(__file__).parents[1] / "tests" / "fixtures" / "library_models.py"
+    spec = importlib.util.spec_from_file_location("library_models", path)
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    return models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,14 +197,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--block-seconds", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="with --partial")
     parser.add_argument(
         "--library", action="store_true", help="time the MONAI fixtures instead of the variants"
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="time the MONAI pair with different stems, partly merged two ways",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} repeats of "
           f"{args.block_seconds} s blocks; ratio = median [min–max] over repeats")  # fmt: skip
-    library(args) if args.library else variants(args)
+    if args.partial:
+        partial(args)
+    else:
+        library(args) if args.library else variants(args)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,19 @@ from ccnbench.models.merge import MergedFusion, merge
 from ccnbench.models.spec import PRESETS, VARIANTS, ModelSpec, spec_from_preset
 
 LAYOUTS = ("kept", "merged")
+# What the graph pass may do to a user's module in the merged layout (--merge): "partial" also
+# merges what is the same in branches that differ (graph_joint), "whole" only identical branches.
+MERGE_MODES = ("partial", "whole")
+DEFAULT_MERGE = "partial"
+# Accepted but not offered, for the evidence: partial merges folded once in the batch, or around
+# each merged child, instead of side by side in channels (graph_joint's forms).
+MERGE_EVIDENCE_ONLY = ("partial-batch", "partial-per-child")
 
 __all__ = [
+    "DEFAULT_MERGE",
     "LAYOUTS",
+    "MERGE_EVIDENCE_ONLY",
+    "MERGE_MODES",
     "PRESETS",
     "VARIANTS",
     "FusionNet",

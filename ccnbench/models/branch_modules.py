@@ -1,8 +1,10 @@
-"""The two rewrites of ``graph_merge`` as modules: the rewritten graph calls them where the user's calls were.
+"""The rewrites of ``graph_merge`` as modules: the rewritten graph calls them where the user's calls were.
 
 ``BatchFolded`` (rule 1, shared weights) runs one submodule once on its inputs folded into the
 batch; ``StackedBranches`` (rule 2, stacked weights) runs one branch whose weighted layers hold
-every branch's weights (``StackedLayer``).
+every branch's weights (``StackedLayer``). ``FoldedStack`` and ``FoldedCall`` are the same two on
+inputs already folded into the batch, ``PackedStack`` on branches side by side in channels, for
+branches merged in part (``graph_joint``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,59 @@ class StackedBranches(nn.Module):
         return tuple(pytree.tree_map(lambda t, i=i: t[:, i], unfolded) for i in range(self.calls))
 
 
+class FoldedStack(StackedBranches):
+    """``StackedBranches`` called on branches already folded into the batch, ``(B·k, ...)``, and
+    returning them folded: a partly merged run of branches (``graph_joint``) folds them once for a
+    run of merged layers instead of around each one."""
+
+    @classmethod
+    def of(cls, stacked: StackedBranches) -> FoldedStack:
+        """The same stacked branch (its weights shared, not copied) in the folded form."""
+        folded = cls.__new__(cls)
+        nn.Module.__init__(folded)
+        folded.calls = stacked.calls
+        folded.branch = stacked.branch
+        return folded
+
+    def forward(self, x: Tensor) -> Any:  # type: ignore[override]
+        return self.branch(x)
+
+
+class PackedStack(StackedBranches):
+    """``StackedBranches`` on branches side by side in channels, ``(B, k·C, ...)``, and returning
+    them so: each Conv is its grouped Conv and each BatchNorm its k·C-channel BatchNorm as they
+    are, with no reshape between layers (a runtime that keeps activations in a blocked layout
+    would reorder around each reshape). Layers without weights must act per channel (activations,
+    pooling, adds): ``graph_merge``'s check on the example inputs holds it to that."""
+
+    @classmethod
+    def of(cls, stacked: StackedBranches) -> PackedStack:
+        """The same stacked branch (its weights shared, not copied) in the packed form."""
+        if any(isinstance(m, StackedLayer) and m.kind == "linear" for m in stacked.branch.modules()):
+            raise Unsupported("a Linear has no packed form here (its features are the branches' channels)")
+        memo = {id(t): t for t in itertools.chain(stacked.branch.parameters(), stacked.branch.buffers())}
+        packed = cls.__new__(cls)
+        nn.Module.__init__(packed)
+        packed.calls = stacked.calls
+        packed.branch = copy.deepcopy(stacked.branch, memo)
+        for m in packed.branch.modules():
+            if isinstance(m, StackedLayer):
+                m.packed = True
+        return packed
+
+    def forward(self, x: Tensor) -> Any:  # type: ignore[override]
+        return self.branch(x)
+
+
+class FoldedCall(BatchFolded):
+    """A layer without weights that k branches each call with the same settings, called once on
+    the branches folded together: into the batch, ``(B·k, ...)``, or side by side in channels,
+    ``(B, k·C, ...)`` (``graph_joint``'s fold-once forms)."""
+
+    def forward(self, *inputs: Any) -> Any:  # type: ignore[override]
+        return self.module(*inputs)
+
+
 class Unsupported(Exception):
     """A branch holds a layer with weights that has no stacked form; the message says which."""
 
@@ -75,15 +130,19 @@ def _own_tensors(module: nn.Module) -> bool:
 
 
 class StackedLayer(nn.Module):
-    """k layers as one grouped layer over the sample-major folded batch (see StackedBranches)."""
+    """k layers as one grouped layer over the sample-major folded batch (see StackedBranches), or,
+    ``packed``, over the branches side by side in channels, ``(B, k·C, ...)``, as they are."""
 
     def __init__(self, layer: nn.Module, calls: int, kind: str) -> None:
         super().__init__()
         self.layer = layer
         self.calls = calls
         self.kind = kind
+        self.packed = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed:
+            return self.layer(x)
         if self.kind == "linear":
             # (B·k, ..., F) -> (B, k, ..., 1, F) @ (k, 1.., F, O): one MatMul for every branch.
             folded = x.unflatten(0, (-1, self.calls)).unsqueeze(-2)

@@ -1,6 +1,6 @@
 """Merge the branches of a user's own module by a graph pass: ``merge_branches(module, inputs)``.
 
-Two rewrites, applied only where they compute what the module computes:
+Three rewrites, applied only where they compute what the module computes:
 
 1. *Shared weights*: one submodule called on several inputs of the same shape becomes one call
    on the inputs folded into the batch, ``(B, k, ...) -> (B·k, ...)``, unfolded afterwards.
@@ -9,6 +9,10 @@ Two rewrites, applied only where they compute what the module computes:
    once on inputs of the same shape, become one call of one branch whose weighted layers hold
    all k branches' weights (``torch.func.stack_module_state``): each Conv becomes one grouped
    Conv, each BatchNorm one BatchNorm over k·C channels, each Linear one batched MatMul.
+3. *Partial* (``partial=True``): sibling submodules of one class that differ somewhere (another
+   stem) whose own forwards match op for op: the children that are the same in all of them
+   merge as in rule 2 and the rest runs per branch (``graph_joint``), their values folded once
+   per run of merged children (``graph_joint_rewrite``).
 
 Everything else in the user's ``forward`` stays as written, and every rewrite is run on the
 example inputs against the module as written before it is accepted (a rewrite that does not
@@ -23,6 +27,9 @@ Python control flow inside is no obstacle. torch.export would lower the whole ne
 operators, losing the module boundaries the rules are about, and would need every line of every
 submodule to be exportable before anything could merge. Where a branch is a composite module
 whose own children merge (a wrapper around the real branches), the pass descends into it.
+The modules one job each: ``graph_trace`` (tracing), ``graph_candidates`` (what may merge, and
+why not), ``graph_joint`` and ``graph_joint_rewrite`` (rule 3), ``branch_modules`` (the merged
+modules), this one (the pass: trials, checks, descriptions).
 
 Why not ``torch.vmap(functional_call)`` over the stacked weights, the textbook way to run an
 ensemble: it computes the right numbers in eager mode, but in torch 2.13 the batching rules of
@@ -37,7 +44,6 @@ The pass never raises for a module it cannot handle: it returns ``merged=False``
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import operator
 from collections import defaultdict
@@ -51,8 +57,18 @@ from torch.utils import _pytree as pytree
 
 from ccnbench.models.branch_modules import BatchFolded, StackedBranches, Unsupported, replace_submodule
 from ccnbench.models.graph_candidates import Call, candidate_groups, parent_name, submodule_calls
+from ccnbench.models.graph_joint import JointPlan, compact, plan_joint, weighted_layers
+from ccnbench.models.graph_joint_rewrite import write_joint
+from ccnbench.models.graph_trace import Untraceable, first_line, record, trace
 
 _MAX_DEPTH = 3
+# merge_branches' fold: the forms of a partial merge (graph_joint.FORMS) tried, in order.
+_FORMS = {
+    "once": ("channels", "batch", "per-child"),
+    "batch": ("batch", "per-child"),
+    "per-child": ("per-child",),
+}
+FOLDS = tuple(_FORMS)
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # A rewrite must reproduce the module on the example inputs to within this, relative to the
 # output's magnitude: round-off passes, a wrong channel order or mixed samples do not.
@@ -64,13 +80,29 @@ _DEFAULT_RTOL = 1e-2
 class MergedGroup:
     """One rewrite: which calls became one, how, and what it saves in convolutions."""
 
-    rule: str  # "shared" (rule 1: fold into the batch) or "stacked" (rule 2: one call over stacked weights)
+    # "shared" (rule 1: fold into the batch), "stacked" (rule 2: one call over stacked weights) or
+    # "partial" (rule 3: differing branches, what is the same in them merged)
+    rule: str
     targets: tuple[str, ...]  # qualified submodule names, one per original call
     module_class: str
     convs_each: int
+    # rule 3 only: the children merged, and those run per branch with why (branch 0's names)
+    merged_children: tuple[str, ...] = ()
+    kept_children: tuple[tuple[str, str], ...] = ()
+    convs_merged: int = 0
+    # rule 3: how the merged children's values are folded (graph_joint.FORMS): "channels" or
+    # "batch" (once per run of merged children) or "per-child"
+    fold: str = ""
 
     def describe(self) -> str:
         k = len(self.targets)
+        if self.rule == "partial":
+            kept = [f"{name} kept ({why})" for name, why in self.kept_children]
+            merged = (
+                f"{compact(list(self.merged_children))} merged: {self.convs_merged} of {self.convs_each} Conv"
+            )
+            merged += f" → {self.convs_merged} grouped Conv"
+            return f"{k} × {self.module_class} ({', '.join(self.targets)}): " + "; ".join([*kept, merged])
         if self.rule == "stacked":
             convs = f"{self.convs_each} Conv each → {self.convs_each} grouped Conv"
             return f"{k} × {self.module_class} ({', '.join(self.targets)}), {convs}"
@@ -80,13 +112,21 @@ class MergedGroup:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "rule": self.rule,
             "targets": list(self.targets),
             "module_class": self.module_class,
             "convs_each": self.convs_each,
             "description": self.describe(),
         }
+        if self.rule == "partial":
+            data |= {
+                "merged_children": list(self.merged_children),
+                "kept_children": [{"child": name, "why": why} for name, why in self.kept_children],
+                "convs_merged": self.convs_merged,
+                "fold": self.fold,
+            }
+        return data
 
 
 @dataclass(frozen=True)
@@ -109,6 +149,11 @@ class MergeOutcome:
         """One line per merged group, e.g. '2 × ResNet (trunks.0, trunks.1), 12 Conv each → 12 grouped Conv'."""
         return "\n".join(g.describe() for g in self.groups)
 
+    @property
+    def partial(self) -> bool:
+        """True when some group merged only part of its branches."""
+        return any(g.rule == "partial" for g in self.groups)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "merged": self.merged,
@@ -118,108 +163,100 @@ class MergeOutcome:
         }
 
 
-def merge_branches(module: nn.Module, example_inputs: Sequence[Tensor]) -> MergeOutcome:
-    """Merge the parallel branches of ``module`` (see the module docstring for the two rules).
+def merge_branches(
+    module: nn.Module, example_inputs: Sequence[Tensor], partial: bool = True, fold: str = "once"
+) -> MergeOutcome:
+    """Merge the parallel branches of ``module`` (see the module docstring for the rules).
 
     ``example_inputs`` are tensors ``module`` accepts (one per positional argument of its
     forward); they fix the shapes that decide which calls may merge, and every rewrite is checked
     on them. Use the module in eval mode: BatchNorm and Dropout in training mode do not commute
-    with folding branches, so a training-mode branch stays kept.
+    with folding branches, so a training-mode branch stays kept. ``partial=False`` merges only
+    whole identical branches (rule 3 off). ``fold`` is how a partly merged group moves between
+    folded values and its branches: ``once`` per run of merged children, side by side in channels
+    or else in the batch (the default); ``batch`` only in the batch; or ``per-child``, around each
+    merged child (the last two for the evidence that compares them).
     """
+    if fold not in _FORMS:
+        raise ValueError(f"fold must be one of {', '.join(_FORMS)}, got {fold!r}")
     inputs = tuple(example_inputs)
     try:
         work = copy.deepcopy(module)
     except Exception as exc:
-        return MergeOutcome(module, False, reason=f"cannot copy the module: {_first_line(exc)}")
+        return MergeOutcome(module, False, reason=f"cannot copy the module: {first_line(exc)}")
     try:
-        rewritten, groups, notes = _merge_in(work, inputs, prefix="", depth=0)
-    except _Untraceable as exc:
+        rewritten, groups, notes = _merge_in(work, inputs, "", 0, _Options(partial, fold))
+    except Untraceable as exc:
         return MergeOutcome(work, False, reason=str(exc))
     except Exception as exc:  # the pass must never take the user's run down with it
-        return MergeOutcome(work, False, reason=f"graph merge failed: {_first_line(exc)}")
+        return MergeOutcome(work, False, reason=f"graph merge failed: {first_line(exc)}")
     if not groups:
         reason = "; ".join(notes) if notes else "no parallel branches found"
         return MergeOutcome(work, False, reason=f"nothing to merge: {reason}")
     return MergeOutcome(rewritten, True, tuple(groups), "; ".join(notes) or None, tuple(notes))
 
 
-# --- tracing -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Options:
+    partial: bool
+    fold: str
 
 
-class _Untraceable(Exception):
-    """The module's forward cannot be traced; the message is the user-facing reason."""
+@dataclass(frozen=True)
+class _Rewrite:
+    """One accepted (or trial) rewrite: its rule, the calls it replaces, and rule 3's plan."""
 
-
-class _LeafTracer(fx.Tracer):
-    """Traces only the root's own forward: every submodule call is one node."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return True
-
-
-def _trace(module: nn.Module, num_inputs: int) -> fx.GraphModule:
-    name = type(module).__name__
-    params = list(inspect.signature(module.forward).parameters.values())
-    variadic = [p for p in params if p.kind is p.VAR_POSITIONAL]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    concrete: tuple[Any, ...] | None = None
-    if variadic and not positional:
-        # forward(*inputs): fx makes one placeholder per input only when told how many there are.
-        concrete = tuple(fx.PH for _ in range(num_inputs))
-    elif variadic or len(positional) < num_inputs:
-        raise _Untraceable(f"cannot trace {name}.forward: its signature mixes named and *variadic inputs")
-    tracer = _LeafTracer()
-    try:
-        graph = tracer.trace(module, concrete_args=concrete)  # type: ignore[arg-type]
-    except Exception as exc:
-        raise _Untraceable(f"cannot trace {name}.forward with torch.fx: {_first_line(exc)}") from exc
-    return fx.GraphModule(tracer.root, graph, name)
-
-
-def _record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]:
-    """The value of every node on ``inputs`` (shapes, and the inputs of calls to descend into)."""
-    values: dict[fx.Node, Any] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            values[n] = result = super().run_node(n)
-            return result
-
-    with torch.no_grad():
-        _Recorder(gm).run(*inputs)
-    return values
+    rule: str
+    calls: list[Call]
+    plan: JointPlan | None = None
 
 
 # --- rewriting -----------------------------------------------------------------------------------
 
 
 def _merge_in(
-    module: nn.Module, inputs: tuple[Tensor, ...], prefix: str, depth: int
+    module: nn.Module, inputs: tuple[Tensor, ...], prefix: str, depth: int, options: _Options
 ) -> tuple[nn.Module, list[MergedGroup], list[str]]:
     """Merge inside ``module``; returns the module to use, the groups merged and notes."""
-    gm = _trace(module, len(inputs))
-    values = _record(gm, inputs)
+    gm = trace(module, len(inputs))
+    values = record(gm, inputs)
     reference = values[next(n for n in gm.graph.nodes if n.op == "output")]
     calls, notes = submodule_calls(gm, values)
-    candidates, more = candidate_groups(calls)
-    notes += more
-    accepted: list[tuple[str, list[Call]]] = []
-    for rule, group in candidates:
-        try:
-            trial = _rewrite(module, len(inputs), [*accepted, (rule, group)])
-        except Unsupported as exc:
-            notes.append(f"{', '.join(c.target for c in group)} stayed kept: {exc}")
-            continue
-        problem = _disagreement(trial, inputs, reference)
-        if problem is None:
-            accepted.append((rule, group))
-        else:
-            notes.append(f"{', '.join(c.target for c in group)} stayed kept: {problem}")
-    groups = [_describe(rule, group, prefix) for rule, group in accepted]
+    found = candidate_groups(calls, options.partial)
+    notes += found.notes
+    near_misses = dict(found.near_misses)  # branch group -> its first difference
+    accepted: list[_Rewrite] = []
+    taken: set[str] = set()
+    for rule, group in found.groups:
+        targets = tuple(c.target for c in group)
+        if taken.intersection(targets):
+            continue  # a partial group merged these calls, or they are its stacked fallback
+        trials: list[_Rewrite] = [_Rewrite(rule, group)]
+        if rule == "partial":
+            plan = plan_joint(group, values)
+            if isinstance(plan, str):
+                near_misses[targets] = plan
+                continue
+            if plan.saving() <= _whole_saving(found.groups, targets):
+                continue  # its identical members merge whole, and that saves as much or more
+            # What a form folding once may break (code that mixes channels or samples), folding
+            # per child may not.
+            forms = [plan.in_form(form) for form in _FORMS[options.fold]]
+            trials = [_Rewrite(rule, group, p) for p in forms if p is not None]
+        problem = None
+        for trial in trials:
+            problem = _try(module, inputs, reference, [*accepted, trial])
+            if problem is None:
+                accepted.append(trial)
+                taken.update(targets)
+                break
+        if problem is not None:
+            notes.append(f"{', '.join(targets)} stayed kept: {problem}")
+    notes += [text for targets, text in near_misses.items() if not taken.issuperset(targets)]
+    groups = [_describe(r, prefix) for r in accepted]
     result: nn.Module = _rewrite(module, len(inputs), accepted) if accepted else module
     if depth < _MAX_DEPTH:
-        merged_targets = {c.target for _, group in accepted for c in group}
-        descended = _descend(gm, values, merged_targets, prefix, depth)
+        descended = _descend(gm, values, taken, prefix, depth, options)
         for target, inner, inner_groups, inner_notes in descended:
             notes += inner_notes
             if inner_groups:
@@ -228,8 +265,33 @@ def _merge_in(
     return result, groups, notes
 
 
+def _whole_saving(groups: list[tuple[str, list[Call]]], targets: tuple[str, ...]) -> int:
+    """Layers with weights the stacked groups among ``targets`` would remove, merged whole."""
+    return sum(
+        (len(group) - 1) * weighted_layers(group[0].module)
+        for rule, group in groups
+        if rule == "stacked" and {c.target for c in group} <= set(targets)
+    )
+
+
+def _try(
+    module: nn.Module, inputs: tuple[Tensor, ...], reference: Any, rewrites: list[_Rewrite]
+) -> str | None:
+    """None when ``module`` with ``rewrites`` applied reproduces ``reference``, else what went wrong."""
+    try:
+        trial = _rewrite(module, len(inputs), rewrites)
+    except Unsupported as exc:
+        return str(exc)
+    return _disagreement(trial, inputs, reference)
+
+
 def _descend(
-    gm: fx.GraphModule, values: dict[fx.Node, Any], merged: set[str], prefix: str, depth: int
+    gm: fx.GraphModule,
+    values: dict[fx.Node, Any],
+    merged: set[str],
+    prefix: str,
+    depth: int,
+    options: _Options,
 ) -> list[tuple[str, nn.Module, list[MergedGroup], list[str]]]:
     """Merge inside composite submodules called once that no rewrite here took in."""
     counts: dict[str, int] = defaultdict(int)
@@ -248,33 +310,32 @@ def _descend(
         if not args or not all(isinstance(a, Tensor) for a in args):
             continue
         try:
-            inner, inner_groups, inner_notes = _merge_in(child, tuple(args), f"{prefix}{target}.", depth + 1)
+            inner, inner_groups, inner_notes = _merge_in(
+                child, tuple(args), f"{prefix}{target}.", depth + 1, options
+            )
         except Exception:
             continue  # an untraceable or unusual child simply stays as written
         found.append((target, inner, inner_groups, [f"in {prefix}{target}: {note}" for note in inner_notes]))
     return found
 
 
-def _rewrite(module: nn.Module, num_inputs: int, groups: list[tuple[str, list[Call]]]) -> fx.GraphModule:
-    """A fresh trace of ``module`` with each group's calls replaced by one merged call."""
-    gm = _trace(module, num_inputs)
+def _rewrite(module: nn.Module, num_inputs: int, rewrites: list[_Rewrite]) -> fx.GraphModule:
+    """A fresh trace of ``module`` with each rewrite's calls replaced by one merged call (rules 1
+    and 2) or by their branches' steps, partly merged (rule 3)."""
+    gm = trace(module, num_inputs)
     by_name = {n.name: n for n in gm.graph.nodes}
-    for index, (rule, group) in enumerate(groups):
+    for index, rewrite in enumerate(rewrites):
+        group = rewrite.calls
         nodes = [by_name[c.node.name] for c in group]
-        target = _new_name(gm, group, rule, index)
-        first = group[0].module
-        merged = (
-            BatchFolded(first, len(group)) if rule == "shared" else StackedBranches([c.module for c in group])
-        )
-        # Which calls it replaced, for models.correspondence (explain's kept-vs-merged rows).
-        merged.merged_from = tuple(c.target for c in group)
-        gm.add_submodule(target, merged)
         # Insert where every input exists (just before the last call); uses are re-ordered below.
         with gm.graph.inserting_before(nodes[-1]):
-            call = gm.graph.call_module(target, tuple(n.args[0] for n in nodes))
-            for i, node in enumerate(nodes):
-                part = gm.graph.call_function(operator.getitem, (call, i))
-                node.replace_all_uses_with(part)
+            if rewrite.plan is not None:
+                parts = write_joint(gm, rewrite.plan, nodes)
+            else:
+                call = gm.graph.call_module(_add_merged(gm, rewrite, index), tuple(n.args[0] for n in nodes))
+                parts = [gm.graph.call_function(operator.getitem, (call, i)) for i in range(len(nodes))]
+        for node, part in zip(nodes, parts):
+            node.replace_all_uses_with(part)
         for node in nodes:
             gm.graph.erase_node(node)
     _topological_order(gm.graph)
@@ -282,6 +343,22 @@ def _rewrite(module: nn.Module, num_inputs: int, groups: list[tuple[str, list[Ca
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _add_merged(gm: fx.GraphModule, rewrite: _Rewrite, index: int) -> str:
+    """The module of a rule 1 or rule 2 rewrite, added to ``gm``; its name."""
+    group = rewrite.calls
+    first = group[0].module
+    merged = (
+        BatchFolded(first, len(group))
+        if rewrite.rule == "shared"
+        else StackedBranches([c.module for c in group])
+    )
+    # Which calls it replaced, for models.correspondence (explain's kept-vs-merged rows).
+    merged.merged_from = tuple(c.target for c in group)
+    target = _new_name(gm, group, rewrite.rule, index)
+    gm.add_submodule(target, merged)
+    return target
 
 
 def _new_name(gm: fx.GraphModule, group: list[Call], rule: str, index: int) -> str:
@@ -331,7 +408,7 @@ def _disagreement(gm: nn.Module, inputs: tuple[Tensor, ...], reference: Any) -> 
         with torch.no_grad():
             got = gm(*inputs)
     except Exception as exc:
-        return f"the merged call does not run ({_first_line(exc)})"
+        return f"the merged call does not run ({first_line(exc)})"
     ref_leaves, ref_spec = pytree.tree_flatten(reference)
     got_leaves, got_spec = pytree.tree_flatten(got)
     if ref_spec != got_spec:
@@ -348,12 +425,16 @@ def _disagreement(gm: nn.Module, inputs: tuple[Tensor, ...], reference: Any) -> 
     return None
 
 
-def _describe(rule: str, group: list[Call], prefix: str) -> MergedGroup:
+def _describe(rewrite: _Rewrite, prefix: str) -> MergedGroup:
+    group = rewrite.calls
     module = group[0].module
+    targets = tuple(prefix + c.target for c in group)
+    if rewrite.plan is not None:
+        plan = rewrite.plan
+        total, merged = plan.conv_counts()
+        children = tuple(plan.children("merged"))
+        return MergedGroup(
+            "partial", targets, type(module).__name__, total, children, tuple(plan.kept()), merged, plan.form
+        )
     convs = sum(isinstance(m, _CONV_TYPES) for m in module.modules())
-    return MergedGroup(rule, tuple(prefix + c.target for c in group), type(module).__name__, convs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return MergedGroup(rewrite.rule, targets, type(module).__name__, convs)

@@ -48,6 +48,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "load_inputs": None,
     "load_outputs": None,
     "seed": None,  # None: the sweep's seed
+    "merge": None,  # None: models.DEFAULT_MERGE (a user's module only)
 }
 _MODEL_KEYS = set(MODEL_DEFAULTS)
 
@@ -67,6 +68,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "seed": _INT, "shard": _STR, "models": ((list,), "a list of tables ([[models]])"),
     "preset": _STR, "variants": _LIST, "branches": _INTS, "input_modes": _LIST, "layouts": _LIST,
     "model": _STR, "input_shape": _STR, "onnx": _LIST, "load_inputs": _STR, "load_outputs": _STR,
+    "merge": _STR,
 }  # fmt: skip
 _TOP_KEYS = set(_TYPES)
 
@@ -242,6 +244,8 @@ FLAGS: dict[str, Flag] = {
     "--onnx": Flag("onnx", "Your own ONNX file (repeatable) instead of ccnbench's variants."),
     "--model": Flag("model", "Your own nn.Module factory: package.module:function or file.py:function."),
     "--input-shape": Flag("input_shape", "With --model: one input's shape without batch, e.g. 1x24x24x24."),
+    "--merge": Flag("merge", "With --model, the merged layout: partial (default: also what is the same in branches "
+                    "that differ) or whole (only identical branches)."),
     "--load-inputs": Flag("load_inputs", "With --onnx: saved reference inputs (Polygraphy JSON or .npz)."),
     "--load-outputs": Flag("load_outputs", "With --onnx: saved reference outputs (Polygraphy JSON or .npz)."),
     "--quick": Flag("quick", "Short warm-up and measurement (CI, smoke runs)."),

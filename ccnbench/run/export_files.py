@@ -57,6 +57,7 @@ class Request:
     engine_batch: str
     file_format: str
     device: str
+    merge: str | None = None
     calibration: Path | None = None
 
 
@@ -80,6 +81,8 @@ def make(req: Request, run_jobs: RunJobs) -> Made:
         raise UsageError(
             "--input-shape goes with --model; ccnbench's variants take their shape from --preset"
         )
+    if req.merge is not None:
+        raise UsageError("--merge says what the graph pass merges in your module; it goes with --model")
     chosen = (req.variant or "all", req.layout, req.branches, req.preset or "small",
               req.input_mode or "separate", req.precision, req.seed or 0)  # fmt: skip
     if packages:
@@ -104,7 +107,7 @@ def _made_from_model(req: Request, batches: tuple[int, ...] | None, run_jobs: Ru
 
     def export(note: Callable[[str], None]) -> Any:
         return user_model(req.model or "", req.input_shape, req.branches, req.layout, req.precision, req.io,
-                          req.opset, req.out, req.force, req.file_format, req.device, note)  # fmt: skip
+                          req.opset, req.out, req.force, req.file_format, req.device, note, req.merge)  # fmt: skip
 
     (exported,) = run_jobs("exporting and checking against the float64 kept module", [Job("", export)])
     engines = dict(run_jobs("building TensorRT engines", engine_jobs([f.artifact for f in exported.files], batches, req.out)))  # fmt: skip
@@ -233,7 +236,7 @@ def engine_jobs(artifacts: Sequence[Any], batches: tuple[int, ...] | None, out: 
 
 def user_model(
     model: str, input_shape: str | None, branches: Any, layout: str, precision: str, io: str, opset: int,
-    out: Path, force: bool, file_format: str, device: str, on_file: Callable[[str], None],
+    out: Path, force: bool, file_format: str, device: str, on_file: Callable[[str], None], merge: str | None = None,
 ) -> Any:  # fmt: skip
     """``export --model``: the factory's module in each layout, written and graded in float64."""
     from ccnbench.formats.onnx_export import PRECISIONS
@@ -247,7 +250,9 @@ def user_model(
         precisions = selection.choices(precision, aoti_build.PRECISIONS[device], "precision")
     else:
         precisions = selection.precisions(precision, PRECISIONS)
-    sources = selection.sources(layouts_=layout, branches=branches, model=model, shape=input_shape)
+    sources = selection.sources(
+        layouts_=layout, branches=branches, model=model, shape=input_shape, merge=merge
+    )
     return export_model(sources, precisions, out, file_format=file_format, device=device, io=io, opset=opset,
                         force=force, on_file=on_file)  # fmt: skip
 

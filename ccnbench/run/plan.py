@@ -212,6 +212,7 @@ def expand_all(config: SweepConfig, timed: bool = True) -> list[CaseGroup]:
             chosen["preset"], chosen["variants"], chosen["layouts"], chosen["branches"],
             chosen["input_modes"], config.seed if chosen["seed"] is None else chosen["seed"],
             chosen["model"], chosen["input_shape"], as_list(chosen["onnx"]) if chosen["onnx"] else None, saved,
+            chosen["merge"],
         )  # fmt: skip
         groups += case_groups(
             sources, targets, config.precisions, config.batches, Path(config.artifacts), opset=config.opset,

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ccnbench.errors import UsageError
-from ccnbench.models import LAYOUTS, VARIANTS, ModelSpec, spec_from_preset
+from ccnbench.models import DEFAULT_MERGE, LAYOUTS, VARIANTS, ModelSpec, spec_from_preset
 from ccnbench.models.spec import INPUT_MODES, SHARED_INPUT_VARIANTS
 
 if TYPE_CHECKING:
@@ -128,14 +128,18 @@ def sources(
     shape: str | None = None,
     onnx: Sequence[str] | None = None,
     saved: tuple[str, str] | None = None,
+    merge: str | None = None,
 ) -> list[ModelSource]:
     """What to run: ONNX files, a user's factory, or ccnbench's variants (in that priority).
 
     With ONNX files, ``model`` (the factory they were exported from) or ``saved`` (inputs and
-    outputs files) is the reference they are checked against.
+    outputs files) is the reference they are checked against. ``merge`` (``--merge``) is what the
+    graph pass may merge in a factory's merged layout; None is the default.
     """
     from ccnbench.source import ModelSource
 
+    if merge is not None and (onnx or not model):
+        raise UsageError("--merge says what the graph pass merges in your module; it goes with --model")
     if saved and not onnx:
         raise UsageError("--load-inputs/--load-outputs are the reference of an --onnx file; give --onnx")
     if onnx:
@@ -150,7 +154,8 @@ def sources(
         # merged: the graph pass (ccnbench.models.graph_merge) folds the user's parallel branches;
         # what it cannot merge runs as written, with the reason in the results.
         chosen = layouts(layouts_)
-        return [ModelSource.from_factory(model, parsed, n, layout) for n in counts for layout in chosen]
+        mode = merge or DEFAULT_MERGE
+        return [ModelSource.from_factory(model, parsed, n, layout, mode) for n in counts for layout in chosen]
     if shape is not None:
         raise UsageError(
             "--input-shape goes with --model; ccnbench's variants take their shape from --preset"

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ccnbench.errors import UsageError
-from ccnbench.models import LAYOUTS, ModelSpec
+from ccnbench.models import DEFAULT_MERGE, LAYOUTS, MERGE_EVIDENCE_ONLY, MERGE_MODES, ModelSpec
 
 if TYPE_CHECKING:
     from ccnbench.formats.onnx_artifact import Artifact
@@ -47,10 +47,16 @@ class ModelSource(abc.ABC):
 
     @staticmethod
     def from_factory(
-        factory: str, input_shape: tuple[int, ...], num_inputs: int = 1, layout: str = "kept"
+        factory: str,
+        input_shape: tuple[int, ...],
+        num_inputs: int = 1,
+        layout: str = "kept",
+        merge: str = DEFAULT_MERGE,
     ) -> ModelSource:
-        """``factory`` is ``package.module:function`` or ``path/to/file.py:function``."""
-        return ModelSource._kinds["factory"].create(factory, input_shape, num_inputs, check_layout(layout))
+        """``factory`` is ``package.module:function`` or ``path/to/file.py:function``; ``merge`` is
+        what the graph pass may merge in the merged layout (``MERGE_MODES``)."""
+        kind = ModelSource._kinds["factory"]
+        return kind.create(factory, input_shape, num_inputs, check_layout(layout), check_merge(merge))
 
     @staticmethod
     def from_onnx(
@@ -187,6 +193,12 @@ def oracle_device() -> str:
     if device == "cuda" and not torch.cuda.is_available():
         return "cpu"
     return device
+
+
+def check_merge(merge: str) -> str:
+    if merge not in MERGE_MODES + MERGE_EVIDENCE_ONLY:
+        raise UsageError(f"unknown --merge {merge!r}; choose from {', '.join(MERGE_MODES)}")
+    return merge
 
 
 def check_layout(layout: str) -> str:

@@ -19,7 +19,7 @@ from ccnbench.errors import UsageError
 from ccnbench.formats.file_names import file_name, precision_tag, weights_digest
 from ccnbench.formats.onnx_artifact import Artifact
 from ccnbench.formats.onnx_export import DEFAULT_ARTIFACTS, export_module
-from ccnbench.models import FusionNet, merge
+from ccnbench.models import DEFAULT_MERGE, FusionNet, merge
 from ccnbench.source.artifact_cache import artifacts_key, cached_export
 from ccnbench.source.base import ModelSource
 from ccnbench.source.factory_loading import code_digest, is_file, load_factory
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from ccnbench.models.graph_merge import MergeOutcome
 
 _modules: dict[tuple[str, str], tuple[nn.Module, tuple[str, ...]]] = {}
-_merges: dict[tuple[str, str], MergeOutcome] = {}
+_merges: dict[tuple[str, str, str], MergeOutcome] = {}
+# --merge's evidence-only modes (models.MERGE_EVIDENCE_ONLY): graph_merge's fold for each.
+_FOLDS = {"partial-batch": "batch", "partial-per-child": "per-child"}
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,19 @@ class FactorySource(ModelSource):
     num_inputs: int = 1
     layout: str = "kept"
     code_digest: str = ""  # hash of the factory file's bytes: edited code is a different model
+    # What the graph pass may merge in the merged layout (models.MERGE_MODES): the same model, so
+    # not part of the digest; results say what merged in ``details.merge``.
+    merge: str = DEFAULT_MERGE
     kind: ClassVar[str] = "factory"
 
     @classmethod
     def create(
-        cls, factory: str, input_shape: tuple[int, ...], num_inputs: int, layout: str
+        cls,
+        factory: str,
+        input_shape: tuple[int, ...],
+        num_inputs: int,
+        layout: str,
+        merge: str = DEFAULT_MERGE,
     ) -> FactorySource:
         if ":" not in factory:
             raise UsageError(f"--model {factory!r} must be package.module:function or file.py:function")
@@ -55,13 +65,13 @@ class FactorySource(ModelSource):
         # Import now so a typo is a clear usage error, but do not call the factory here: a broken
         # one must fail inside a worker, not take the sweep down with it.
         load_factory(factory)
-        return cls(factory, tuple(input_shape), num_inputs, layout, code_digest(factory))
+        return cls(factory, tuple(input_shape), num_inputs, layout, code_digest(factory), merge)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> FactorySource:
         return cls(
             data["factory"], tuple(data["input_shape"]), int(data.get("num_inputs", 1)),
-            data.get("layout", "kept"), data.get("code_digest", ""),
+            data.get("layout", "kept"), data.get("code_digest", ""), data.get("merge", DEFAULT_MERGE),
         )  # fmt: skip
 
     @property
@@ -113,15 +123,17 @@ class FactorySource(ModelSource):
         """The graph pass over the factory's module, once per process (it traces and runs it)."""
         from ccnbench.models.graph_merge import merge_branches  # torch.fx: only when merging
 
-        key = (self.factory, self.code_digest)
+        key = (self.factory, self.code_digest, self.merge)
         if key not in _merges:
-            _merges[key] = merge_branches(copy.deepcopy(self._built()[0]), self.make_inputs(2, seed=0))
+            module, inputs = copy.deepcopy(self._built()[0]), self.make_inputs(2, seed=0)
+            fold = _FOLDS.get(self.merge, "once")
+            _merges[key] = merge_branches(module, inputs, partial=self.merge != "whole", fold=fold)
         return _merges[key]
 
     def layout_note(self) -> dict[str, Any] | None:
         if self.layout != "merged" or isinstance(self._built()[0], FusionNet):
             return None
-        return self._merge_outcome().to_dict()
+        return {**self._merge_outcome().to_dict(), "mode": self.merge}
 
     @property
     def graph_layout(self) -> str:
@@ -139,12 +151,24 @@ class FactorySource(ModelSource):
         force: bool = False,
     ) -> Artifact:
         layout = self.graph_layout  # a file says what its graph is, whatever was asked for
-        key = (self.factory, self.code_digest, layout, precision, io, opset, artifacts_key(artifacts_dir))
+        key = (
+            self.factory,
+            self.code_digest,
+            layout,
+            self.merge,
+            precision,
+            io,
+            opset,
+            artifacts_key(artifacts_dir),
+        )
 
         def export_now() -> Artifact:
             module = self.module()
             shape = "x".join(map(str, self.input_shape))
-            what = ["user", _safe(self.label.removeprefix("user:")), layout, f"{self.num_inputs}x{shape}"]
+            # The evidence's other forms have the weights of the default: the name tells the files apart.
+            form = _FOLDS.get(self.merge)
+            tag = f"{layout}-{form}" if layout == "merged" and form else layout
+            what = ["user", _safe(self.label.removeprefix("user:")), tag, f"{self.num_inputs}x{shape}"]
             what += [precision_tag(precision, io), f"op{opset}"]
             # The weights are part of the name: a changed checkpoint never reuses a stale export.
             out = Path(artifacts_dir or DEFAULT_ARTIFACTS) / file_name(what, weights_digest(module), ".onnx")
@@ -165,6 +189,7 @@ class FactorySource(ModelSource):
         return {
             "kind": self.kind, "layout": self.layout, "factory": self.factory,
             "input_shape": list(self.input_shape), "num_inputs": self.num_inputs, "code_digest": self.code_digest,
+            "merge": self.merge,
         }  # fmt: skip
 
 
