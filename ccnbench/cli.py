@@ -445,7 +445,7 @@ By = Annotated[str, typer.Option("--by", help="Judge each case, or each target b
 FailOnMissing = Annotated[bool, typer.Option("--fail-on-missing", help="Also fail when a baseline case is missing from NEW.")]
 ForceSpeed = Annotated[bool, typer.Option("--force-speed", help="Judge speed changes even when the runs' machine or software differ or are unknown (only for a BASE you know was measured like NEW; never across the shards of one run measured on different machines).")]
 Runs = Annotated[list[Path], typer.Argument(help="Run directories (or results.json files).")]
-OnlyPrecisions = Annotated[str | None, typer.Option("--precision", help="Only consider these precisions (comma list).")]
+OnlyPrecisions = Annotated[str | None, typer.Option("--precision", help="Only consider these precisions (comma list; int8 files only when named: int8, int8-u8, int8-s8).")]
 Shippable = Annotated[bool, typer.Option("--shippable", help="Only formats that ship as a file (ONNX, .pt2, engine): no model code at run time.")]
 # fmt: on
 
@@ -530,10 +530,16 @@ def recommend(
     from ccnbench.answers.compare import parse_threshold
     from ccnbench.answers.derived import all_cases
     from ccnbench.answers.recommend import recommend as recommending
+    from ccnbench.formats.int8 import expand_alias, is_int8
 
-    precisions = [p.strip() for p in precision.split(",")] if precision else None
     equivalence = parse_threshold(margin, "--margin")
     cases = all_cases(shard.load_runs(runs))
+    if precision:
+        precisions = expand_alias([p.strip() for p in precision.split(",")])
+    else:
+        # int8 is graded by agreement measures, not the float tolerances: ranking it against the
+        # float formats is a later step, so it is ranked only when asked for by name.
+        precisions = sorted({c.key.precision for c in cases if not is_int8(c.key.precision)}) or None
     recs = recommending(cases, precisions, shippable=shippable, equivalence=equivalence)
     if json_output:
         _print_json([r.to_dict() for r in recs])
