@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,29 +111,64 @@ def triad(device: str, threads: int, repeats: int, seconds: float) -> list[float
 
 
 def gemm_onnx(path: Path, precision: str, n: int = GEMM_SIZE) -> Path:
-    """An ONNX file holding one MatMul of an n×n input by an n×n weight."""
+    """An ONNX file holding one MatMul of an n×n input by an n×n weight: in fp32 or fp16, or for
+    an int8 precision (``int8-u8``, ``int8-s8``) the QDQ form the int8 files have, which the
+    runtimes run as an integer GEMM (ONNX Runtime's QLinearMatMul, OpenVINO's int8 MatMul)."""
     onnx = require("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"no {precision} GEMM file: ccnbench's ONNX files are fp32 or fp16")
-    element = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}[precision]
-    weight = (
-        np.random.default_rng(0)
-        .standard_normal((n, n))
-        .astype(np.float16 if precision == "fp16" else np.float32)
-    )
+    rng = np.random.default_rng(0)
+    if precision.startswith("int8"):
+        nodes, initializers = _qdq_matmul(precision, n, rng)
+        element = TensorProto.FLOAT
+    elif precision in ("fp32", "fp16"):
+        element = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}[precision]
+        weight = rng.standard_normal((n, n)).astype(np.float16 if precision == "fp16" else np.float32)
+        nodes, initializers = (
+            [helper.make_node("MatMul", ["a", "w"], ["y"])],
+            [numpy_helper.from_array(weight, "w")],
+        )
+    else:
+        raise ValueError(f"no {precision} GEMM file: ccnbench's ONNX files are fp32, fp16 or int8")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["y"])],
+        nodes,
         "gemm",
         [helper.make_tensor_value_info("a", element, [n, n])],
         [helper.make_tensor_value_info("y", element, [n, n])],
-        [numpy_helper.from_array(weight, "w")],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, str(path))
     return path
+
+
+def _qdq_matmul(precision: str, n: int, rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
+    """Quantize → dequantize around a MatMul with an s8 weight: activations u8 asymmetric
+    (``int8-u8``) or s8 symmetric (``int8-s8``), as ccnbench's int8 files quantize them."""
+    from onnx import helper, numpy_helper
+
+    unsigned = precision.endswith("u8")
+    dtype, zero = (np.uint8, 128) if unsigned else (np.int8, 0)
+    weight = rng.integers(-127, 128, size=(n, n), dtype=np.int8)
+    constants = {
+        "a_scale": np.array(4.0 / 127, np.float32),
+        "a_zero": np.array(zero, dtype),
+        "w_q": weight,
+        "w_scale": np.array(0.01, np.float32),
+        "w_zero": np.array(0, np.int8),
+        "y_scale": np.array(1.0, np.float32),
+        "y_zero": np.array(zero, dtype),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["a", "a_scale", "a_zero"], ["a_q"]),
+        helper.make_node("DequantizeLinear", ["a_q", "a_scale", "a_zero"], ["a_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"]),
+        helper.make_node("MatMul", ["a_dq", "w_dq"], ["y_f"]),
+        helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero"], ["y"]),
+    ]
+    return nodes, [numpy_helper.from_array(v, k) for k, v in constants.items()]
 
 
 def _gemm_input(precision: str, n: int = GEMM_SIZE) -> np.ndarray:
@@ -165,8 +201,10 @@ def openvino_gemm(device: str, precision: str, threads: int, repeats: int, secon
     from ccnbench.backends.openvino import HINTS
 
     core = ov.Core()
+    int8 = precision.startswith("int8")
     with tempfile.TemporaryDirectory() as tmp:
-        model = core.read_model(str(gemm_onnx(Path(tmp) / "gemm.onnx", "fp32")))
+        # An int8 file's quantized MatMul runs in int8 whatever the hint; the hint sets the rest.
+        model = core.read_model(str(gemm_onnx(Path(tmp) / "gemm.onnx", precision if int8 else "fp32")))
         compiled = core.compile_model(
             model,
             "CPU",
@@ -174,7 +212,7 @@ def openvino_gemm(device: str, precision: str, threads: int, repeats: int, secon
                 "PERFORMANCE_HINT": "LATENCY",
                 "NUM_STREAMS": 1,
                 "INFERENCE_NUM_THREADS": threads,
-                "INFERENCE_PRECISION_HINT": HINTS[precision],
+                "INFERENCE_PRECISION_HINT": HINTS["fp32" if int8 else precision],
             },
         )
     request = compiled.create_infer_request()

@@ -94,6 +94,12 @@ class ModuleCosts:
         }
 
 
+def element_bytes(precision: str) -> int:
+    """Bytes per element at ``precision``; an int8 file (``int8-u8``, ``int8-s8``) moves its weights
+    and the activations between quantized layers as one byte each."""
+    return 1 if precision.startswith("int8") else ELEMENT_BYTES.get(precision, 4)
+
+
 def analytic_flops(module: nn.Module, inputs: Sequence[Tensor], output: Tensor) -> int | None:
     """2 × MACs of a convolution or linear layer, 0 for the layers FLOP counters skip, None
     for a type this function does not know."""
@@ -119,7 +125,7 @@ def trace_costs(module: nn.Module, inputs: Sequence[Tensor], precision: str = "f
     """Run ``module`` once on ``inputs`` (any batch size) and count each leaf layer's work."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    element = ELEMENT_BYTES.get(precision, 4)
+    element = element_bytes(precision)
     layers: dict[str, LayerCost] = {}
     alive: list[Tensor] = []  # keeps every traced tensor alive, so no id is reused mid-trace
     handles = []

@@ -89,6 +89,7 @@ def test_bytes_are_weights_plus_tensors_read_and_written() -> None:
     assert costs.of(["0", "1"]).bytes == 4 * (weights + x.numel() + out)
     half = trace_costs(net, (x,), "fp16")
     assert half.layers["0"].bytes * 2 == costs.layers["0"].bytes
+    assert trace_costs(net, (x,), "int8-s8").layers["0"].bytes * 4 == costs.layers["0"].bytes
     assert costs.of(["nothing"]) is None
 
 

@@ -43,6 +43,27 @@ def test_each_runtime_measures_its_own_gemm() -> None:
         assert roof.rate > 0
 
 
+@pytest.mark.parametrize("precision", ["int8-u8", "int8-s8"])
+def test_an_int8_roof_is_the_qdq_gemm_the_int8_files_have(tmp_path: Path, precision: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(kernels.gemm_onnx(tmp_path / "g.onnx", precision, n=8)))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DequantizeLinear",
+        "MatMul",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ]
+    zero = next(i for i in model.graph.initializer if i.name == "a_zero")
+    assert zero.data_type == (onnx.TensorProto.UINT8 if precision == "int8-u8" else onnx.TensorProto.INT8)
+    roof = measure(compute_key(Target.parse("ort:cpu"), precision, 1), repeats=1, seconds=0.01)
+    assert roof.rate > 0 and precision in roof.method
+    with pytest.raises(ValueError, match="no bf16 GEMM file"):
+        kernels.gemm_onnx(tmp_path / "b.onnx", "bf16")
+
+
 def test_rates_are_work_over_the_fastest_call() -> None:
     calls = iter([0.0] * 100)
     rates = kernels.fastest_rates(lambda: next(calls), work=1e6, repeats=4, seconds=0.0, sync=lambda: None)
