@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ccnbench.backends import int8_layers
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.int8_layers import as_details, nothing_in_int8, ort_layers
 from ccnbench.backends.torch_eager import cuda_unavailable_reason, warm_torch
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
@@ -351,10 +351,10 @@ class OrtBackend(Backend):
                 torch.cuda.synchronize()
         runner.build_seconds = sw.seconds
         if is_int8(options.precision):
-            layers = int8_layers.ort_layers(ort, artifact.path, options.threads)
+            layers = ort_layers(ort, artifact.path, options.threads)
             if not layers["ran_int8"]:
-                raise CcnbenchError(int8_layers.nothing_in_int8(artifact.path.name, "ONNX Runtime", layers))
-            runner.details |= int8_layers.as_details(layers)
+                raise CcnbenchError(nothing_in_int8(artifact.path.name, "ONNX Runtime", layers))
+            runner.details |= as_details(layers)
         return runner
 
 

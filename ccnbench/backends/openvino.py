@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ccnbench.backends import int8_layers
 from ccnbench.backends.base import Backend, BuildOptions, Runner, Stopwatch, Target
+from ccnbench.backends.int8_layers import as_details, nothing_in_int8, openvino_layers
 from ccnbench.deps import require
 from ccnbench.errors import CcnbenchError, one_line
 from ccnbench.formats.int8 import INT8_PRECISIONS, is_int8
@@ -199,10 +199,10 @@ class OpenVinoBackend(Backend):
                 runner.infer(source.make_inputs(batch))
         runner.build_seconds = sw.seconds
         if is_int8(options.precision):
-            layers = int8_layers.openvino_layers(compiled)
+            layers = openvino_layers(compiled)
             if not layers["ran_int8"]:
-                raise CcnbenchError(int8_layers.nothing_in_int8(artifact.path.name, "OpenVINO", layers))
-            runner.details |= int8_layers.as_details(layers)
+                raise CcnbenchError(nothing_in_int8(artifact.path.name, "OpenVINO", layers))
+            runner.details |= as_details(layers)
         return runner
 
 

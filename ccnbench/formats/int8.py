@@ -175,7 +175,6 @@ def write_int8(
     stamped with its recipe, validated (structure too when ``spec`` is known) and written
     atomically. It must hold QuantizeLinear and DequantizeLinear nodes."""
     from ccnbench.formats.onnx_artifact import ExportError, describe, load_artifact, op_histogram, validate
-    from ccnbench.formats.onnx_export import set_metadata
 
     path = path or fp32.path.with_name(int8_name(fp32.path.name, recipe))
     if path.exists() and not force:
@@ -201,11 +200,22 @@ def write_int8(
         "fp32_source": fp32.path.name,
         "export_seconds": f"{fp32.export_seconds + time.perf_counter() - start:.3f}",
     }
-    set_metadata(proto, meta)
+    _stamp(proto, meta)
     validate(proto, spec=spec, layout=fp32.layout if spec else None, io="fp32")
     data = proto.SerializeToString()
     fileio.write_bytes(path, data)
     return describe(proto, path, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _stamp(proto: Any, values: dict[str, str]) -> None:
+    """``values`` as the file's ccnbench metadata, replacing the fp32 file's (onnx_export does the
+    same for its files; not imported from there, which imports this module)."""
+    keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
 
 
 def quantize(

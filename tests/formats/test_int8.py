@@ -19,7 +19,7 @@ from ccnbench.formats.int8 import (
     int8_name,
     recipe_for,
 )
-from ccnbench.formats.onnx_artifact import load_artifact
+from ccnbench.formats.onnx_artifact import META_PREFIX, load_artifact
 from ccnbench.formats.onnx_export import export
 from ccnbench.models import spec_from_preset
 from ccnbench.models.int8_faults import branch_scales, int8_faults, wrong_scale
@@ -64,7 +64,7 @@ def test_int8_file_is_qdq_with_its_recipe(files, spec):
         proto = onnx.load(str(a.path))
         meta = {p.key: p.value for p in proto.metadata_props}
         assert a.precision == precision and a.layout == layout
-        assert meta["ccnbench.quantization_key"] == Recipe(precision).key
+        assert meta[META_PREFIX + "quantization_key"] == Recipe(precision).key
         assert a.op_histogram["QuantizeLinear"] > 0 and a.op_histogram["DequantizeLinear"] > 0
         assert f"-{precision}-" in a.path.name
         weights = {t.name: t for t in proto.graph.initializer}
@@ -98,7 +98,7 @@ def test_export_reuses_the_file_and_calibration_data_changes_the_name(spec, out_
     mine = export(spec, "kept", "int8-u8", out_dir=out_dir, calibration=data)
     assert mine.path != again.path
     meta = {p.key: p.value for p in onnx.load(str(mine.path)).metadata_props}
-    assert "/n4/data" in meta["ccnbench.quantization_key"]
+    assert "/n4/data" in meta[META_PREFIX + "quantization_key"]
 
 
 def test_seeded_calibration_is_not_the_evaluation_or_timed_inputs(spec):

@@ -3,6 +3,7 @@ contests that pair int8 with fp32, and torch targets that say why they have no i
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,24 @@ def test_run_in_batches_covers_every_sample():
     x = torch.arange(10.0).reshape(10, 1)
     (y,) = int8_grading.run_in_batches(infer, (x,), 4)
     assert calls == [4, 4, 2] and torch.equal(y, x * 2)
+
+
+SPEED_RUN = Path(__file__).resolve().parents[2] / "results" / "int8-evidence" / "speed"
+
+
+@pytest.mark.skipif(not SPEED_RUN.is_dir(), reason="the committed int8 speed run is not here")
+def test_recommend_ranks_int8_only_when_named():
+    from typer.testing import CliRunner
+
+    from ccnbench.cli import app
+
+    plain = CliRunner().invoke(app, ["recommend", str(SPEED_RUN), "--json"])
+    assert plain.exit_code == 0, plain.output
+    shipped = {r["best"]["precision"] for r in json.loads(plain.output) if r.get("best")}
+    assert shipped and not any(p.startswith("int8") for p in shipped)
+    named = CliRunner().invoke(app, ["recommend", str(SPEED_RUN), "--precision", "int8", "--json"])
+    assert named.exit_code == 0, named.output
+    assert {r["best"]["precision"] for r in json.loads(named.output) if r.get("best")} <= {
+        "int8-u8",
+        "int8-s8",
+    }
