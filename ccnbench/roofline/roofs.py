@@ -163,7 +163,10 @@ class RoofCache:
     """The roofs of one machine, read from and written to ``<cache>/roofs/<machine id>.json``."""
 
     def __init__(
-        self, machine_id: str, directory: Path | None = None, measure_roof: Callable[[RoofKey], Roof] = measure
+        self,
+        machine_id: str,
+        directory: Path | None = None,
+        measure_roof: Callable[[RoofKey], Roof] = measure,
     ) -> None:
         self.path = (directory or cache_dir()) / f"{machine_id}.json"
         self.machine_id = machine_id
