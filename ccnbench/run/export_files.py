@@ -76,6 +76,10 @@ def make(req: Request, run_jobs: RunJobs) -> Made:
     if req.model is not None:
         refuse_variant_flags({"--variant": req.variant, "--preset": req.preset, "--input-mode": req.input_mode,
                               "--seed": req.seed})  # fmt: skip
+        if req.calibration is not None:
+            raise UsageError(
+                "--calibration calibrates the built-in variants' int8 files; --model's are calibrated on seeded inputs"
+            )
         return _made_from_model(req, engine_batches(req.engine, req.engine_batch), run_jobs)
     if req.input_shape is not None:
         raise UsageError(

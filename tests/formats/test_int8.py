@@ -181,3 +181,11 @@ def test_cli_calibration_needs_int8_and_a_npz(tmp_path):
     result = runner.invoke(app, ["export", "--variant", "model", "--preset", "tiny", "--precision", "int8",
                                  "--calibration", str(tmp_path / "none.txt"), "--out", str(tmp_path)])  # fmt: skip
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_cli_calibration_is_refused_with_a_users_model(tmp_path):
+    data = tmp_path / "c.npz"
+    np.savez(data, input=np.zeros((2, 1, 8, 8, 8), np.float32))
+    result = runner.invoke(app, ["export", "--model", "json:dumps", "--input-shape", "1x8x8x8", "--precision", "int8",
+                                 "--calibration", str(data), "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2 and "seeded inputs" in result.output
