@@ -54,6 +54,7 @@ from ccnbench.answers.stats import (
     verdict,
 )
 from ccnbench.backends import BACKENDS, Backend, Target
+from ccnbench.formats.int8 import is_int8
 from ccnbench.measure.agreement import VACUOUS_ADVICE
 from ccnbench.results import CaseResult
 from ccnbench.roofline.case_roofs import case_reading
@@ -353,8 +354,14 @@ def _known_backend(target: str) -> Backend | None:
 
 
 def considered(case: CaseResult, precisions: Sequence[str] | None, shippable: bool) -> bool:
-    """Whether ``recommend`` weighs this case at all (the filters, before any ranking)."""
-    if precisions and case.key.precision not in precisions:
+    """Whether ``recommend`` weighs this case at all (the filters, before any ranking). Without
+    ``precisions``, every precision but int8: an int8 file is graded by agreement measures, not the
+    float tolerances, so ranking it against the float formats waits until it is asked for by name
+    (and every view that ships a format, the report's included, follows the same rule)."""
+    if precisions:
+        if case.key.precision not in precisions:
+            return False
+    elif is_int8(case.key.precision):
         return False
     return not shippable or shipped_as(case.key.target) is not None
 

@@ -226,7 +226,10 @@ def _plots(cases: Sequence[CaseResult], plot_dir: Path) -> list[Block]:
         ),
         (plots.error_plot(cases, plot_dir / "error_vs_tolerance.png"), "Error against the float64 oracle"),
         *(
-            (path, f"Roofline on {device}: the shipped format of each model and batch against the measured roofs")
+            (
+                path,
+                f"Roofline on {device}: the shipped format of each model and batch against the measured roofs",
+            )
             for device, path in roofline_plots(recommend(cases), plot_dir)
         ),
     ]

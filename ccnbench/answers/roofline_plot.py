@@ -48,7 +48,13 @@ def roofline_plot(device: str, points: Sequence[tuple[Any, Reading]], path: Path
             ridge = rate / memory
             xs = [low, ridge, high]
             ax.plot(xs, [min(rate, x * memory) / 1e9 for x in xs], color=f"C{i}", lw=1.2, alpha=0.8)
-        ax.annotate(f"{family} GEMM {rate / 1e9:,.0f} GFLOP/s", (high, rate / 1e9), ha="right", va="bottom", fontsize=7)
+        ax.annotate(
+            f"{family} GEMM {rate / 1e9:,.0f} GFLOP/s",
+            (high, rate / 1e9),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+        )
     for memory in memory_rates:
         ax.annotate(
             f"memory {memory / 1e9:,.1f} GB/s",

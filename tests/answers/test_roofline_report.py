@@ -62,3 +62,16 @@ def test_a_report_without_stamps_draws_no_roofline(tmp_path):
     save(run(case("ort:cpu", 1.0), case("torch:cpu", 2.0), run_id="old"), tmp_path / "run")
     markdown = write_report([tmp_path / "run"], tmp_path / "rep").read_text()
     assert "plots/roofline_" not in markdown
+
+
+def test_recommend_and_the_report_leave_int8_out_unless_it_is_named(tmp_path):
+    fp32 = case("ort:cpu", 2.0)
+    int8 = replace(case("ort:cpu", 1.0, precision="int8-u8"), run=None)
+    (shipped,) = recommend([fp32, int8])
+    assert shipped.best.case.key.precision == "fp32"
+    (named,) = recommend([fp32, int8], ["int8-u8"])
+    assert named.best.case.key.precision == "int8-u8"
+    save(run(fp32, int8, run_id="int8"), tmp_path / "run")
+    markdown = write_report([tmp_path / "run"], tmp_path / "rep").read_text()
+    ship = markdown.split("## Which format to ship")[1].split("##")[0]
+    assert "ort:cpu kept fp32" in ship and "int8-u8" not in ship
