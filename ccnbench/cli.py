@@ -205,7 +205,14 @@ def roofs(
     refresh: Annotated[
         bool,
         typer.Option(
-            "--refresh", help="Measure again and replace the cached roofs (do it on a quiet machine)."
+            "--refresh",
+            help="Measure again; a roof keeps the best repeat of every measurement (noise only lowers one).",
+        ),
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset", help="Forget the cached roofs and measure anew (the machine itself changed)."
         ),
     ] = False,
     json_output: JsonFlag = False,
@@ -221,7 +228,7 @@ def roofs(
     with _progress() as progress:
         task = progress.add_task("roofs", total=None)
         machine, rows = roof_rows(
-            parsed, precisions, count, refresh, lambda text: progress.update(task, description=text)
+            parsed, precisions, count, refresh, lambda text: progress.update(task, description=text), reset
         )
     if json_output:
         _print_json({"machine_id": machine, "threads": count, "roofs": [r.to_dict() for r in rows]})
@@ -244,7 +251,8 @@ def roofs(
         )
     console.print(table)
     _note(
-        "spread: (best - worst) / best over the repeats; a wide one means the machine was busy: rerun with --refresh when it is quiet.",
+        "spread: (best - worst) / best over the repeats (of every measurement since --reset); a wide one "
+        "means the machine was busy: --refresh on a quiet machine raises a roof measured low.",
         "dim",
     )
 

@@ -100,10 +100,33 @@ def explain(
     tables = compare_tables(profiles, kind, sources, line) if kind else single_tables(profiles, sources, line)
     notes = [f"not compared: {label}" for label in _unpaired(profiles, kind)] if kind else []
     if line is not None:
-        notes += line.notes
+        notes += line.notes + above_roof_notes(tables)
     return Explanation(
         tuple(profiles), tuple(tables), tuple(skipped), tuple(notes), line.roofs() if line else ()
     )
+
+
+def above_roof_notes(tables: Sequence[LayerTable]) -> list[str]:
+    """What a reading above 100 % says: above the memory roof, the layer's tensors stayed in
+    cache (the roof is DRAM's); above a compute roof, the roof was measured low."""
+    memory, compute = set(), set()
+    for table in tables:
+        for row in table.rows:
+            for column, cell in zip(table.columns, row.cells):
+                if cell is not None and cell.reading is not None and cell.reading.of_roof > 1.0:
+                    (memory if cell.reading.bound == "memory" else compute).add(column.split()[0])
+    notes = []
+    if memory:
+        notes.append(
+            f"roofline: rows above 100 % of the memory roof on {', '.join(sorted(memory))} ran from cache "
+            "(the memory roof is DRAM's)"
+        )
+    if compute:
+        notes.append(
+            f"roofline: rows above their compute roof on {', '.join(sorted(compute))}: that roof was measured "
+            "low (a busy machine); `ccnbench roofs --refresh` on a quiet machine raises it"
+        )
+    return notes
 
 
 class Roofline:

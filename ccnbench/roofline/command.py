@@ -28,6 +28,7 @@ def roof_rows(
     threads: int,
     refresh: bool = False,
     on_measure: Callable[[str], None] | None = None,
+    reset: bool = False,
 ) -> tuple[str, list[RoofRow]]:
     """(the machine id, one row per distinct roof) for every target and precision asked."""
     machine = this_machine()
@@ -37,6 +38,7 @@ def roof_rows(
         refresh=refresh,
         cache=cache,
         on_measure=(lambda key: on_measure(f"measuring {key}")) if on_measure else None,
+        reset=reset,
     )
     rows: dict[str, RoofRow] = {}
     for pair in pairs.values():

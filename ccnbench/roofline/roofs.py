@@ -153,6 +153,16 @@ def measure(key: RoofKey, repeats: int = REPEATS, seconds: float = BLOCK_SECONDS
     return Roof(key, max(rates), tuple(rates), method, software_version(key.family), now)
 
 
+KEEP_REPEATS = 25
+
+
+def merged(old: Roof, new: Roof) -> Roof:
+    """Two measurements of one roof as one: every repeat (the latest ``KEEP_REPEATS``), the best
+    of them as the rate, the newer method, version and time."""
+    repeats = (*old.repeats, *new.repeats)[-KEEP_REPEATS:]
+    return Roof(new.key, max(max(repeats), old.rate), repeats, new.method, new.software, new.measured_at)
+
+
 def cache_dir() -> Path:
     """``CCNBENCH_CACHE`` or ``~/.cache/ccnbench``: roofs belong to the machine, not to a run."""
     base = os.environ.get("CCNBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ccnbench")
@@ -185,15 +195,21 @@ class RoofCache:
         key: RoofKey,
         refresh: bool = False,
         on_measure: Callable[[RoofKey], None] | None = None,
+        reset: bool = False,
     ) -> Roof:
-        """The cached roof of ``key``, measured now if it has none (or ``refresh``, or the
-        measuring library's version changed since)."""
+        """The cached roof of ``key``, measured now if it has none or the measuring library's
+        version changed since. ``refresh`` measures again and keeps every repeat of both: noise
+        only ever lowers a measurement, so the roof is the best repeat of all of them, and a
+        measurement taken on a busy machine cannot pull it down. ``reset`` forgets the old one."""
         cached = self._roofs.get(key)
-        if cached is not None and not refresh and cached.software == software_version(key.family):
-            return cached
+        current = cached is not None and cached.software == software_version(key.family)
+        if current and not refresh and not reset:
+            return cached  # type: ignore[return-value]
         if on_measure:
             on_measure(key)
         roof = self._measure(key)
+        if current and not reset:
+            roof = merged(cached, roof)  # type: ignore[arg-type]
         self._roofs[key] = roof
         self._save()
         return roof
@@ -220,6 +236,7 @@ def roofs_for(
     refresh: bool = False,
     cache: RoofCache | None = None,
     on_measure: Callable[[RoofKey], None] | None = None,
+    reset: bool = False,
 ) -> dict[tuple[Target, str, int], RoofPair]:
     """The compute and memory roof of each (target, precision, threads), measured once each."""
     cache = cache or RoofCache(this_machine())
@@ -231,7 +248,7 @@ def roofs_for(
         for key in (compute_key(target, precision, threads), memory_key(target, threads)):
             if key not in done:
                 try:
-                    done[key] = cache.get(key, refresh=refresh, on_measure=on_measure)
+                    done[key] = cache.get(key, refresh=refresh, on_measure=on_measure, reset=reset)
                 except Exception as exc:  # a runtime without this precision or device: no roof
                     done[key] = f"{key}: not measured ({one_line(exc)})"
             value = done[key]

@@ -110,6 +110,17 @@ def test_the_cache_measures_each_roof_once_per_machine(tmp_path: Path) -> None:
     assert stored["machine_id"] == "machine-a" and len(stored["roofs"]) == 3
 
 
+def test_a_refresh_never_lowers_a_roof_and_a_reset_forgets_it(tmp_path: Path) -> None:
+    key = RoofKey("torch", "cpu", "fp32", 1)
+    RoofCache("m", tmp_path, _Counting(rate=3e9)).get(key)
+    busy = RoofCache("m", tmp_path, _Counting(rate=1e9)).get(key, refresh=True)
+    assert busy.rate == 3e9  # a measurement on a busy machine cannot pull the roof down
+    assert busy.repeats == (3e9, 1.5e9, 1e9, 0.5e9)  # both measurements' repeats are kept
+    assert RoofCache("m", tmp_path).get(key).rate == 3e9
+    reset = RoofCache("m", tmp_path, _Counting(rate=1e9)).get(key, reset=True)
+    assert reset.rate == 1e9 and reset.repeats == (1e9, 0.5e9)
+
+
 def test_a_new_library_version_is_a_new_roof(tmp_path: Path) -> None:
     key = RoofKey("torch", "cpu", "fp32", 1)
     old = Roof(key, 1e9, (1e9,), "fake", "0.0-old", "then")
