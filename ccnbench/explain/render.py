@@ -136,8 +136,8 @@ def roof_lines(layers: LayerTable) -> list[str]:
         compute, memory = pair.compute, pair.memory
         text = (
             f"{label}: roofs {compute.key.family} GEMM {compute.rate / 1e9:,.0f} GFLOP/s "  # type: ignore[union-attr]
-            f"(±{compute.spread:.0%} over repeats), memory {memory.rate / 1e9:,.1f} GB/s "  # type: ignore[union-attr]
-            f"(±{memory.spread:.0%}); ridge {pair.ridge:.1f} FLOP/B"  # type: ignore[union-attr]
+            f"(spread {compute.spread:.0%} over repeats), memory {memory.rate / 1e9:,.1f} GB/s "  # type: ignore[union-attr]
+            f"(spread {memory.spread:.0%}); ridge {pair.ridge:.1f} FLOP/B"  # type: ignore[union-attr]
         )
         if call is not None:
             text += (
