@@ -52,7 +52,7 @@ def _conv_flops(variant: str, layout: str, batch: int) -> dict[str, int]:
     return {k.removeprefix(root + "."): int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
 
 
-@pytest.mark.parametrize("layout", ["kept", "merged"])
+@pytest.mark.parametrize("layout", [pytest.param("kept", marks=pytest.mark.slow), "merged"])  # kept: 7 s
 def test_explain_reads_each_layer_against_its_runtimes_roofs(tmp_path, layout):
     args = ["explain", "--preset", "tiny", "--variant", "model", "--layout", layout, "--batch", "2",
             "--targets", "ort:cpu,openvino:cpu", *QUICK, "--artifacts", str(tmp_path), "--json"]  # fmt: skip

@@ -54,6 +54,7 @@ def nets(tmp_path):
     return f"{path}:stems"
 
 
+@pytest.mark.slow  # 24 s on 2 cores: two MONAI ResNet-10 exports
 def test_export_merges_differing_trunks_in_part_by_default_and_whole_branches_only_when_asked(nets, tmp_path):
     args = ["export", "--model", nets, "--input-shape", "1x16x16x16", "--branches", "2", "--layout", "all"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "partial"), "--json"])
@@ -71,6 +72,7 @@ def test_export_merges_differing_trunks_in_part_by_default_and_whole_branches_on
     assert len(list((tmp_path / "whole").glob("*.onnx"))) == 1
 
 
+@pytest.mark.slow  # 10 s: a check of the MONAI pair on two targets
 def test_check_records_what_is_partial_in_details_merge(nets, artifacts_dir):
     source = ModelSource.from_factory(nets, (1, 16, 16, 16), 2, layout="merged")
     groups = plan.case_groups(
@@ -86,6 +88,7 @@ def test_check_records_what_is_partial_in_details_merge(nets, artifacts_dir):
     assert next(r for r in results if r.key.target == "ort:cpu").artifact["conv_count"] == 13
 
 
+@pytest.mark.slow  # 19 s: exports of the MONAI pair in two merge modes
 def test_the_merge_mode_travels_with_the_source_and_names_a_per_child_file(nets, tmp_path):
     source = ModelSource.from_factory(nets, (1, 16, 16, 16), 2, layout="merged", merge="partial-per-child")
     back = ModelSource.from_dict(json.loads(json.dumps(source.to_dict())))
