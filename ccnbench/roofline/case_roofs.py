@@ -45,7 +45,7 @@ class SweepRoofline:
                 if key in traffic:
                     continue
                 traffic[key] = None
-                if not source.has_module:
+                if not _built_in(source):
                     continue
                 try:
                     if (source.label, source.layout) not in modules:
@@ -70,6 +70,13 @@ class SweepRoofline:
         if found is None or case.latency is None:
             return case
         return replace(case, details={**case.details, DETAIL: found})
+
+
+def _built_in(source: Any) -> bool:
+    """Only ccnbench's own variants are traced here, in the sweep's parent: a user's factory is
+    the user's code, which may crash or hang, and runs only in workers (their cases get no
+    stamp; ``ccnbench explain --model`` reads them against the roofs)."""
+    return source.has_module and source.to_dict().get("kind") == "spec"
 
 
 def stamp(traffic: Traffic, pair: RoofPair) -> dict[str, Any]:

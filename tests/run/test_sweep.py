@@ -165,7 +165,8 @@ def test_bench_a_users_own_model(tmp_path, artifacts_dir):
     assert {c.key.layout for c in cases} == {"kept", "merged"} and all(c.passed for c in cases)
     assert all(c.details["merge"]["merged"] for c in cases if c.key.layout == "merged")
     assert all(c.latency.flops_per_sample > 0 for c in cases)  # counted by PyTorch's FlopCounterMode
-    assert all(c.details["roofline"]["flops"] == c.latency.flops_per_sample for c in cases)
+    # A user's factory never runs in the sweep's parent (it may crash or hang): no roofline stamp.
+    assert not any("roofline" in c.details for c in cases)
     assert len({c.contest for c in cases}) == 1  # kept and merged timed side by side
 
 
